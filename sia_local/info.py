@@ -1,0 +1,66 @@
+"""Facts for `sia info`: what is installed, what really runs on a GPU, where the defaults are."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from typing import Any
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def loadable_providers() -> dict[str, bool]:
+    """Each onnxruntime provider this build lists, and whether a session on it really starts."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    ort.set_default_logger_severity(4)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    blob = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    out = {}
+    for p in ort.get_available_providers():
+        try:
+            s = ort.InferenceSession(blob, providers=[p, "CPUExecutionProvider"])
+            out[p] = s.get_providers()[0] == p
+        except Exception:
+            out[p] = False
+    return out
+
+
+def collect() -> dict[str, Any]:
+    from .calibrate import cache_dir
+    from .errors import SiaError
+    from .lm import gpu_offload_supported, physical_cores, system_info
+
+    facts: dict[str, Any] = {
+        "sia-local": _version("sia-local"),
+        "llama-cpp-python": _version("llama-cpp-python"),
+        "onnxruntime": _version("onnxruntime-gpu") if _version("onnxruntime-gpu") != "not installed" else _version("onnxruntime"),
+        "tokenizers": _version("tokenizers"),
+        "numpy": _version("numpy"),
+        "gpu offload (llama)": gpu_offload_supported(),
+        "llama.cpp system": system_info(),
+        "onnx providers": {p: ("loads" if ok else "listed, does not load") for p, ok in loadable_providers().items()},
+        "cpu threads (default)": physical_cores(),
+        "cache dir": str(cache_dir()),
+    }
+    try:
+        from .defaults import default_model_path
+
+        facts["default model"] = str(default_model_path())
+    except SiaError as exc:
+        facts["default model"] = f"missing: {exc}"
+    try:
+        from .sentiment import minilm_files
+
+        facts["default reward"] = "built from " + ", ".join(str(p) for p in minilm_files())
+    except SiaError as exc:
+        facts["default reward"] = f"missing: {exc}"
+    return facts

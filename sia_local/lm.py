@@ -1,0 +1,332 @@
+"""The language model: a GGUF file run by llama.cpp through llama-cpp-python.
+
+This is the only module that imports `llama_cpp`. It gives the steering loop five things: tokens in,
+a zero-copy view of the next-token logits, one token appended, the bytes of a token, and whether a
+token ends the turn. Calls whose names moved between llama-cpp-python releases live in `_compat_*`
+helpers at the bottom, so a release change is mended in one place.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ModelError, PromptError
+
+Message = dict[str, str]
+
+_LOG_TAIL: collections.deque[str] = collections.deque(maxlen=40)
+_LOG_STATE = {"verbose": False}
+_log_callback: Any = None  # keeps the ctypes callback alive
+
+
+def physical_cores() -> int:
+    """Cores to give llama.cpp and onnxruntime (they alternate, so each may use all of them)."""
+    n = os.cpu_count() or 1
+    return max(1, n // 2) if n > 4 else n
+
+
+class LM:
+    """A loaded GGUF model with one llama.cpp context (one sequence).
+
+    Args:
+        path: the .gguf file.
+        n_ctx: context length in tokens; 0 = the model's training context. Capped at the training context.
+        n_threads: CPU threads for llama.cpp (None = physical cores).
+        n_gpu_layers: layers to offload (-1 = all; needs a CUDA/Metal build of llama-cpp-python).
+        chat_format: a llama-cpp-python chat format name (e.g. ``chatml``) overriding the GGUF template.
+        chat_template: a Jinja chat template string overriding both.
+        verbose: let llama.cpp's own log through to stderr.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        chat_format: str | None = None,
+        chat_template: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        import llama_cpp
+
+        _install_log_callback(verbose)
+        _LOG_TAIL.clear()
+        n_ctx_train = _gguf_context_length(self.path)
+        if n_ctx_train and (n_ctx == 0 or n_ctx > n_ctx_train):
+            n_ctx = n_ctx_train
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=n_ctx,
+                n_batch=min(512, max(n_ctx, 1)),
+                n_threads=n_threads or physical_cores(),
+                n_gpu_layers=n_gpu_layers,
+                logits_all=False,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            detail = _last_log_error() or str(exc)
+            raise ModelError(
+                f"llama.cpp could not load {self.path}: {detail}",
+                "the file may be truncated or of an architecture this llama-cpp-python does not know; "
+                "re-download it or upgrade llama-cpp-python",
+            ) from None
+        self._vocab = self._llm._model.vocab
+        self._ctx = self._llm._ctx.ctx
+        self.n_vocab: int = self._llm.n_vocab()
+        self.n_ctx: int = self._llm.n_ctx()
+        self._pieces: dict[int, bytes] = {}
+        self._recurrent = bool(getattr(self._llm, "_is_recurrent", False) or getattr(self._llm, "_is_hybrid", False))
+        self._chat = _chat_formatter(self._llm, self, chat_format, chat_template)
+        self.n_threads = self._llm.n_threads
+        self.n_gpu_layers = n_gpu_layers
+
+    # -- text <-> tokens -------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Token ids of `text`; special-token text (``<|im_start|>``) becomes its special token."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes token `token` adds to the output (may be part of a UTF-8 character; b"" for control tokens)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._pieces[token] = _compat_token_to_piece(self._vocab, token)
+        return cached
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, end-of-turn, ...), as the GGUF vocabulary marks them."""
+        return _compat_is_eog(self._vocab, token)
+
+    def render_chat(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+        """Token ids of `messages` rendered by the chat template, ending with the assistant's turn, and its stop strings."""
+        if self._chat is None:
+            raise PromptError(
+                f"{self.path.name} has no chat template",
+                "pass --chat-format (e.g. chatml) or --raw to send the prompt as plain text",
+            )
+        try:
+            result = self._chat(messages=list(messages))
+        except Exception as exc:  # jinja2 raise_exception() in templates, bad roles, ...
+            raise PromptError(f"the chat template of {self.path.name} rejected the messages: {exc}", "check the roles, or use --raw") from None
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        ids = self.tokenize(result.prompt, add_special=not getattr(result, "added_special", False))
+        return ids, [s for s in stop if s]
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._chat is not None
+
+    # -- decoding --------------------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        """Tokens currently in the KV cache."""
+        return int(self._llm.n_tokens)
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Put `tokens` in the context and return the next-token logits.
+
+        The longest prefix shared with what the context already holds is kept (chat history, system
+        prompts), so only the new tail is decoded.
+        """
+        if not tokens:
+            raise PromptError("the prompt is empty", "give a non-empty prompt")
+        if len(tokens) >= self.n_ctx:
+            raise PromptError(
+                f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
+                "shorten the prompt or raise --ctx-size",
+            )
+        keep = 0
+        if not self._recurrent:
+            held = self._llm.input_ids[: self._llm.n_tokens]
+            limit = min(len(held), len(tokens) - 1)  # always decode >= 1 token to get fresh logits
+            while keep < limit and held[keep] == tokens[keep]:
+                keep += 1
+        else:
+            self._llm.reset()
+        self._llm.n_tokens = keep  # eval() drops the KV cells from here on
+        self._eval(tokens[keep:])
+        return self.logits()
+
+    def step(self, token: int) -> np.ndarray:
+        """Append one token and return the next-token logits."""
+        self._eval((token,))
+        return self.logits()
+
+    def logits(self) -> np.ndarray:
+        """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
+        return _compat_logits_view(self._ctx, self.n_vocab)
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        try:
+            self._llm.eval(tokens)
+        except RuntimeError as exc:
+            raise ModelError(f"llama.cpp failed to decode: {exc}", "lower --max-tokens or raise --ctx-size") from None
+
+    # -- facts -----------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A cheap identity of the model file: sha256 of its size and first and last MiB."""
+        return file_fingerprint(self.path)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llm.metadata)
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama-cpp-python build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+# -- checks and helpers ----------------------------------------------------------------------------
+def _check_gguf_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}", "pass --model with the path of a .gguf file")
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not a GGUF file", "pass --model with the path of a .gguf file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+            "convert the model with llama.cpp's convert_hf_to_gguf.py or download a .gguf build",
+        )
+
+
+def _gguf_context_length(path: Path) -> int | None:
+    """The training context from the GGUF header, read with the `gguf` package if it is installed."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    try:
+        reader = GGUFReader(str(path))
+        arch_field = reader.fields.get("general.architecture")
+        if arch_field is None:
+            return None
+        arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+        ctx_field = reader.fields.get(f"{arch}.context_length")
+        return int(ctx_field.parts[ctx_field.data[0]][0]) if ctx_field else None
+    except Exception:  # a broken header is reported by llama.cpp itself, with its own words
+        return None
+
+
+def _install_log_callback(verbose: bool) -> None:
+    """Route llama.cpp's log into a small ring buffer (for error messages), and to stderr if verbose."""
+    global _log_callback
+    import llama_cpp
+
+    _LOG_STATE["verbose"] = verbose
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace")
+        _LOG_TAIL.append(line)
+        if _LOG_STATE["verbose"]:
+            print(line, end="", file=sys.stderr, flush=True)
+
+    _log_callback = _callback
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def _last_log_error() -> str | None:
+    lines = [ln.strip() for ln in "".join(_LOG_TAIL).splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+    return lines[0] if lines else None
+
+
+def _chat_formatter(llm: Any, lm: LM, chat_format: str | None, chat_template: str | None) -> Any:
+    """A callable(messages=...) -> ChatFormatterResponse, from the override or the GGUF's own template."""
+    from llama_cpp import llama_chat_format as lcf
+
+    def jinja(template: str) -> Any:
+        bos, eos = llm.token_bos(), llm.token_eos()
+        return lcf.Jinja2ChatFormatter(
+            template=template,
+            bos_token=lm.piece(bos).decode("utf-8", "replace") if bos >= 0 else "",
+            eos_token=lm.piece(eos).decode("utf-8", "replace") if eos >= 0 else "",
+            stop_token_ids=[eos] if eos >= 0 else None,
+        )
+
+    if chat_template:
+        return jinja(chat_template)
+    if chat_format:
+        return _compat_named_formatter(lcf, chat_format)
+    template = llm.metadata.get("tokenizer.chat_template")
+    return jinja(template) if template else None
+
+
+# -- llama-cpp-python version shims (names changed across 0.2.x / 0.3.x) --------------------------
+def _compat_logits_view(ctx: Any, n_vocab: int) -> np.ndarray:
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+
+def _compat_is_eog(vocab: Any, token: int) -> bool:
+    import llama_cpp
+
+    fn = getattr(llama_cpp, "llama_vocab_is_eog", None) or llama_cpp.llama_token_is_eog
+    return bool(fn(vocab, token))
+
+
+def _compat_token_to_piece(vocab: Any, token: int) -> bytes:
+    import llama_cpp
+
+    size = 64
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n  # buffer too small: llama.cpp returns the size it needs, negated
+
+
+def _compat_named_formatter(lcf: Any, name: str) -> Any:
+    """The formatter behind a registered llama-cpp-python chat format (the registry holds handlers)."""
+    registry = lcf.LlamaChatCompletionHandlerRegistry()
+    handlers = getattr(registry, "_chat_handlers", {})
+    handler = handlers.get(name)
+    if handler is None:
+        raise ModelError(f"unknown chat format {name!r}", f"use one of: {', '.join(sorted(handlers))}")
+    code, cells = handler.__code__, handler.__closure__ or ()
+    for var, cell in zip(code.co_freevars, cells):
+        if var == "chat_formatter":
+            return cell.cell_contents
+    raise ModelError(
+        f"chat format {name!r} is a full handler, not a template",
+        "use a template-based format such as chatml, llama-3 or gemma, or pass the GGUF's own template",
+    )
