@@ -18,6 +18,8 @@ def loadable_providers() -> dict[str, bool]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from .reward import new_session
+
     ort.set_default_logger_severity(4)
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "probe",
@@ -27,7 +29,7 @@ def loadable_providers() -> dict[str, bool]:
     out = {}
     for p in ort.get_available_providers():
         try:
-            s = ort.InferenceSession(blob, providers=[p, "CPUExecutionProvider"])
+            s = new_session(blob, ort.SessionOptions(), [p, "CPUExecutionProvider"])
             out[p] = s.get_providers()[0] == p
         except Exception:
             out[p] = False

@@ -228,7 +228,7 @@ def open_session(model_file: Path, provider: str, threads: int | None, verbose: 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 2 if verbose else 3
     try:
-        session = ort.InferenceSession(str(model_file), opts, providers=[*wanted, "CPUExecutionProvider"])
+        session = new_session(str(model_file), opts, [*wanted, "CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RewardModelError(f"{model_file} is not a loadable ONNX model: {first}", "re-export it; the file may be corrupted or truncated") from None
@@ -242,6 +242,22 @@ def open_session(model_file: Path, provider: str, threads: int | None, verbose: 
             )
         note = f"{wanted[0]} is installed but did not load (missing GPU libraries?); the reward model runs on {active}"
     return session, active, note
+
+
+def new_session(model: str | bytes, opts: Any, providers: list[str]) -> Any:
+    """An InferenceSession whose fallback chatter stays off stdout.
+
+    When a GPU provider fails, onnxruntime's Python wrapper *prints* "EP Error ... Falling back" to
+    stdout, which would corrupt `--json` output; we report the fallback ourselves instead.
+    """
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    unique = list(dict.fromkeys(providers))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ort.InferenceSession(model, opts, providers=unique)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

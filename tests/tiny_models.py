@@ -37,7 +37,7 @@ def vocabulary() -> list[str]:
 
 
 def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_ff: int = 64,
-                    n_ctx: int = 512, seed: int = 0, logit_scale: float = 0.35, chat_template: str | None = CHATML) -> Path:
+                    n_ctx: int = 512, seed: int = 0, logit_scale: float = 0.7, chat_template: str | None = CHATML) -> Path:
     """A random-weight llama in F32 with a byte-level BPE vocabulary and a ChatML template."""
     from gguf import GGUFWriter, TokenType
 

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sia_local.calibrate import cache_dir, calibration_prompts, entropy_profile, tau_from_entropies
+from sia_local.config import SteerConfig
+from sia_local.lm import LM
+from sia_local.reward import OnnxReward
+from sia_local.steer import Steerer
+
+
+def test_tau_is_the_upper_quantile() -> None:
+    h = np.arange(100, dtype=float)  # 0..99
+    assert np.mean(h >= tau_from_entropies(h, 0.2)) == pytest.approx(0.2)
+    assert np.mean(h >= tau_from_entropies(h, 0.75)) == pytest.approx(0.75)
+    assert tau_from_entropies(h, 0.0) == float("inf")
+    assert tau_from_entropies(h, 1.0) == 0.0
+
+
+def test_ratio_is_realised_on_the_calibration_prompts(tiny_lm: LM, tiny_reward: Path) -> None:
+    steerer = Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=0.3, max_tokens=48))
+    tau = steerer.resolve_tau(steerer.config)
+    junctions = tokens = 0
+    for i, prompt in enumerate(calibration_prompts()):
+        stats = steerer.generate(prompt, seed=i).stats
+        assert stats.tau == tau
+        junctions += stats.junctions
+        tokens += stats.tokens
+    assert junctions / tokens == pytest.approx(0.3, abs=0.1)
+
+
+def test_profile_is_cached_per_model(tiny_lm: LM) -> None:
+    first = entropy_profile(tiny_lm, top_k=10, temperature=1.0)
+    files = list((cache_dir() / "calibration").glob("tiny-*.json"))
+    assert files, "the profile is written to the cache"
+    payload = json.loads(files[0].read_text())
+    assert payload["top_k"] == 10 and len(payload["entropies"]) == len(first)
+    again = entropy_profile(tiny_lm, top_k=10, temperature=1.0)
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    other_k = entropy_profile(tiny_lm, top_k=5, temperature=1.0)
+    assert other_k.max() <= np.log(5) + 1e-9

@@ -1,0 +1,92 @@
+"""Entropy, top-k, gates and the sampler on hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from sia_local.config import SteerConfig
+from sia_local.junction import DenseGate, EntropyGate, FirstNGate, NoGate, RandomGate, entropy, make_gate, softmax, top_k
+from sia_local.steer import _held_back, _find_stop, _pick
+
+
+def test_entropy_hand_computed() -> None:
+    # p = (1/2, 1/4, 1/4): H = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2
+    z = np.log(np.array([0.5, 0.25, 0.25]))
+    assert entropy(z) == pytest.approx(1.5 * math.log(2), abs=1e-12)
+    assert entropy(np.zeros(10)) == pytest.approx(math.log(10))
+    assert entropy(np.array([50.0, 0.0, 0.0])) == pytest.approx(0.0, abs=1e-18)
+
+
+def test_entropy_is_at_temperature_one_and_shift_invariant() -> None:
+    z = np.array([3.0, 1.0, 0.5, -2.0])
+    assert entropy(z) == pytest.approx(entropy(z + 100.0))
+    p = softmax(z)
+    assert entropy(z) == pytest.approx(-(p * np.log(p)).sum())
+
+
+def test_top_k_sorted_and_does_not_touch_logits() -> None:
+    logits = np.array([0.1, 5.0, -1.0, 3.0, 4.0, 2.0], dtype=np.float32)
+    before = logits.copy()
+    ids, z = top_k(logits, 3)
+    assert ids.tolist() == [1, 4, 3]
+    assert z.tolist() == [5.0, 4.0, 3.0]
+    np.testing.assert_array_equal(logits, before)
+    ids_all, _ = top_k(logits, 100)  # k larger than the vocabulary
+    assert len(ids_all) == 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float64, st.integers(1, 40), elements=st.floats(-30, 30)))
+def test_entropy_bounds(z: np.ndarray) -> None:
+    h = entropy(z)
+    assert -1e-9 <= h <= math.log(len(z)) + 1e-9
+
+
+def test_gates() -> None:
+    assert EntropyGate(1.0)(0, 1.0) and not EntropyGate(1.0)(0, 0.999)
+    assert DenseGate()(5, 0.0) and not NoGate()(5, 9.0)
+    first = FirstNGate(3)
+    assert [first(i, 0.0) for i in range(5)] == [True, True, True, False, False]
+    gate = RandomGate(0.3, np.random.default_rng(0))
+    share = np.mean([gate(i, 0.0) for i in range(20000)])
+    assert share == pytest.approx(0.3, abs=0.02)
+
+
+def test_make_gate_picks_the_configured_gate() -> None:
+    assert isinstance(make_gate(SteerConfig(gate="entropy", tau=1.2), 1.2, 0), EntropyGate)
+    assert isinstance(make_gate(SteerConfig(gate="dense"), None, 0), DenseGate)
+    assert isinstance(make_gate(SteerConfig(gate="random", ratio=0.5), None, 0), RandomGate)
+    assert isinstance(make_gate(SteerConfig(gate="first-n", first_n=4), None, 0), FirstNGate)
+    assert isinstance(make_gate(SteerConfig(gate="none"), None, 0), NoGate)
+
+
+def test_pick_inverse_cdf_and_greedy() -> None:
+    s = np.log(np.array([0.5, 0.3, 0.2]))
+    assert _pick(s, 1.0, 0.0) == 0
+    assert _pick(s, 1.0, 0.49) == 0
+    assert _pick(s, 1.0, 0.51) == 1
+    assert _pick(s, 1.0, 0.81) == 2
+    assert _pick(s, 1.0, 0.999999) == 2
+    assert _pick(np.array([0.0, 2.0, 1.0]), 0.0, 0.99) == 1  # T = 0 is greedy
+
+
+def test_combination_moves_mass_to_rewarded_candidate() -> None:
+    # s = z + w r: a reward of +2 on the second candidate at w = 1 multiplies its odds by e^2
+    z = np.array([1.0, 0.0])
+    r = np.array([0.0, 2.0])
+    p = softmax(z + 1.0 * r)
+    assert p[1] / p[0] == pytest.approx(math.exp(1.0))
+
+
+def test_stop_string_helpers() -> None:
+    assert _find_stop("hello END there", ["END"], 0) == 6
+    assert _find_stop("hello", ["END"], 0) is None
+    assert _held_back("hello E", ["END"]) == 1
+    assert _held_back("hello EN", ["END", "ENOUGH"]) == 2
+    assert _held_back("hello", ["END"]) == 0
