@@ -37,12 +37,19 @@ def vocabulary() -> list[str]:
 
 
 def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_ff: int = 64,
-                    n_ctx: int = 512, seed: int = 0, logit_scale: float = 0.7, chat_template: str | None = CHATML) -> Path:
-    """A random-weight llama in F32 with a byte-level BPE vocabulary and a ChatML template."""
+                    n_ctx: int = 512, seed: int = 0, logit_scale: float = 0.7, chat_template: str | None = CHATML,
+                    pad_vocab_to: int = 0, dtype: type = np.float32) -> Path:
+    """A random-weight llama with a byte-level BPE vocabulary and a ChatML template.
+
+    `pad_vocab_to` adds unreachable tokens (a realistic output-layer size for speed checks);
+    `dtype=np.float16` writes F16 matrices (norms stay F32).
+    """
     from gguf import GGUFWriter, TokenType
 
     rng = np.random.default_rng(seed)
     tokens = vocabulary()
+    n_specials_at = len(tokens) - len(SPECIALS)
+    tokens = tokens[:n_specials_at] + [f"<unused{i}>" for i in range(max(0, pad_vocab_to - len(tokens)))] + SPECIALS
     n_vocab = len(tokens)
     writer = GGUFWriter(str(path), "llama")
     writer.add_name("tiny-test-llama")
@@ -68,12 +75,12 @@ def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: i
         writer.add_chat_template(chat_template)
 
     def t(*shape: int, scale: float = 0.2) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
+        return (rng.standard_normal(shape) * scale).astype(dtype)
 
     writer.add_tensor("token_embd.weight", t(n_vocab, n_embd, scale=1.0))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     out = t(n_vocab, n_embd, scale=logit_scale)
-    out[-len(SPECIALS):] *= 0.1  # keep end-of-turn rare so runs last
+    out[-len(SPECIALS):] *= dtype(0.1)  # keep end-of-turn rare so runs last
     writer.add_tensor("output.weight", out)
     for i in range(n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
