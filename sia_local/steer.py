@@ -20,12 +20,12 @@ import codecs
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 
 from .config import SteerConfig
-from .errors import ConfigError
+from .errors import ConfigError, PromptError
 from .junction import entropy, make_gate, softmax, top_k
 from .lm import LM, Message
 from .reward import Scorer
@@ -92,16 +92,16 @@ class Piece:
 class Stream:
     """Iterate for `Piece`s; `generation` holds the full result once the iteration ends."""
 
-    def __init__(self, inner: Iterator[Piece]) -> None:
+    def __init__(self, inner: Generator[Piece, None, Generation]) -> None:
         self._inner = inner
         self.generation: Generation | None = None
 
     def __iter__(self) -> Iterator[Piece]:
-        self.generation = yield from self._inner  # type: ignore[misc]
+        self.generation = yield from self._inner
 
     def close(self) -> None:
         """Stop early (e.g. on Ctrl-C); the context stays usable."""
-        self._inner.close()  # type: ignore[attr-defined]
+        self._inner.close()
 
 
 @dataclass
@@ -160,8 +160,6 @@ class Steerer:
         return self._taus[key]
 
     def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> _Prompt:
-        from .errors import PromptError
-
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty", "give a non-empty prompt")
@@ -176,7 +174,7 @@ class Steerer:
         user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
         return _Prompt(ids, user, stops)
 
-    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None) -> Iterator[Piece]:
+    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.reward
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
