@@ -67,6 +67,8 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-k", "--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True, help="Candidates per step (entropy and reward)."),
         click.option("-w", "--weight", type=float, default=_D.weight, show_default=True, help="w in s = z + w*r."),
         click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=_D.temperature, show_default=True, help="Sampling temperature (0 = greedy)."),
+        click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=_D.top_p, show_default=True,
+                     help="Nucleus sampling inside the k candidates (1 = off)."),
         click.option("--normalize", is_flag=True, help="Standardise the k rewards at each junction before weighting."),
         click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_D.max_tokens, show_default=True, help="Most tokens to generate."),
         click.option("--seed", type=int, default=None, help="Sampler seed (reproducible output)."),
@@ -139,6 +141,54 @@ def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str 
 
 @main.command()
 @model_options
+@steer_options
+@click.option("-s", "--system", default=None, help="System message.")
+@click.option("--highlight", is_flag=True, help="Colour junction tokens: green where the reward changed the token, yellow where not.")
+@_fail_cleanly
+def chat(system: str | None, highlight: bool, **opts: Any) -> None:
+    """Chat in the terminal with streaming, history and slash commands (/help).
+
+    \b
+    sia chat --highlight
+    sia chat -m model.gguf -r reward/ --ratio 0.3 -s "You are a kind assistant."
+    """
+    from .chat import ChatSession, repl
+
+    steerer, config = build_steerer(opts)
+    if config.gate == "entropy" and config.tau is None:
+        with _progress("calibrating tau for this model (once)") as tick:
+            steerer.resolve_tau(config, progress=tick)
+    repl(ChatSession(steerer, system), highlight=highlight)
+
+
+@main.command()
+@model_options
+@steer_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (use 0.0.0.0 to serve other machines).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-queue", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one; more get 503.")
+@click.option("--api-key", default=None, envvar="SIA_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
+@_fail_cleanly
+def serve(host: str, port: int, max_queue: int, api_key: str | None, **opts: Any) -> None:
+    """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+    \b
+    sia serve --port 8000
+    curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}], "sia": {"ratio": 0.3}}'
+    """
+    from .server import serve as run_server
+
+    steerer, config = build_steerer(opts)
+    if config.gate == "entropy" and config.tau is None:
+        with _progress("calibrating tau for this model (once)") as tick:
+            steerer.resolve_tau(config, progress=tick)
+    model_id = steerer.lm.path.stem
+    click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.reward, 'name', 'none')}); Ctrl-C stops", err=True)
+    run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key)
+
+
+@main.command()
+@model_options
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True)
 @click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=_D.temperature, show_default=True)
 @click.option("--ratio", "ratios", type=click.FloatRange(0.0, 1.0), multiple=True, help="Ratios to report [default: 0.2 0.4 0.6 0.8].")
@@ -182,7 +232,7 @@ def build_steerer(opts: dict[str, Any], *, trace: bool = False) -> tuple[Any, St
     from .steer import Steerer
 
     config = SteerConfig(
-        gate=opts["gate"], top_k=opts["top_k"], weight=opts["weight"], temperature=opts["temperature"],
+        gate=opts["gate"], top_k=opts["top_k"], weight=opts["weight"], temperature=opts["temperature"], top_p=opts["top_p"],
         tau=opts["tau"], ratio=opts["ratio"] if opts["ratio"] is not None else _D.ratio, first_n=opts["first_n"],
         max_tokens=opts["max_tokens"], seed=opts["seed"], normalize=opts["normalize"], stop=tuple(opts["stop"]), trace=trace,
     )

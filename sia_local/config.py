@@ -27,6 +27,7 @@ class SteerConfig:
         top_k: k, the candidate set for both the entropy and the reward (paper: 10).
         weight: w in s_i = z_i + w * r_i (paper: 1.0).
         temperature: T for sampling from softmax(s / T); 0 means greedy. The entropy always uses T=1.
+        top_p: nucleus sampling inside the k candidates (1.0 = off, the paper).
         tau: entropy threshold in nats (0 .. ln k). When None, derived from ``ratio`` by calibration.
         ratio: target share of junction steps in [0, 1]; used for ``entropy`` (via tau calibration)
             and ``random`` (as the probability).
@@ -42,6 +43,7 @@ class SteerConfig:
     top_k: int = 10
     weight: float = 1.0
     temperature: float = 1.0
+    top_p: float = 1.0
     tau: float | None = None
     ratio: float | None = 0.2
     first_n: int = 32
@@ -60,6 +62,9 @@ class SteerConfig:
         _finite("temperature", self.temperature, "--temperature")
         if self.temperature < 0:
             raise ConfigError(f"`temperature` must be >= 0, got {self.temperature}", "fix --temperature (0 = greedy)")
+        _finite("top_p", self.top_p, "--top-p")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"`top_p` must be in (0, 1], got {self.top_p}", "fix --top-p")
         if self.tau is not None:
             _finite("tau", self.tau, "--tau")
             if self.tau < 0:

@@ -198,7 +198,7 @@ class Steerer:
             h = entropy(z)
             is_junction = gate(step, h)
             u = rng.random()
-            base_choice = _pick(z, cfg.temperature, u)
+            base_choice = _pick(z, cfg.temperature, u, cfg.top_p)
             rewards = None
             if is_junction:
                 assert reward is not None
@@ -211,7 +211,7 @@ class Steerer:
                 stats.candidates_scored += len(texts)
                 if cfg.normalize:
                     r = (r - r.mean()) / (r.std() + 1e-6)
-                choice = _pick(z + cfg.weight * r, cfg.temperature, u)
+                choice = _pick(z + cfg.weight * r, cfg.temperature, u, cfg.top_p)
                 rewards = [float(x) for x in r]
             else:
                 choice = base_choice
@@ -259,11 +259,21 @@ class Steerer:
         return Generation(text=text, token_ids=out_ids, stats=stats, trace=trace)
 
 
-def _pick(scores: np.ndarray, temperature: float, u: float) -> int:
-    """Index drawn from softmax(scores / T) by inverse CDF at `u`; greedy when T = 0."""
+def _pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -> int:
+    """Index drawn from softmax(scores / T) by inverse CDF at `u`; greedy when T = 0.
+
+    With top_p < 1 only the most likely candidates whose mass reaches top_p stay in the draw.
+    """
     if temperature == 0:
         return int(np.argmax(scores))
-    cdf = np.cumsum(softmax(scores / temperature))
+    p = softmax(scores / temperature)
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+        mask = np.zeros_like(p)
+        mask[keep] = 1.0
+        p = p * mask
+    cdf = np.cumsum(p)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(scores) - 1))
 
 

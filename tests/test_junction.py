@@ -74,6 +74,10 @@ def test_pick_inverse_cdf_and_greedy() -> None:
     assert _pick(s, 1.0, 0.81) == 2
     assert _pick(s, 1.0, 0.999999) == 2
     assert _pick(np.array([0.0, 2.0, 1.0]), 0.0, 0.99) == 1  # T = 0 is greedy
+    # top_p = 0.6 keeps {0.5, 0.3}: the draw is over those two, renormalised
+    assert _pick(s, 1.0, 0.999999, top_p=0.6) == 1
+    assert _pick(s, 1.0, 0.6, top_p=0.6) == 0
+    assert _pick(s, 1.0, 0.99, top_p=0.4) == 0
 
 
 def test_combination_moves_mass_to_rewarded_candidate() -> None:

@@ -1,0 +1,188 @@
+"""`sia chat`: an interactive terminal chat over the steering core.
+
+The session keeps the chat history (so llama.cpp reuses the KV cache of every earlier turn) and the
+current steering settings, which slash commands change between turns. Ctrl-C stops the answer being
+written, not the program.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import click
+
+from .errors import SiaError
+from .reward import OnnxReward
+from .steer import Generation, Piece, Steerer
+
+HELP = """commands:
+  /ratio R        steer a share R of tokens (entropy gate, tau calibrated)    /tau T      entropy threshold in nats
+  /gate G         entropy | dense | none | random | first-n                   /weight W   reward weight
+  /top-k K        candidates per step                                         /temp T     sampling temperature
+  /reward off|on|DIR   stop, resume or switch the reward model               /highlight  toggle junction colours
+  /stats          settings and the last answer's statistics                   /reset      forget the conversation
+  /save FILE      write the conversation and settings as JSON                 /quit       leave (or Ctrl-D)"""
+
+
+class ChatSession:
+    """History + settings for one conversation; `ask` streams one answer."""
+
+    def __init__(self, steerer: Steerer, system: str | None = None) -> None:
+        self.steerer = steerer
+        self.system = system
+        self.messages: list[dict[str, str]] = []
+        self.last: Generation | None = None
+        self._reward = steerer.reward
+        self._gate_before_off = steerer.config.gate
+
+    def ask(self, text: str, on_piece: Callable[[Piece], None]) -> Generation | None:
+        """Send `text`, stream pieces to `on_piece`; returns None if interrupted (the partial answer is kept)."""
+        self.messages.append({"role": "user", "content": text})
+        stream = self.steerer.stream(self.messages, system=self.system)
+        parts: list[str] = []
+        try:
+            for piece in stream:
+                parts.append(piece.text)
+                on_piece(piece)
+        except KeyboardInterrupt:
+            stream.close()
+            self.messages.append({"role": "assistant", "content": "".join(parts)})
+            return None
+        self.last = stream.generation
+        assert self.last is not None
+        self.messages.append({"role": "assistant", "content": self.last.text})
+        return self.last
+
+    def command(self, line: str) -> str:
+        """Apply a slash command; returns the line to print."""
+        name, _, arg = line[1:].strip().partition(" ")
+        arg = arg.strip()
+        cfg = self.steerer.config
+        try:
+            if name == "ratio":
+                self._set(gate="entropy" if cfg.gate in ("entropy", "none") else cfg.gate, ratio=float(arg), tau=None)
+            elif name == "tau":
+                self._set(gate="entropy", tau=float(arg))
+            elif name == "gate":
+                self._set(gate=arg)
+            elif name == "weight":
+                self._set(weight=float(arg))
+            elif name in ("top-k", "topk", "k"):
+                self._set(top_k=int(arg))
+            elif name in ("temp", "temperature"):
+                self._set(temperature=float(arg))
+            elif name == "reward":
+                return self._reward_command(arg)
+            elif name == "reset":
+                self.messages.clear()
+                self.last = None
+                return "conversation cleared"
+            elif name == "save":
+                if not arg:
+                    return "usage: /save FILE"
+                Path(arg).write_text(json.dumps({"system": self.system, "messages": self.messages, "settings": _settings(self.steerer)}, indent=1, ensure_ascii=False))
+                return f"saved {len(self.messages)} messages to {arg}"
+            elif name == "stats":
+                return self.stats_line()
+            elif name == "help":
+                return HELP
+            else:
+                return f"unknown command /{name}; /help lists them"
+        except ValueError:
+            return f"/{name} needs a number, got {arg!r}"
+        except SiaError as exc:
+            return f"error: {exc}"
+        return "settings: " + json.dumps(_settings(self.steerer))
+
+    def stats_line(self) -> str:
+        settings = "settings: " + json.dumps(_settings(self.steerer))
+        if self.last is None:
+            return settings
+        s = self.last.stats
+        tau = f" tau={s.tau:.3f}" if s.tau is not None else ""
+        return (f"{settings}\nlast answer: {s.tokens} tokens, {s.tokens_per_s:.1f} tok/s, gate={s.gate}{tau}, "
+                f"junctions={s.junctions} ({s.ratio:.0%}), changed={s.changed}, reward {s.reward_seconds:.2f}s")
+
+    def _set(self, **changes: Any) -> None:
+        config = self.steerer.config.replace(**changes)
+        if config.gate != "none" and self.steerer.reward is None:
+            raise SiaError("no reward model is loaded", "use /reward on or /reward DIR first")
+        if config.gate == "entropy":
+            self.steerer.resolve_tau(config)  # calibrate now, not in the middle of the next answer
+        self.steerer.config = config
+
+    def _reward_command(self, arg: str) -> str:
+        if arg == "off":
+            self._gate_before_off = self.steerer.config.gate if self.steerer.config.gate != "none" else self._gate_before_off
+            self.steerer.config = self.steerer.config.replace(gate="none")
+            return "reward off: base sampling"
+        if arg in ("on", ""):
+            if self._reward is None:
+                return "no reward model loaded; /reward DIR loads one"
+            self.steerer.reward = self._reward
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+            return f"reward on ({self._reward.name}), gate {self.steerer.config.gate}"
+        self._reward = OnnxReward(arg)
+        self.steerer.reward = self._reward
+        if self.steerer.config.gate == "none":
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+        return f"reward {self._reward.name} on {self._reward.provider}"
+
+
+def _settings(steerer: Steerer) -> dict[str, Any]:
+    c = steerer.config
+    return {"gate": c.gate, "ratio": c.ratio, "tau": c.tau, "weight": c.weight, "top_k": c.top_k, "temperature": c.temperature,
+            "reward": getattr(steerer.reward, "name", None)}
+
+
+def style_piece(piece: Piece, highlight: bool) -> str:
+    """The piece's text, coloured when it is a junction token: green if the reward changed the choice, yellow if not."""
+    if not highlight or not piece.token.junction or not piece.text:
+        return piece.text
+    return click.style(piece.text, fg="green" if piece.token.changed else "yellow", bold=piece.token.changed)
+
+
+def repl(session: ChatSession, *, highlight: bool, out: TextIO | None = None) -> None:
+    """Read lines, answer them, until /quit or end of input."""
+    def echo(text: str, nl: bool = True) -> None:
+        click.echo(text, nl=nl, file=out)  # flushes; drops colours when not a terminal
+
+    echo(f"sia chat — {session.steerer.lm.path.name}, reward {getattr(session.steerer.reward, 'name', 'none')}. /help for commands, Ctrl-C stops an answer.")
+    if highlight:
+        echo(click.style("junction, reward changed the token", fg="green", bold=True) + " · " + click.style("junction, unchanged", fg="yellow"))
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            echo("")
+            return
+        except KeyboardInterrupt:
+            echo("")
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit", "/q"):
+            return
+        if line == "/highlight":
+            highlight = not highlight
+            echo(f"highlight {'on' if highlight else 'off'}")
+            continue
+        if line.startswith("/"):
+            echo(session.command(line))
+            continue
+        try:
+            generation = session.ask(line, lambda p: echo(style_piece(p, highlight), nl=False))
+        except SiaError as exc:
+            session.messages.pop()
+            echo(f"error: {exc}")
+            continue
+        echo("")
+        if generation is None:
+            echo("[stopped]")
+            continue
+        s = generation.stats
+        echo(click.style(f"[{s.tokens} tokens, {s.tokens_per_s:.1f} tok/s, junctions {s.junctions} ({s.ratio:.0%}), changed {s.changed}, "
+                         f"reward {s.reward_seconds:.2f}s]", dim=True))

@@ -1,0 +1,353 @@
+"""`sia serve`: an OpenAI-compatible HTTP server over the one steering core.
+
+Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+Steering settings ride along as an extra body field, e.g. ``"sia": {"ratio": 0.2, "weight": 1.0}``
+(``extra_body`` in the openai client), and ``usage.sia`` reports the junction statistics.
+
+Concurrency: one llama.cpp context serves one generation at a time (an asyncio lock); up to
+`max_queue` requests wait behind it and any more get a 503 at once. A generation runs in a worker
+thread that checks a cancel flag at every token, so a client that disconnects frees the model
+after at most one more token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any, AsyncGenerator, AsyncIterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import GATES
+from .errors import ConfigError, PromptError, SiaError
+from .steer import Generation, Steerer
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class SiaParams(BaseModel):
+    """Steering fields of a request; unset ones keep the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    gate: Literal[GATES] | None = None  # type: ignore[valid-type]
+    ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    tau: float | None = Field(default=None, ge=0.0)
+    weight: float | None = None
+    top_k: int | None = Field(default=None, ge=1)
+    first_n: int | None = Field(default=None, ge=0)
+    normalize: bool | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    sia: SiaParams | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[dict[str, Any]] | None = ""
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Engine:
+    """The model behind the server: one generation at a time, a bounded queue in front."""
+
+    def __init__(self, steerer: Steerer, model_id: str, max_queue: int = 8) -> None:
+        self.steerer = steerer
+        self.model_id = model_id
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.active = 0
+        self.cancelled = 0
+        self.served = 0
+        self._lock: asyncio.Lock | None = None
+
+    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event) -> AsyncGenerator[tuple[str, Any], None]:
+        """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if self.waiting >= self.max_queue:
+            raise ApiError(503, f"the server is busy: {self.active} running and {self.waiting} queued; retry later",
+                           type="server_error", code="server_busy")
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        self.active = 1
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(kind: str, item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, item))
+
+        def finished() -> None:  # runs on the event loop once the worker has let go of the model
+            self.active = 0
+            assert self._lock is not None
+            self._lock.release()
+
+        def worker() -> None:
+            try:
+                stream = self.steerer.stream(prompt, **options)
+                for piece in stream:
+                    if cancel.is_set():
+                        stream.close()
+                        self.cancelled += 1
+                        return
+                    emit("piece", piece)
+                self.served += 1
+                emit("done", stream.generation)
+            except SiaError as exc:
+                emit("error", exc)
+            except Exception as exc:  # a bug: report it as a 500 rather than hang the client
+                emit("error", exc)
+            finally:
+                loop.call_soon_threadsafe(finished)
+
+        threading.Thread(target=worker, name="sia-generation", daemon=True).start()
+        try:
+            while True:
+                kind, item = await events.get()
+                yield kind, item
+                if kind != "piece":
+                    return
+        finally:
+            cancel.set()  # the client went away or we are done: stop the worker at its next token
+
+
+def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The FastAPI application; state lives on `app.state.engine`."""
+    app = FastAPI(title="sia-local", version="0.1.0")
+    engine = Engine(steerer, model_id, max_queue)
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+            return JSONResponse(ApiError(401, "missing or wrong API key", code="invalid_api_key").body(), status_code=401)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body_bytes:
+            return JSONResponse(ApiError(413, f"the request body is over {max_body_bytes} bytes", code="request_too_large").body(), status_code=413)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.waiting,
+                "served": engine.served, "cancelled": engine.cancelled}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sia-local"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = await _parse(request, ChatRequest, max_body_bytes)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return await _respond(engine, req, messages, {}, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = await _parse(request, CompletionRequest, max_body_bytes)
+        prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
+        return await _respond(engine, req, prompt, {"raw": True}, chat=False)
+
+    async def _respond(engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+        if req.model and req.model != model_id:
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
+        if req.n != 1:
+            raise ApiError(400, "n must be 1 (Best-of-N is not available in this server yet)", param="n")
+        options = {**extra, **_options(req)}
+        cancel = threading.Event()
+        events = engine.run(prompt, options, cancel)
+        first = await _first_event(events)  # prompt errors surface here, before any byte is sent
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if not req.stream:
+            kind, item = first
+            while kind == "piece":
+                kind, item = await events.__anext__()
+            if kind == "error":
+                raise _as_api_error(item)
+            return _full_response(rid, created, model_id, item, chat)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(rid, created, model_id, first, events, chat, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+async def _parse(request: Any, model: type[_Request], max_body_bytes: int) -> Any:
+    body = await request.body()
+    if len(body) > max_body_bytes:
+        raise ApiError(413, f"the request body is over {max_body_bytes} bytes", code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        req = model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if limit is not None and limit <= 0:
+        raise ApiError(400, f"max_tokens must be at least 1, got {limit}", param="max_tokens")
+    return req
+
+
+def _options(req: _Request) -> dict[str, Any]:
+    """Per-request SteerConfig overrides from the OpenAI fields and the `sia` extension."""
+    out: dict[str, Any] = {}
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if limit is not None:
+        out["max_tokens"] = limit
+    for field in ("temperature", "top_p", "seed"):
+        value = getattr(req, field)
+        if value is not None:
+            out[field] = value
+    if req.stop:
+        out["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+    if req.sia:
+        out.update({k: v for k, v in req.sia.model_dump().items() if v is not None})
+        if req.sia.ratio is not None and req.sia.tau is None:
+            out["tau"] = None  # a ratio in the request wins over the server's --tau
+    return out
+
+
+async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any]:
+    kind, item = await events.__anext__()
+    if kind == "error":
+        raise _as_api_error(item)
+    return kind, item
+
+
+def _as_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, (PromptError, ConfigError)):
+        code = "context_length_exceeded" if "context holds" in getattr(exc, "message", "") else None
+        return ApiError(400, str(exc), code=code)
+    if isinstance(exc, SiaError):
+        return ApiError(500, str(exc), type="server_error")
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def _finish(generation: Generation) -> str:
+    return "length" if generation.stats.finish_reason in ("length", "context") else "stop"
+
+
+def _usage(generation: Generation) -> dict[str, Any]:
+    s = generation.stats
+    return {
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.tokens,
+        "total_tokens": s.prompt_tokens + s.tokens,
+        "sia": {k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens")},
+    }
+
+
+def _full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool) -> dict[str, Any]:
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": _finish(generation)}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": generation.text, "logprobs": None, "finish_reason": _finish(generation)}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice], "usage": _usage(generation)}
+
+
+async def _sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
+               chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, *, role: bool = False) -> bytes:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    if chat:
+        yield chunk(None, None, role=True)
+    pending: list[tuple[str, Any]] = [first]
+    try:
+        while True:
+            kind, item = pending.pop() if pending else await events.__anext__()
+            if kind == "piece":
+                if item.text:
+                    yield chunk(item.text, None)
+                continue
+            if kind == "error":
+                err = _as_api_error(item)
+                yield f"data: {json.dumps(err.body())}\n\n".encode()
+                break
+            generation: Generation = item
+            yield chunk(None if chat else "", _finish(generation))
+            if include_usage:
+                payload = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [], "usage": _usage(generation)}
+                yield f"data: {json.dumps(payload)}\n\n".encode()
+            break
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # sets the cancel flag if the client left early
+
+
+def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 8, api_key: str | None = None) -> None:
+    """Run the server until Ctrl-C."""
+    import uvicorn
+
+    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,189 @@
+"""`sia serve` on a real loopback port, spoken to by the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from sia_local.config import SteerConfig  # noqa: E402
+from sia_local.lm import LM  # noqa: E402
+from sia_local.reward import OnnxReward  # noqa: E402
+from sia_local.server import create_app  # noqa: E402
+from sia_local.steer import Steerer  # noqa: E402
+
+MODEL = "tiny"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> "_Server":
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def steerer(tiny_gguf: Path, tiny_reward: Path) -> Steerer:
+    return Steerer(LM(tiny_gguf, n_ctx=1024), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(tau=1.3, max_tokens=32))
+
+
+@pytest.fixture(scope="module")
+def server(steerer: Steerer) -> Iterator[_Server]:
+    app = create_app(steerer, model_id=MODEL, max_queue=4, max_body_bytes=64_000)
+    with _Server(app, _free_port()) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server: _Server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_and_health(client, server: _Server) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL
+
+
+def test_chat_completion_matches_the_core(client, steerer: Steerer) -> None:
+    msgs = [{"role": "user", "content": "Tell me something."}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=5)
+    core = steerer.generate(msgs, max_tokens=20, seed=5)
+    assert r.choices[0].message.content == core.text
+    assert r.choices[0].finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.completion_tokens == core.stats.tokens
+    assert u.prompt_tokens == core.stats.prompt_tokens
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    sia = u.model_extra["sia"]
+    assert sia["junctions"] == core.stats.junctions and sia["gate"] == "entropy"
+
+
+def test_streaming_chat_adds_up(client) -> None:
+    msgs = [{"role": "user", "content": "Tell me something."}]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=25, seed=9, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals and finals[-1] in ("stop", "length")
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
+    whole = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=25, seed=9)
+    assert text == whole.choices[0].message.content
+
+
+def test_completion_endpoint(client) -> None:
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, seed=1)
+    assert r.object == "text_completion" and r.usage.completion_tokens > 0
+    assert isinstance(r.choices[0].text, str)
+
+
+def test_steering_params_change_the_stats(client) -> None:
+    msgs = [{"role": "user", "content": "Tell me something."}]
+    none = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=2, extra_body={"sia": {"gate": "none"}})
+    dense = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=2, extra_body={"sia": {"gate": "dense", "weight": 2.0}})
+    assert none.usage.model_extra["sia"]["reward_calls"] == 0
+    d = dense.usage.model_extra["sia"]
+    assert d["junctions"] == dense.usage.completion_tokens and d["weight"] == 2.0
+    ratio = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=2, extra_body={"sia": {"ratio": 0.5}})
+    assert ratio.usage.model_extra["sia"]["tau"] != 1.3  # the request's ratio replaced the server's tau
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "does not exist"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}).encode(), 400, "max_tokens"),
+        (json.dumps({"messages": [{"role": "user", "content": "word " * 3000}]}).encode(), 400, "context holds"),
+        (json.dumps({"messages": []}).encode(), 400, "messages"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "sia": {"ratio": 2}}).encode(), 400, "sia.ratio"),
+        (json.dumps({"messages": [{"role": "user", "content": "x" * 70_000}]}).encode(), 413, "over"),
+    ],
+)
+def test_errors_in_openai_format(server: _Server, body: bytes, status: int, fragment: str) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and set(err) == {"message", "type", "param", "code"}
+
+
+def test_openai_client_sees_errors(client) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=-1)
+
+
+def test_concurrent_clients_get_unmixed_answers_or_503(server: _Server, steerer: Steerer) -> None:
+    def ask(i: int) -> tuple[int, int, str]:
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=120,
+                       json={"messages": [{"role": "user", "content": f"Client {i} here."}], "max_tokens": 24, "seed": i})
+        return i, r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.json()["error"]["code"]
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(ask, range(20)))
+    ok = [(i, text) for i, code, text in results if code == 200]
+    busy = [i for i, code, text in results if code == 503]
+    assert len(ok) + len(busy) == 20 and ok
+    assert all(text == "server_busy" for i, code, text in results if code == 503)
+    for i, text in ok:  # each answer is exactly what that request alone produces
+        assert text == steerer.generate([{"role": "user", "content": f"Client {i} here."}], max_tokens=24, seed=i).text
+
+
+def test_disconnect_mid_stream_frees_the_model(server: _Server, client) -> None:
+    before = httpx.get(server.url + "/health").json()["cancelled"]
+    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "stream": True,
+            "sia": {"gate": "dense"}}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in got)
+    deadline = time.time() + 30
+    while True:
+        health = httpx.get(server.url + "/health").json()
+        if health["active"] == 0 and health["cancelled"] > before:
+            break
+        assert time.time() < deadline, health
+        time.sleep(0.05)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert r.choices[0].message.content is not None
+
+
+def test_api_key(steerer: Steerer) -> None:
+    app = create_app(steerer, model_id=MODEL, api_key="s3cret")
+    with _Server(app, _free_port()) as s:
+        assert httpx.get(s.url + "/v1/models").status_code == 401
+        ok = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret", max_retries=0)
+        assert ok.models.list().data[0].id == MODEL
+        assert httpx.get(s.url + "/health").status_code == 200
