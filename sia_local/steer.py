@@ -177,86 +177,138 @@ class Steerer:
     def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.reward
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
-        rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
-        gate = make_gate(cfg, tau, seed)
-        stops = list(cfg.stop) + prompt.stops
-        stats = Stats(prompt_tokens=len(prompt.ids), tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed)
-        trace: list[TokenInfo] | None = [] if cfg.trace else None
-        out_ids: list[int] = []
-        out_bytes = bytearray()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, emitted = "", 0
-        info: TokenInfo | None = None
-        stopped_on_string = False
-
+        seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops)
         start = time.perf_counter()
         logits = lm.prefill(prompt.ids)
-        stats.prefill_seconds = time.perf_counter() - start
-        stats.finish_reason = "length"
-        for step in range(cfg.max_tokens):
-            ids, z = top_k(logits, cfg.top_k)  # (k,), (k,) highest first
-            h = entropy(z)
-            is_junction = gate(step, h)
-            u = rng.random()
-            base_choice = _pick(z, cfg.temperature, u, cfg.top_p)
-            rewards = None
-            if is_junction:
+        seq.stats.prefill_seconds = time.perf_counter() - start
+        while True:
+            seq.propose(logits)  # top-k, entropy, gate, the step's uniform draw
+            rewards, seconds = None, 0.0
+            if seq.junction:
                 assert reward is not None
-                done = bytes(out_bytes)
-                texts = [(done + lm.piece(int(c))).decode("utf-8", "ignore") for c in ids]
                 t = time.perf_counter()
-                r = reward.score(prompt.reward_prompt, texts)  # (k,)
-                stats.reward_seconds += time.perf_counter() - t
-                stats.reward_calls += 1
-                stats.candidates_scored += len(texts)
-                if cfg.normalize:
-                    r = (r - r.mean()) / (r.std() + 1e-6)
-                choice = _pick(z + cfg.weight * r, cfg.temperature, u, cfg.top_p)
-                rewards = [float(x) for x in r]
-            else:
-                choice = base_choice
-            token = int(ids[choice])
-            if lm.is_eog(token):
-                stats.finish_reason = "stop"
+                rewards = reward.score(prompt.reward_prompt, seq.candidate_texts())  # (k,) in one batched run
+                seconds = time.perf_counter() - t
+            piece = seq.commit(rewards, seconds)
+            if piece is not None:
+                yield piece
+            if seq.done:
                 break
-            stats.junctions += is_junction
-            stats.changed += choice != base_choice
-            out_ids.append(token)
-            piece = lm.piece(token)
-            out_bytes += piece
-            text += decoder.decode(piece)
-            info = TokenInfo(token, piece.decode("utf-8", "replace"), h, is_junction, choice, choice != base_choice, rewards)
-            if trace is not None:
-                trace.append(info)
-
-            cut = _find_stop(text, stops, emitted)
-            if cut is not None:
-                text = text[:cut]
-                yield Piece(text[emitted:], info)
-                emitted = len(text)
-                stats.finish_reason = "stop"
-                stopped_on_string = True
-                break
-            safe = len(text) - _held_back(text, stops)
-            yield Piece(text[emitted:safe], info)
-            emitted = safe
             if lm.n_past + 1 >= lm.n_ctx:
-                stats.finish_reason = "context"
+                seq.end("context")
                 break
-            if step + 1 < cfg.max_tokens:
-                t = time.perf_counter()
-                logits = lm.step(token)
-                stats.lm_seconds += time.perf_counter() - t
-        if not stopped_on_string:
-            text += decoder.decode(b"", final=True)  # a dangling partial character becomes U+FFFD
-            if emitted < len(text) and info is not None:
-                yield Piece(text[emitted:], info)  # text held back for a stop string that never came
-        stats.tokens = len(out_ids)
+            t = time.perf_counter()
+            logits = lm.step(seq.last_token)
+            seq.stats.lm_seconds += time.perf_counter() - t
+        tail = seq.close()
+        if tail is not None:
+            yield tail
+        return seq.result(time.perf_counter() - start)
+
+
+class SequenceState:
+    """One response being decoded: its sampler stream, gate, text, stats and trace.
+
+    A driver feeds it logits (`propose`), scores `candidate_texts()` when `junction` is set, and hands
+    the rewards back (`commit`). `Steerer` drives one sequence; Best-of-N (`search.py`) drives N in
+    one llama.cpp batch, with the junctions of all of them scored in one reward-model run.
+    """
+
+    def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_tokens: int, stops: list[str]) -> None:
+        self.lm, self.cfg = lm, cfg
+        self.rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
+        self.gate = make_gate(cfg, tau, seed)
+        self.stops = stops
+        self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
+                           finish_reason="length")
+        self.trace: list[TokenInfo] | None = [] if cfg.trace else None
+        self.ids: list[int] = []
+        self.done = False
+        self.junction = False
+        self.last_token = -1
+        self._bytes = bytearray()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text, self._emitted = "", 0
+        self._info: TokenInfo | None = None
+        self._cut_at_stop = False
+        self._cand = np.zeros(0, dtype=np.int64)
+        self._z = np.zeros(0)
+        self._h, self._u, self._base = 0.0, 0.0, 0
+
+    def propose(self, logits: np.ndarray) -> None:
+        """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
+        self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
+        self._h = entropy(self._z)
+        self.junction = self.gate(len(self.ids), self._h)
+        self._u = self.rng.random()
+        self._base = _pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
+
+    def candidate_texts(self) -> list[str]:
+        """The response so far with each candidate appended (a partial UTF-8 character is dropped)."""
+        done = bytes(self._bytes)
+        return [(done + self.lm.piece(int(c))).decode("utf-8", "ignore") for c in self._cand]
+
+    def commit(self, rewards: np.ndarray | None, reward_seconds: float = 0.0) -> Piece | None:
+        """Choose this step's token (steered if `rewards` is given) and append it; returns the new text."""
+        cfg, stats = self.cfg, self.stats
+        choice, kept = self._base, None
+        if rewards is not None:
+            stats.reward_seconds += reward_seconds
+            stats.reward_calls += 1
+            stats.candidates_scored += len(rewards)
+            r = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
+            choice = _pick(self._z + cfg.weight * r, cfg.temperature, self._u, cfg.top_p)
+            kept = [float(x) for x in r]
+        token = int(self._cand[choice])
+        if self.lm.is_eog(token):
+            self.end("stop")
+            return None
+        stats.junctions += self.junction
+        stats.changed += choice != self._base
+        self.ids.append(token)
+        self.last_token = token
+        piece = self.lm.piece(token)
+        self._bytes += piece
+        self._text += self._decoder.decode(piece)
+        self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept)
+        if self.trace is not None:
+            self.trace.append(self._info)
+        cut = _find_stop(self._text, self.stops, self._emitted)
+        if cut is not None:
+            self._text = self._text[:cut]
+            self._cut_at_stop = True
+            self.end("stop")
+            return self._emit(len(self._text))
+        if len(self.ids) >= cfg.max_tokens:
+            self.end("length")
+        return self._emit(len(self._text) - _held_back(self._text, self.stops))
+
+    def end(self, reason: str) -> None:
+        self.done = True
+        self.stats.finish_reason = reason
+
+    def close(self) -> Piece | None:
+        """Flush the UTF-8 decoder and any text held back for a stop string that never came."""
+        if self._cut_at_stop:
+            return None
+        self._text += self._decoder.decode(b"", final=True)  # a dangling partial character becomes U+FFFD
+        return self._emit(len(self._text)) if self._emitted < len(self._text) else None
+
+    def result(self, seconds: float) -> Generation:
+        stats = self.stats
+        stats.tokens = len(self.ids)
         stats.ratio = stats.junctions / stats.tokens if stats.tokens else 0.0
-        stats.seconds = time.perf_counter() - start
-        decode_seconds = stats.seconds - stats.prefill_seconds
+        stats.seconds = seconds
+        decode_seconds = seconds - stats.prefill_seconds
         stats.tokens_per_s = stats.tokens / decode_seconds if decode_seconds > 0 else 0.0
-        return Generation(text=text, token_ids=out_ids, stats=stats, trace=trace)
+        return Generation(text=self._text, token_ids=self.ids, stats=stats, trace=self.trace)
+
+    def _emit(self, upto: int) -> Piece | None:
+        if self._info is None:
+            return None
+        piece = Piece(self._text[self._emitted : upto], self._info)
+        self._emitted = upto
+        return piece
 
 
 def _pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -> int:
