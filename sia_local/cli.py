@@ -100,8 +100,10 @@ def main() -> None:
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print text as it is generated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole Generation (text, ids, stats) as JSON.")
 @click.option("--trace", is_flag=True, help="Keep per-token entropy, junction flag, rank and rewards (in --json).")
+@click.option("--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Decode N samples together (each steered as set) and print the one the reward model scores best.")
 @_fail_cleanly
-def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str | None, raw: bool, **opts: Any) -> None:
+def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str | None, raw: bool, best_of: int, **opts: Any) -> None:
     """Generate a steered response to PROMPT.
 
     \b
@@ -109,10 +111,13 @@ def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str 
     sia generate "Tell me about your day." --ratio 0.4 --seed 1
     sia generate "Hello" -m model.gguf -r my-reward/ --reward-label positive --json
     """
-    steerer, config = build_steerer(opts, trace=trace)
+    steerer, config = build_steerer(opts, trace=trace, need_reward=best_of > 1)  # BoN picks its winner with the reward
     if config.gate == "entropy" and config.tau is None:
         with _progress("calibrating tau for this model (once)") as tick:
             steerer.resolve_tau(config, progress=tick)
+    if best_of > 1:
+        _best_of(steerer, prompt, best_of, system=system, raw=raw, as_json=as_json)
+        return
     live = stream and not as_json
     s = steerer.stream(prompt, system=system, raw=raw)
     try:
@@ -226,8 +231,30 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:22} {value}")
 
 
+def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool, as_json: bool) -> None:
+    from .search import best_of_n
+
+    with _progress(f"decoding {n} samples") as tick:
+        done = [0]
+
+        def on_piece(i: int, piece: Any) -> None:
+            done[0] += 1
+            tick(done[0], n * steerer.config.max_tokens)
+
+        result = best_of_n(steerer, prompt, n, system=system, raw=raw, on_piece=on_piece)
+    if as_json:
+        payload = {"model": str(steerer.lm.path), "reward": _reward_summary(steerer), **result.to_dict()}
+        click.echo(json.dumps(payload, ensure_ascii=False, indent=1))
+        return
+    click.echo(result.best.text)
+    st = result.stats
+    scores = ", ".join(f"{c.score:.2f}" for c in result.candidates)
+    click.echo(f"[best of {n}: #{result.best_index} (scores {scores}); {st.tokens} tokens in {st.seconds:.2f}s = {st.tokens_per_s:.1f} tok/s, "
+               f"{st.decode_calls} decode calls, reward {st.reward_seconds:.2f}s]", err=True)
+
+
 # -- helpers ----------------------------------------------------------------------------------------
-def build_steerer(opts: dict[str, Any], *, trace: bool = False) -> tuple[Any, SteerConfig]:
+def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False) -> tuple[Any, SteerConfig]:
     """LM + reward + config from CLI options (shared by generate and, later, chat/serve)."""
     from .steer import Steerer
 
@@ -237,7 +264,7 @@ def build_steerer(opts: dict[str, Any], *, trace: bool = False) -> tuple[Any, St
         max_tokens=opts["max_tokens"], seed=opts["seed"], normalize=opts["normalize"], stop=tuple(opts["stop"]), trace=trace,
     )
     lm = _load_lm(opts)
-    reward = _load_reward(opts) if config.gate != "none" else None
+    reward = _load_reward(opts) if config.gate != "none" or need_reward else None
     return Steerer(lm, reward, config), config
 
 

@@ -184,6 +184,99 @@ class LM:
         return dict(self._llm.metadata)
 
 
+class BatchContext:
+    """A second llama.cpp context over the same weights that decodes several sequences at once.
+
+    For Best-of-N: the prompt is decoded once on sequence 0 and shared with the others by a KV
+    sequence copy (a unified KV cache makes that a bookkeeping step, not a copy); then every step
+    is one `llama_decode` with one token per live sequence.
+    """
+
+    def __init__(self, lm: LM, n_seq: int, n_ctx: int) -> None:
+        import llama_cpp
+
+        limit = int(llama_cpp.llama_max_parallel_sequences()) if hasattr(llama_cpp, "llama_max_parallel_sequences") else 64
+        if not 1 <= n_seq <= limit:
+            raise PromptError(f"Best-of-N needs 1..{limit} sequences, got {n_seq}", f"use --best-of {min(max(n_seq, 1), limit)}")
+        self.lm = lm
+        self.n_seq = n_seq
+        self.n_ctx = n_ctx
+        self.n_batch = 512
+        base = lm._llm.context_params  # the same settings as the single-sequence context (flash attention, KV types, ...)
+        params = type(base).from_buffer_copy(base)
+        params.n_ctx = n_ctx
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = lm.n_threads
+        if hasattr(params, "kv_unified"):
+            params.kv_unified = True  # the sequences share a long prefix
+        from llama_cpp._internals import LlamaContext
+
+        try:
+            self._context = LlamaContext(model=lm._llm._model, params=params, verbose=False)
+        except ValueError:
+            raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens") from None
+        self._ctx = self._context.ctx
+        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq), 0, n_seq)
+        self.pos = [0] * n_seq
+        self.decode_calls = 0
+        self.tokens_decoded = 0
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Decode the prompt once on sequence 0, share it with every sequence; the next-token logits (copied)."""
+        if len(tokens) + 1 >= self.n_ctx:
+            raise PromptError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}", "shorten the prompt")
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
+        logits = _compat_logits_view(self._ctx, self.lm.n_vocab).copy()
+        for seq in range(1, self.n_seq):
+            _compat_seq_cp(self._context, 0, seq)
+        self.pos = [len(tokens)] * self.n_seq
+        return logits
+
+    def step(self, tokens: dict[int, int]) -> dict[int, np.ndarray]:
+        """Append one token to each given sequence in one decode; their next-token logits (views)."""
+        order = sorted(tokens)
+        self._decode([(tokens[s], self.pos[s], s, True) for s in order])
+        for s in order:
+            self.pos[s] += 1
+        import llama_cpp
+
+        return {s: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i), shape=(self.lm.n_vocab,)) for i, s in enumerate(order)}
+
+    def drop(self, seq: int) -> None:
+        """Free a finished sequence's KV cells."""
+        _compat_seq_rm(self._context, seq)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        import llama_cpp
+
+        b = self._batch
+        for i, (token, pos, seq, want_logits) in enumerate(rows):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = want_logits
+        b.n_tokens = len(rows)
+        rc = llama_cpp.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", "lower --best-of or --max-tokens")
+        self.decode_calls += 1
+        self.tokens_decoded += len(rows)
+
+
 def file_fingerprint(path: Path) -> str:
     h = hashlib.sha256()
     size = path.stat().st_size
@@ -294,6 +387,20 @@ def _compat_logits_view(ctx: Any, n_vocab: int) -> np.ndarray:
 
     ptr = llama_cpp.llama_get_logits_ith(ctx, -1)
     return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+
+def _compat_seq_cp(context: Any, src: int, dst: int) -> None:
+    """Share all of sequence `src`'s KV cells with `dst`.
+
+    `LlamaContext.kv_cache_seq_cp` is the stable wrapper: it calls llama_memory_seq_cp (0.3.10+),
+    llama_kv_self_seq_cp or llama_kv_cache_seq_cp, whichever the installed release has.
+    """
+    context.kv_cache_seq_cp(src, dst, -1, -1)
+
+
+def _compat_seq_rm(context: Any, seq: int) -> None:
+    """Drop sequence `seq` from every KV cell (cells no sequence uses any more become free)."""
+    context.kv_cache_seq_rm(seq, -1, -1)
 
 
 def _compat_is_eog(vocab: Any, token: int) -> bool:

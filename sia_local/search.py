@@ -1,0 +1,152 @@
+"""Best-of-N: N (optionally SIA-steered) samples decoded together, the best kept by the reward model.
+
+The N sequences share one llama.cpp context: the prompt is decoded once and shared by a KV sequence
+copy, each step is one `llama_decode` with one token per live sequence, and the junctions of all
+sequences at a step are scored in one reward-model run. Sequence i samples with seed + i, exactly
+as `Steerer.generate(..., seed=seed + i)` would; the tokens match a single-sequence run except where
+batched matrix products round differently in the last bits (a draw that falls on a boundary).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .lm import BatchContext, Message
+from .steer import Generation, Piece, SequenceState, Steerer
+
+
+@dataclass
+class Candidate:
+    """One of the N samples and its reward on the whole response."""
+
+    index: int
+    score: float
+    generation: Generation
+
+
+@dataclass
+class SearchStats:
+    n: int
+    prompt_tokens: int
+    tokens: int  # generated, all sequences
+    decode_calls: int  # llama_decode calls, prompt included
+    tokens_decoded: int  # tokens through llama.cpp: the prompt once + every generated token
+    reward_calls: int  # batched reward runs while steering (all sequences' junctions of a step together)
+    seconds: float
+    prefill_seconds: float
+    lm_seconds: float
+    reward_seconds: float  # steering + final scoring
+    tokens_per_s: float  # generated tokens / seconds
+
+
+@dataclass
+class BestOfN:
+    """The winner, every candidate with its score, and what the search cost."""
+
+    best: Generation
+    best_index: int
+    candidates: list[Candidate]
+    stats: SearchStats
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def best_of_n(
+    steerer: Steerer,
+    prompt: str | Sequence[Message],
+    n: int,
+    *,
+    system: str | None = None,
+    raw: bool = False,
+    on_piece: Callable[[int, Piece], None] | None = None,
+    **overrides: Any,
+) -> BestOfN:
+    """Decode `n` samples of `prompt` together and keep the one the reward model scores highest.
+
+    Each sample is steered as `steerer.config` (plus `overrides`) says; ``gate="none"`` gives plain
+    Best-of-N. `on_piece(i, piece)` sees every sequence's text as it is generated.
+    """
+    if steerer.reward is None:
+        raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
+    if n < 1:
+        raise ConfigError(f"`n` must be >= 1, got {n}", "fix --best-of")
+    cfg = steerer.config.replace(**overrides) if overrides else steerer.config
+    lm, reward = steerer.lm, steerer.reward
+    prepared = steerer._prepare(prompt, system, raw)
+    tau = steerer.resolve_tau(cfg) if cfg.gate == "entropy" else None
+    seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
+    stops = list(cfg.stop) + prepared.stops
+
+    start = time.perf_counter()
+    ctx = BatchContext(lm, n, n_ctx=len(prepared.ids) + n * cfg.max_tokens + 8)
+    reward_seconds = lm_seconds = 0.0
+    reward_calls = 0
+    try:
+        first = ctx.prefill(prepared.ids)
+        prefill_seconds = time.perf_counter() - start
+        seqs = [SequenceState(lm, cfg, tau, seed + i, len(prepared.ids), stops) for i in range(n)]
+        for s in seqs:
+            s.stats.prefill_seconds = prefill_seconds
+        logits: dict[int, np.ndarray] = {i: first for i in range(n)}
+        live = list(range(n))
+        while live:
+            for i in live:
+                seqs[i].propose(logits[i])
+            steered = [i for i in live if seqs[i].junction]
+            rewards: dict[int, np.ndarray] = {}
+            shares: dict[int, float] = {}
+            if steered:
+                texts = [seqs[i].candidate_texts() for i in steered]
+                t = time.perf_counter()
+                scores = reward.score(prepared.reward_prompt, [x for group in texts for x in group])  # one run for all
+                dt = time.perf_counter() - t
+                reward_seconds += dt
+                reward_calls += 1
+                offset = 0
+                for i, group in zip(steered, texts):
+                    rewards[i] = scores[offset : offset + len(group)]
+                    shares[i] = dt * len(group) / len(scores)
+                    offset += len(group)
+            for i in live:
+                piece = seqs[i].commit(rewards.get(i), shares.get(i, 0.0))
+                if piece is not None and on_piece is not None:
+                    on_piece(i, piece)
+                if not seqs[i].done and ctx.pos[i] + 1 >= lm.n_ctx:
+                    seqs[i].end("context")
+            for i in live:
+                if seqs[i].done:
+                    ctx.drop(i)
+            live = [i for i in live if not seqs[i].done]
+            if live:
+                t = time.perf_counter()
+                logits = ctx.step({i: seqs[i].last_token for i in live})
+                step_seconds = time.perf_counter() - t
+                lm_seconds += step_seconds
+                for i in live:
+                    seqs[i].stats.lm_seconds += step_seconds
+        generations = []
+        for i, s in enumerate(seqs):
+            tail = s.close()
+            if tail is not None and on_piece is not None:
+                on_piece(i, tail)
+            generations.append(s.result(time.perf_counter() - start))
+    finally:
+        ctx.close()
+    t = time.perf_counter()
+    final = reward.score(prepared.reward_prompt, [g.text for g in generations])  # (n,) whole responses
+    reward_seconds += time.perf_counter() - t
+    best = int(np.argmax(final))
+    seconds = time.perf_counter() - start
+    tokens = sum(g.stats.tokens for g in generations)
+    stats = SearchStats(n=n, prompt_tokens=len(prepared.ids), tokens=tokens, decode_calls=ctx.decode_calls, tokens_decoded=ctx.tokens_decoded,
+                        reward_calls=reward_calls, seconds=seconds, prefill_seconds=prefill_seconds, lm_seconds=lm_seconds,
+                        reward_seconds=reward_seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
+    candidates = [Candidate(i, float(final[i]), g) for i, g in enumerate(generations)]
+    return BestOfN(best=generations[best], best_index=best, candidates=candidates, stats=stats)
