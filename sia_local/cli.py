@@ -217,6 +217,76 @@ def calibrate(top_k: int, temperature: float, ratios: tuple[float, ...], as_json
         click.echo(f"  ratio {row['ratio']:.2f} -> tau {row['tau']:.4f}")
 
 
+@main.group(invoke_without_command=True)
+@model_options
+@steer_options
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help="JSONL ({\"prompt\": ...}) or text file [default: the 50 shipped prompts].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
+@click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
+@click.option("--arms", default=None, help="Comma-separated arm names to run (default: all; see summary.json for names).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.pass_context
+@_fail_cleanly
+def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seeds: int, judge: Path | None, arms: str | None, out_dir: Path, **opts: Any) -> None:
+    """Measure alignment vs cost over a grid of arms; writes results.jsonl, summary.json and plots.
+
+    \b
+    sia bench --limit 10 -n 64 -o bench-out      # base, SIA@0.2..0.8, random gating, first-N, dense, BoN-2/4/8, BoN+SIA
+    sia bench speed                              # the side-by-side speed table
+    Rerunning the same command resumes: finished rows are skipped.
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = opts
+        return
+    from .bench import RewardJudge, VaderJudge, default_arms, load_prompts, markdown_table, run_grid
+    from .reward import OnnxReward
+
+    steerer, config = build_steerer(opts, need_reward=True)
+    prompts = load_prompts(prompts_file)[:limit]
+    grid = default_arms(config.max_tokens)
+    if arms:
+        wanted = [a.strip() for a in arms.split(",")]
+        unknown = set(wanted) - {a.name for a in grid}
+        if unknown:
+            raise click.BadParameter(f"unknown arms {sorted(unknown)}; choose from {[a.name for a in grid]}", param_hint="--arms")
+        grid = [a for a in grid if a.name in wanted]
+    the_judge = RewardJudge(OnnxReward(judge, provider=opts["reward_provider"])) if judge else VaderJudge()
+    with _progress("benchmark") as tick:
+        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
+    click.echo(markdown_table(result.summary))
+    click.echo(f"Pareto front (judge vs cost): {', '.join(result.summary['pareto_front'])}")
+    click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
+
+
+@bench.command("speed")
+@click.option("--tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--best-of", "best_of", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the full result as JSON.")
+@click.pass_obj
+@_fail_cleanly
+def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, json_out: Path | None) -> None:
+    """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, and BoN batched vs sequential."""
+    from .bench import speed
+
+    steerer, config = build_steerer(opts, need_reward=True)
+    ratio = opts["ratio"] if opts["ratio"] is not None else 0.2
+    with _progress("speed") as tick:
+        result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
+    click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
+    click.echo(f"{'arm':22} {'tok/s':>8} {'tokens':>7} {'ratio':>6} {'rm calls':>8} {'rm s':>7}")
+    for name, v in result["table"].items():
+        click.echo(f"{name:22} {v['tok_s']:8.1f} {v['tokens']:7.0f} {v['ratio']:6.2f} {v['reward_calls']:8.0f} {v['reward_seconds']:7.2f}")
+    r = result["ratios"]
+    click.echo(f"gate none / llama-cpp-python tok/s      {r['none_vs_llama_cpp_tok_s']:.3f}")
+    click.echo(f"entropy@{ratio:g} / dense time per token     {r['entropy_vs_dense_time']:.3f}")
+    click.echo(f"dense / none time per token             {r['dense_vs_none_time']:.2f}")
+    click.echo(f"BoN-{best_of} batched / sequential tok/s      {r['bon_batched_vs_sequential_tok_s']:.2f}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def info(as_json: bool) -> None:

@@ -37,6 +37,8 @@ class SteerConfig:
         normalize: standardise the k rewards per junction (zero mean, unit variance) before w.
         stop: extra stop strings; the text is cut before the first one.
         trace: keep per-token records (entropy, junction, rank, rewards) in the result.
+        logprobs: record each chosen token's log-probability under the full base distribution at
+            T=1 (for perplexity); costs one log-sum-exp over the vocabulary per token.
     """
 
     gate: str = "entropy"
@@ -52,6 +54,7 @@ class SteerConfig:
     normalize: bool = False
     stop: tuple[str, ...] = field(default_factory=tuple)
     trace: bool = False
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:

@@ -42,6 +42,8 @@ class TokenInfo:
     rank: int  # the chosen token's rank among the k by base logit (0 = the model's favourite)
     changed: bool  # the reward made the sampler pick another token than the base distribution would have
     rewards: list[float] | None = None  # the k candidates' rewards at a junction (after --normalize)
+    kl: float = 0.0  # KL(steered || base) over the k candidates at this step, nats (0 off junctions)
+    logprob: float | None = None  # log p_base(token) over the full vocabulary, T = 1 (with config.logprobs)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Stats:
     junctions: int = 0
     ratio: float = 0.0  # junctions / tokens: the realised steering ratio
     changed: int = 0  # junctions where the reward changed the sampled token
+    kl_per_token: float = 0.0  # mean KL(steered || base) per generated token, nats
+    perplexity: float | None = None  # of the response under the base model (with config.logprobs)
     reward_calls: int = 0  # batched reward-model runs
     candidates_scored: int = 0
     prefill_seconds: float = 0.0
@@ -234,10 +238,16 @@ class SequenceState:
         self._cand = np.zeros(0, dtype=np.int64)
         self._z = np.zeros(0)
         self._h, self._u, self._base = 0.0, 0.0, 0
+        self._lse = 0.0
+        self._kl_sum = 0.0
+        self._logprob_sum = 0.0
 
     def propose(self, logits: np.ndarray) -> None:
         """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
         self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
+        if self.cfg.logprobs:
+            top = float(self._z[0])
+            self._lse = top + float(np.log(np.exp(logits.astype(np.float64) - top).sum()))
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)
         self._u = self.rng.random()
@@ -251,26 +261,32 @@ class SequenceState:
     def commit(self, rewards: np.ndarray | None, reward_seconds: float = 0.0) -> Piece | None:
         """Choose this step's token (steered if `rewards` is given) and append it; returns the new text."""
         cfg, stats = self.cfg, self.stats
-        choice, kept = self._base, None
+        choice, kept, kl = self._base, None, 0.0
         if rewards is not None:
             stats.reward_seconds += reward_seconds
             stats.reward_calls += 1
             stats.candidates_scored += len(rewards)
             r = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
-            choice = _pick(self._z + cfg.weight * r, cfg.temperature, self._u, cfg.top_p)
+            steered = self._z + cfg.weight * r
+            choice = _pick(steered, cfg.temperature, self._u, cfg.top_p)
             kept = [float(x) for x in r]
+            kl = _kl(steered, self._z, cfg.temperature)
         token = int(self._cand[choice])
         if self.lm.is_eog(token):
             self.end("stop")
             return None
         stats.junctions += self.junction
         stats.changed += choice != self._base
+        self._kl_sum += kl
+        logprob = float(self._z[choice]) - self._lse if cfg.logprobs else None
+        if logprob is not None:
+            self._logprob_sum += logprob
         self.ids.append(token)
         self.last_token = token
         piece = self.lm.piece(token)
         self._bytes += piece
         self._text += self._decoder.decode(piece)
-        self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept)
+        self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept, kl, logprob)
         if self.trace is not None:
             self.trace.append(self._info)
         cut = _find_stop(self._text, self.stops, self._emitted)
@@ -298,6 +314,9 @@ class SequenceState:
         stats = self.stats
         stats.tokens = len(self.ids)
         stats.ratio = stats.junctions / stats.tokens if stats.tokens else 0.0
+        stats.kl_per_token = self._kl_sum / stats.tokens if stats.tokens else 0.0
+        if self.cfg.logprobs and stats.tokens:
+            stats.perplexity = float(np.exp(-self._logprob_sum / stats.tokens))
         stats.seconds = seconds
         decode_seconds = seconds - stats.prefill_seconds
         stats.tokens_per_s = stats.tokens / decode_seconds if decode_seconds > 0 else 0.0
@@ -327,6 +346,15 @@ def _pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) 
         p = p * mask
     cdf = np.cumsum(p)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(scores) - 1))
+
+
+def _kl(steered: np.ndarray, base: np.ndarray, temperature: float) -> float:
+    """KL(softmax(steered/T) || softmax(base/T)) over the k candidates, nats (greedy counts as T = 1)."""
+    t = temperature or 1.0
+    a, b = steered / t, base / t
+    log_p = a - a.max() - np.log(np.exp(a - a.max()).sum())
+    log_q = b - b.max() - np.log(np.exp(b - b.max()).sum())
+    return float((np.exp(log_p) * (log_p - log_q)).sum())
 
 
 def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:

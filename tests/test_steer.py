@@ -140,3 +140,25 @@ def test_prefix_of_the_previous_prompt_is_reused(tiny_lm: LM) -> None:
     first = s.generate("a shared opening, then one ending")
     again = s.generate("a shared opening, then one ending")
     assert again.token_ids == first.token_ids  # reuse must not change results
+
+
+def test_kl_and_logprobs(tiny_lm: LM, reward: OnnxReward) -> None:
+    import numpy as np
+
+    s = Steerer(tiny_lm, reward, SteerConfig(tau=1.3, seed=3, max_tokens=20, trace=True, logprobs=True))
+    g = s.generate(PROMPT)
+    assert g.trace is not None
+    for t in g.trace:
+        assert t.kl >= -1e-12
+        if not t.junction:
+            assert t.kl == 0.0
+    assert any(t.kl > 0 for t in g.trace)
+    assert g.stats.kl_per_token == pytest.approx(sum(t.kl for t in g.trace) / g.stats.tokens)
+    # the first token's log-probability, recomputed from a fresh prefill of the same prompt
+    ids, _ = tiny_lm.render_chat([{"role": "user", "content": PROMPT}])
+    logits = tiny_lm.prefill(ids).astype(np.float64)
+    lse = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    assert g.trace[0].logprob == pytest.approx(logits[g.token_ids[0]] - lse, abs=1e-4)
+    assert g.stats.perplexity == pytest.approx(float(np.exp(-np.mean([t.logprob for t in g.trace]))))
+    zero = s.generate(PROMPT, weight=0.0)
+    assert zero.stats.kl_per_token == 0.0

@@ -1,0 +1,424 @@
+"""`sia bench`: the alignment-efficiency trade-off, measured on your model and reward model.
+
+`run_grid` decodes every prompt under every arm (base, SIA at several ratios, random gating at the
+ratios SIA realised, first-N, dense, Best-of-N, Best-of-N + SIA), scores each response with the
+steering reward and an independent judge, and writes results.jsonl (one row per prompt x arm x
+seed; a rerun skips the rows already there), summary.json and PNG plots. `speed` is the
+side-by-side speed table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .search import best_of_n
+from .steer import Generation, Steerer
+
+
+class Judge(Protocol):
+    name: str
+
+    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]: ...
+
+
+class VaderJudge:
+    """VADER's compound sentiment (-1 .. 1): a lexicon scorer no steering reward here is fitted to."""
+
+    name = "vader"
+
+    def __init__(self) -> None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise ConfigError("the VADER judge needs the vadersentiment package", "pip install vadersentiment, or pass --judge DIR") from None
+        self._vader = SentimentIntensityAnalyzer()
+
+    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
+        return [self._vader.polarity_scores(t)["compound"] for t in texts]
+
+
+class RewardJudge:
+    """Any reward folder as the judge."""
+
+    def __init__(self, reward: Any) -> None:
+        self.reward = reward
+        self.name = reward.name
+
+    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
+        return [float(x) for x in self.reward.score(prompt, list(texts))]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One decoding configuration of the grid."""
+
+    name: str
+    gate: str = "none"
+    ratio: float | None = None  # entropy: tau calibrated for it; random: the gate's probability
+    first_n: int | None = None
+    best_of: int = 1
+    match: str | None = None  # random arms: take the ratio SIA realised in this arm
+
+    def overrides(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gate": self.gate}
+        if self.ratio is not None:
+            out["ratio"] = self.ratio
+            out["tau"] = None
+        if self.first_n is not None:
+            out["first_n"] = self.first_n
+        return out
+
+
+def default_arms(max_tokens: int, ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8), best_of: Sequence[int] = (2, 4, 8)) -> list[Arm]:
+    arms = [Arm("base")]
+    arms += [Arm(f"sia@{r:g}", "entropy", ratio=r) for r in ratios]
+    arms += [Arm(f"random@{r:g}", "random", match=f"sia@{r:g}") for r in ratios]
+    arms += [Arm(f"first-{round(r * max_tokens)}", "first-n", first_n=round(r * max_tokens)) for r in ratios[:2]]
+    arms.append(Arm("dense", "dense"))
+    arms += [Arm(f"bon-{n}", "none", best_of=n) for n in best_of]
+    if best_of:
+        arms.append(Arm(f"bon-{best_of[len(best_of) // 2]}+sia@{ratios[0]:g}", "entropy", ratio=ratios[0], best_of=best_of[len(best_of) // 2]))
+    return arms
+
+
+def load_prompts(path: str | Path | None = None) -> list[str]:
+    """Prompts from a JSONL file ({"prompt": ...} per line) or a text file (one per line); default: the shipped set."""
+    if path is None:
+        text = resources.files("sia_local.data").joinpath("bench_prompts.jsonl").read_text(encoding="utf-8")
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"prompt file not found: {p}", "pass --prompts with a JSONL or text file")
+        text = p.read_text(encoding="utf-8")
+    prompts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (json.JSONDecodeError, KeyError):
+                raise ConfigError(f"{path}:{n} is not a JSON object with a \"prompt\" field", "fix that line") from None
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ConfigError(f"{path or 'the prompt file'} holds no prompts", "add one prompt per line")
+    return prompts
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams / all n-grams over whitespace words (a diversity measure)."""
+    grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@dataclass
+class GridResult:
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+def run_grid(
+    steerer: Steerer,
+    judge: Judge,
+    prompts: Sequence[str],
+    arms: Sequence[Arm],
+    out_dir: Path,
+    *,
+    seeds: Sequence[int] = (0,),
+    progress: Callable[[int, int, str], None] | None = None,
+    plots: bool = True,
+) -> GridResult:
+    """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`."""
+    assert steerer.reward is not None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_file = out_dir / "results.jsonl"
+    rows = _read_rows(results_file)
+    done = {(r["arm"], r["prompt_index"], r["seed"]) for r in rows}
+    base_cfg = steerer.config.replace(trace=True, logprobs=True)
+    taus = {a.name: steerer.resolve_tau(base_cfg.replace(ratio=a.ratio, tau=None)) for a in arms if a.gate == "entropy" and a.ratio is not None}
+    total = len(arms) * len(prompts) * len(seeds)
+    count = len(done)
+    with results_file.open("a", encoding="utf-8") as out:
+        for arm in arms:
+            overrides = arm.overrides()
+            if arm.match is not None:
+                matched = [r["ratio"] for r in rows if r["arm"] == arm.match]
+                if not matched:
+                    raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
+                overrides["ratio"] = float(np.mean(matched))
+            for i, prompt in enumerate(prompts):
+                for seed in seeds:
+                    if (arm.name, i, seed) in done:
+                        continue
+                    row = _run_row(steerer, judge, base_cfg, arm, overrides, prompt, i, seed)
+                    rows.append(row)
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.flush()
+                    count += 1
+                    if progress:
+                        progress(count, total, arm.name)
+    summary = summarise(rows, arms, taus)
+    summary["setup"] = _setup(steerer, judge, prompts, seeds)
+    files = [results_file, out_dir / "summary.json"]
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if plots:
+        files += write_plots(rows, summary, out_dir)
+    return GridResult(rows, summary, files)
+
+
+def _run_row(steerer: Steerer, judge: Judge, cfg: Any, arm: Arm, overrides: dict[str, Any], prompt: str, i: int, seed: int) -> dict[str, Any]:
+    assert steerer.reward is not None
+    config = cfg.replace(**overrides, seed=seed)
+    saved = steerer.config
+    steerer.config = config
+    t = time.perf_counter()
+    try:
+        if arm.best_of > 1:
+            result = best_of_n(steerer, prompt, arm.best_of)
+            generation, extra = result.best, {"bon_scores": [c.score for c in result.candidates],
+                                              "generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
+        else:
+            generation = steerer.generate(prompt)
+            extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
+    finally:
+        steerer.config = saved
+    wall = time.perf_counter() - t
+    s = generation.stats
+    row: dict[str, Any] = {
+        "arm": arm.name, "prompt_index": i, "seed": seed, "gate": config.gate, "best_of": arm.best_of,
+        "tau": s.tau, "ratio_target": overrides.get("ratio"), "text": generation.text, "tokens": s.tokens,
+        "ratio": s.ratio, "junctions": s.junctions, "changed": s.changed, "wall_seconds": wall,
+        "reward": float(steerer.reward.score(prompt, [generation.text])[0]), "judge": judge(prompt, [generation.text])[0],
+        "kl_per_token": s.kl_per_token, "perplexity": s.perplexity, "finish_reason": s.finish_reason, **extra,
+    }
+    if arm.name == "base" and generation.trace is not None:
+        row["entropies"] = [round(t.entropy, 4) for t in generation.trace]
+    return row
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a row cut short by an interrupted run is redone
+    return rows
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, se
+
+
+def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[str, float]) -> dict[str, Any]:
+    """Per-arm means (with standard errors), cost relative to base, and the Pareto front of judge vs cost."""
+    by_arm: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        rs = [r for r in rows if r["arm"] == arm.name]
+        if not rs:
+            continue
+        out_tokens = sum(r["tokens"] for r in rs) or 1
+        reward, reward_se = _mean_se([r["reward"] for r in rs])
+        judge, judge_se = _mean_se([r["judge"] for r in rs])
+        logppl = [math.log(r["perplexity"]) * r["tokens"] for r in rs if r.get("perplexity")]
+        by_arm[arm.name] = {
+            "n": len(rs), "gate": arm.gate, "best_of": arm.best_of, "tau": taus.get(arm.name),
+            "reward": reward, "reward_se": reward_se, "judge": judge, "judge_se": judge_se,
+            "ratio": statistics.fmean(r["ratio"] for r in rs),
+            "reward_calls_per_token": sum(r["reward_calls"] for r in rs) / out_tokens,
+            "seconds_per_token": sum(r["wall_seconds"] for r in rs) / out_tokens,
+            "tokens_per_s": sum(r["generated_tokens"] for r in rs) / sum(r["wall_seconds"] for r in rs),
+            "kl_per_token": statistics.fmean(r["kl_per_token"] for r in rs),
+            "perplexity": math.exp(sum(logppl) / sum(r["tokens"] for r in rs if r.get("perplexity"))) if logppl else None,
+            "distinct_1": distinct_n([r["text"] for r in rs], 1), "distinct_2": distinct_n([r["text"] for r in rs], 2),
+            "mean_length": statistics.fmean(r["tokens"] for r in rs),
+        }
+    if "base" in by_arm:
+        for v in by_arm.values():
+            v["cost_vs_base"] = v["seconds_per_token"] / by_arm["base"]["seconds_per_token"]
+    front = [name for name, v in by_arm.items()
+             if not any(o["judge"] >= v["judge"] and o["seconds_per_token"] <= v["seconds_per_token"] and
+                        (o["judge"] > v["judge"] or o["seconds_per_token"] < v["seconds_per_token"]) for o in by_arm.values())]
+    return {"arms": by_arm, "pareto_front": front}
+
+
+def _setup(steerer: Steerer, judge: Judge, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    from .info import _version
+
+    cfg = steerer.config
+    return {
+        "model": str(steerer.lm.path), "reward": getattr(steerer.reward, "name", None), "reward_provider": getattr(steerer.reward, "provider", None),
+        "judge": judge.name, "prompts": len(prompts), "seeds": list(seeds), "top_k": cfg.top_k, "weight": cfg.weight,
+        "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "machine": platform.platform(), "processor": platform.processor(),
+        "python": platform.python_version(), "versions": {p: _version(p) for p in ("sia-local", "llama-cpp-python", "onnxruntime-gpu", "onnxruntime", "numpy")},
+        "n_threads": steerer.lm.n_threads, "n_gpu_layers": steerer.lm.n_gpu_layers,
+    }
+
+
+def write_plots(rows: Sequence[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """judge_vs_cost.png (Pareto front marked), score_vs_ratio.png (entropy vs random gating), entropy_hist.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = summary["arms"]
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = set(summary["pareto_front"])
+    for name, v in arms.items():
+        on_front = name in front
+        ax.errorbar(v.get("cost_vs_base", v["seconds_per_token"]), v["judge"], yerr=v["judge_se"], fmt="o",
+                    color="tab:red" if on_front else "tab:blue", capsize=2)
+        ax.annotate(name, (v.get("cost_vs_base", v["seconds_per_token"]), v["judge"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front_pts = sorted((v.get("cost_vs_base", v["seconds_per_token"]), v["judge"]) for n, v in arms.items() if n in front)
+    if front_pts:
+        ax.plot(*zip(*front_pts), "--", color="tab:red", linewidth=1, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost: wall time per output token, relative to base (log)")
+    ax.set_ylabel(f"judge score ({summary.get('setup', {}).get('judge', 'judge')})")
+    ax.set_title("Alignment vs cost")
+    fig.tight_layout()
+    files.append(out_dir / "judge_vs_cost.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("reward", "judge")):
+        for prefix, colour, label in (("sia@", "tab:green", "entropy gate (SIA)"), ("random@", "tab:orange", "random gate")):
+            pts: list[tuple[float, float, float]] = sorted((v["ratio"], v[metric], v[f"{metric}_se"]) for n, v in arms.items() if n.startswith(prefix))
+            if "base" in arms:
+                pts = [(0.0, arms["base"][metric], arms["base"][f"{metric}_se"])] + pts
+            if "dense" in arms:
+                pts.append((1.0, arms["dense"][metric], arms["dense"][f"{metric}_se"]))
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, fmt="-o", color=colour, label=label, capsize=2)
+        ax.set_xlabel("realised steering ratio")
+        ax.set_ylabel(metric)
+        ax.legend()
+    fig.suptitle("Score vs share of steered tokens")
+    fig.tight_layout()
+    files.append(out_dir / "score_vs_ratio.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    entropies = [h for r in rows if r["arm"] == "base" for h in r.get("entropies", [])]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if entropies:
+        ax.hist(entropies, bins=40, color="tab:gray")
+    for name, v in arms.items():
+        if name.startswith("sia@") and v.get("tau") is not None:
+            ax.axvline(v["tau"], linestyle="--", linewidth=1)
+            ax.annotate(f"tau {name[4:]}", (v["tau"], ax.get_ylim()[1] * 0.9), rotation=90, fontsize=7)
+    ax.set_xlabel("entropy of the top-k at T=1 (nats), base decoding")
+    ax.set_ylabel("tokens")
+    ax.set_title("Per-token entropy, with the calibrated thresholds")
+    fig.tight_layout()
+    files.append(out_dir / "entropy_hist.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    return files
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    head = "| arm | reward | judge | realised ratio | reward calls/token | cost × base | KL/token | perplexity | distinct-2 | length |\n|---|---|---|---|---|---|---|---|---|---|"
+    lines = [head]
+    for name, v in summary["arms"].items():
+        ppl = f"{v['perplexity']:.2f}" if v.get("perplexity") else "–"
+        lines.append(f"| {name} | {v['reward']:.2f} ± {v['reward_se']:.2f} | {v['judge']:.3f} ± {v['judge_se']:.3f} | {v['ratio']:.2f} | "
+                     f"{v['reward_calls_per_token']:.2f} | {v.get('cost_vs_base', float('nan')):.2f} | {v['kl_per_token']:.3f} | {ppl} | "
+                     f"{v['distinct_2']:.3f} | {v['mean_length']:.0f} |")
+    return "\n".join(lines)
+
+
+# -- speed -------------------------------------------------------------------------------------
+SPEED_PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float = 0.2, best_of: int = 8,
+          progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Side by side, interleaved: llama-cpp-python's create_completion, gate none, entropy@ratio, dense,
+    and Best-of-N batched vs N sequential runs. Returns medians and the ratios the project tracks."""
+    lm = steerer.lm
+    llm = lm._llm  # the same model and context, driven by llama-cpp-python's own loop
+    tau = steerer.resolve_tau(steerer.config.replace(ratio=ratio, tau=None))
+
+    def llama_cpp(seed: int) -> dict[str, float]:
+        t = time.perf_counter()
+        out: Any = llm.create_completion(SPEED_PROMPT, max_tokens=tokens, temperature=1.0, top_k=steerer.config.top_k, top_p=1.0,
+                                    min_p=0.0, repeat_penalty=1.0, seed=seed)
+        return {"tokens": out["usage"]["completion_tokens"], "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
+
+    def sia(gate: str) -> Callable[[int], dict[str, float]]:
+        def run(seed: int) -> dict[str, float]:
+            llm.reset()  # no prompt-cache advantage over create_completion
+            t = time.perf_counter()
+            g = steerer.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
+            s = g.stats
+            return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
+        return run
+
+    def bon_batched(seed: int) -> dict[str, float]:
+        t = time.perf_counter()
+        r = best_of_n(steerer, SPEED_PROMPT, best_of, raw=True, gate="none", seed=seed, max_tokens=tokens)
+        return {"tokens": r.stats.tokens, "wall": time.perf_counter() - t, "reward_calls": r.stats.reward_calls, "reward_s": r.stats.reward_seconds, "ratio": 0.0}
+
+    def bon_sequential(seed: int) -> dict[str, float]:
+        t = time.perf_counter()
+        gens: list[Generation] = []
+        for i in range(best_of):
+            llm.reset()
+            gens.append(steerer.generate(SPEED_PROMPT, raw=True, gate="none", seed=seed + i, max_tokens=tokens))
+        assert steerer.reward is not None
+        steerer.reward.score(SPEED_PROMPT, [g.text for g in gens])
+        return {"tokens": sum(g.stats.tokens for g in gens), "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
+
+    arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),
+            f"bon-{best_of} batched": bon_batched, f"bon-{best_of} sequential": bon_sequential}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
+    total, done = repeats * len(arms), 0
+    for rep in range(repeats):
+        for name, fn in arms.items():
+            runs[name].append(fn(1000 + 17 * rep))
+            done += 1
+            if progress:
+                progress(done, total, name)
+    table = {}
+    for name, rs in runs.items():
+        table[name] = {
+            "tok_s": statistics.median(r["tokens"] / r["wall"] for r in rs),
+            "seconds_per_token": statistics.median(r["wall"] / max(r["tokens"], 1) for r in rs),
+            "tokens": statistics.median(r["tokens"] for r in rs),
+            "ratio": statistics.median(r["ratio"] for r in rs),
+            "reward_calls": statistics.median(r["reward_calls"] for r in rs),
+            "reward_seconds": statistics.median(r["reward_s"] for r in rs),
+        }
+    e = f"entropy@{ratio:g}"
+    ratios = {
+        "none_vs_llama_cpp_tok_s": table["none"]["tok_s"] / table["llama-cpp-python"]["tok_s"],
+        "entropy_vs_dense_time": table[e]["seconds_per_token"] / table["dense"]["seconds_per_token"],
+        "dense_vs_none_time": table["dense"]["seconds_per_token"] / table["none"]["seconds_per_token"],
+        "bon_batched_vs_sequential_tok_s": table[f"bon-{best_of} batched"]["tok_s"] / table[f"bon-{best_of} sequential"]["tok_s"],
+    }
+    return {"tau": tau, "tokens": tokens, "repeats": repeats, "table": table, "ratios": ratios, "runs": runs,
+            "model": str(lm.path), "reward_provider": getattr(steerer.reward, "provider", None)}

@@ -1,0 +1,86 @@
+"""`sia bench` on the tiny models: valid JSON, non-empty PNGs, resumable; and the speed table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sia_local.bench import Arm, RewardJudge, default_arms, distinct_n, load_prompts, run_grid, summarise
+from sia_local.cli import main
+from sia_local.config import SteerConfig
+from sia_local.errors import ConfigError
+from sia_local.lm import LM
+from sia_local.reward import OnnxReward
+from sia_local.steer import Steerer
+
+pytest.importorskip("matplotlib")
+
+
+def test_grid_writes_results_summary_and_plots(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there.", "Tell me a story.", "Why?"]))
+    out = tmp_path / "out"
+    args = ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--judge", str(tiny_reward), "--prompts", str(prompts),
+            "-n", "12", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    arms = {a.name for a in default_arms(12)}
+    assert {r["arm"] for r in rows} == arms and len(rows) == 3 * len(arms)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == arms and summary["pareto_front"]
+    assert summary["setup"]["prompts"] == 3 and "llama-cpp-python" in summary["setup"]["versions"]
+    base, dense = summary["arms"]["base"], summary["arms"]["dense"]
+    assert base["reward_calls_per_token"] == 0 and dense["ratio"] == 1.0 and base["cost_vs_base"] == 1.0
+    assert dense["kl_per_token"] > 0 == base["kl_per_token"]
+    assert summary["arms"]["bon-8"]["best_of"] == 8
+    for png in ("judge_vs_cost.png", "score_vs_ratio.png", "entropy_hist.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    # random gating ran at the ratios the entropy gate realised
+    for r in (0.2, 0.4):
+        sia_rows = [row["ratio"] for row in rows if row["arm"] == f"sia@{r:g}"]
+        targets = [row["ratio_target"] for row in rows if row["arm"] == f"random@{r:g}"]
+        assert targets == pytest.approx([sum(sia_rows) / len(sia_rows)] * 3)
+
+    # a rerun resumes: nothing is decoded again, the rows stay the same
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.stderr
+    assert [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] == rows
+
+
+def test_resume_after_an_interrupted_row(tmp_path: Path, tiny_lm: LM, tiny_reward: Path) -> None:
+    rm = OnnxReward(tiny_reward, provider="cpu")
+    steerer = Steerer(tiny_lm, rm, SteerConfig(max_tokens=8))
+    arms = [Arm("base"), Arm("dense", "dense")]
+    first = run_grid(steerer, RewardJudge(rm), ["a", "b"], arms[:1], tmp_path, plots=False)
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.write('{"arm": "dense", "prompt_in')  # a row cut off mid-write
+    calls: list[str] = []
+    second = run_grid(steerer, RewardJudge(rm), ["a", "b"], arms, tmp_path, plots=False, progress=lambda d, t, name: calls.append(name))
+    assert calls == ["dense", "dense"]  # only the missing rows ran
+    assert second.rows[:2] == first.rows
+
+
+def test_prompt_files_and_helpers(tmp_path: Path) -> None:
+    assert len(load_prompts()) == 50
+    text = tmp_path / "p.txt"
+    text.write_text("one\n\ntwo\n")
+    assert load_prompts(text) == ["one", "two"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt key"}\n')
+    with pytest.raises(ConfigError, match="prompt"):
+        load_prompts(bad)
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert summarise([], [Arm("base")], {}) == {"arms": {}, "pareto_front": []}
+
+
+def test_speed_table(tiny_gguf: Path, tiny_reward: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "speed", "--tokens", "12", "--repeats", "1",
+                                       "--best-of", "3"])
+    assert result.exit_code == 0, result.stderr
+    for label in ("llama-cpp-python", "entropy@0.2", "dense", "bon-3 batched", "bon-3 sequential", "BoN-3 batched / sequential"):
+        assert label in result.stdout
