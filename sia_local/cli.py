@@ -287,6 +287,95 @@ def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, j
         json_out.write_text(json.dumps(result, indent=1))
 
 
+@main.group()
+def reward() -> None:
+    """Reward models: export from Hugging Face, check a folder, build offline ones."""
+
+
+@reward.command("export")
+@click.argument("src")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--int8", is_flag=True, help="Quantise the weights to int8 (onnxruntime dynamic quantisation) and measure rank agreement.")
+@click.option("--task", type=click.Choice(["auto", "sequence-classification"]), default="auto", show_default=True)
+@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--atol", type=float, default=2e-3, show_default=True, help="Largest |torch - onnx| accepted on the validation texts.")
+@click.option("--label", default=None, help="For classifiers: the label whose log-probability is the reward (stored in sia.json).")
+@click.option("--input", "input_mode", type=click.Choice(["response", "prompt+response", "pair", "chat"]), default=None,
+              help="What the model reads [default: chat for decoder RMs with a chat template, pair for encoders with segment ids].")
+@_fail_cleanly
+def reward_export(src: str, out: Path, int8: bool, task: str, opset: int, atol: float, label: str | None, input_mode: str | None) -> None:
+    """Export a Hugging Face sequence classifier / reward model (local folder or hub id) to a validated reward folder.
+
+    \b
+    sia reward export ./Skywork-Reward-V2-Qwen3-0.6B rm-skywork --int8
+    sia reward export ./distilbert-sst2 rm-sst2 --label POSITIVE --input response
+    """
+    from .export import export_reward
+
+    with _progress("exporting") as tick:
+        report = export_reward(src, out, int8=int8, task=task, opset=opset, atol=atol, label=label, input_mode=input_mode,
+                               progress=lambda msg: tick(0, 0, msg))
+    click.echo(json.dumps(dataclasses.asdict(report), indent=1))
+    click.echo(f"wrote {out} (fp32 max |torch - onnx| = {report.fp32_max_abs_diff:.2e}"
+               + (f", int8 Kendall tau over k=10 candidates = {report.int8_kendall_tau:.3f})" if report.int8 else ")"), err=True)
+
+
+@reward.command("check")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--reward-label", default=None)
+@click.option("--reward-provider", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_cleanly
+def reward_check(folder: Path, reward_label: str | None, reward_provider: str, as_json: bool) -> None:
+    """Load a reward folder, show its inputs, outputs, labels and provider, score sample texts, time a junction."""
+    from .rewardkit import check
+
+    result = check(folder, provider=reward_provider, label=reward_label)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    info = result["info"]
+    click.echo(f"{folder}: inputs {', '.join(info['inputs'])} -> {info['output']} ({info['n_labels']} label(s)"
+               + (f", reward = log p({info['label']})" if info["label"] else ", reward = the raw score") + ")")
+    click.echo(f"provider {info['provider']}" + (f" ({info['provider_note']})" if info["provider_note"] else "")
+               + f"; input {info['input_mode']}; max length {info['max_length']}")
+    if info.get("objective"):
+        click.echo(f"objective: {info['objective']}")
+    for text, score in result["scores"].items():
+        click.echo(f"  {score:8.3f}  {text}")
+    for n, ms in result["ms_per_junction"].items():
+        cut = f" (cut to {info['max_length']})" if int(n) > info["max_length"] else ""
+        click.echo(f"  junction (k={result['k']}) at {n:>3} tokens: {ms:.1f} ms{cut}")
+
+
+@reward.command("build")
+@click.argument("kind", type=click.Choice(["default", "attribute"]))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Folder to write [default: the user cache, for `default`].")
+@click.option("--positive", multiple=True, help="attribute: a description of the wanted text (repeatable).")
+@click.option("--negative", multiple=True, help="attribute: a description of the unwanted text (repeatable).")
+@_fail_cleanly
+def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negative: tuple[str, ...]) -> None:
+    """Build a reward model offline from installed packages.
+
+    \b
+    sia reward build default                       # the positive-tone model `sia generate` uses by default
+    sia reward build attribute -o rm-polite --positive "polite, warm and respectful" --negative "rude, dismissive, insulting"
+    """
+    with _progress(f"building {kind}") as tick:
+        if kind == "default":
+            from .defaults import default_reward_dir
+            from .sentiment import build_reward_folder, load_head
+
+            folder = build_reward_folder(out, load_head(), progress=lambda m: tick(0, 0, m)) if out else default_reward_dir(progress=lambda m: tick(0, 0, m))
+        else:
+            if out is None:
+                raise click.UsageError("attribute rewards need --out DIR")
+            from .rewardkit import build_attribute
+
+            folder = build_attribute(out, positive, negative, progress=lambda m: tick(0, 0, m))
+    click.echo(f"wrote {folder}; try: sia reward check {folder}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def info(as_json: bool) -> None:

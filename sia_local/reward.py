@@ -7,8 +7,9 @@ Optimum layout:
                      first float output (batch, n_labels) or (batch,)
     tokenizer.json   a `tokenizers` tokenizer (not needed for string-input models)
     config.json      optional: id2label, max_position_embeddings, pad_token_id
-    sia.json         optional: {"input": "response" | "prompt+response" | "pair",
-                                "label": "positive", "max_length": 256, "objective": "..."}
+    sia.json         optional: {"input": "response" | "prompt+response" | "pair" | "chat",
+                                "label": "positive", "max_length": 256, "objective": "...",
+                                "chat_template": "..." (for "chat": the RM's own Jinja template)}
 
 At a junction all k candidate texts are scored in one padded batch.
 """
@@ -27,7 +28,7 @@ from .errors import RewardModelError
 from .lm import physical_cores
 
 TEXT_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
-INPUT_MODES = ("response", "prompt+response", "pair")
+INPUT_MODES = ("response", "prompt+response", "pair", "chat")
 
 # Preferred accelerators, in order; TensorRT is left out of "auto" (its engine build takes minutes).
 _AUTO_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
@@ -134,6 +135,7 @@ class OnnxReward:
         if self.input_mode not in INPUT_MODES:
             raise RewardModelError(f"{path / 'sia.json'}: input must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}", "fix sia.json")
         self._tokenizer = None if self._string_input else _load_tokenizer(path, config, self.max_length)
+        self._chat = _chat_renderer(spec, path) if self.input_mode == "chat" else None
 
         probe = self._run(["hello"], ["hello"])  # (1, n) — proves the graph runs and tells n_labels
         self.n_labels = int(probe.shape[1]) if probe.ndim == 2 else 1
@@ -173,6 +175,8 @@ class OnnxReward:
             assert self._tokenizer is not None
             if self.input_mode == "pair":
                 encs = self._tokenizer.encode_batch(list(zip(prompts, responses)))
+            elif self._chat is not None:  # the RM's own chat template already holds its special tokens
+                encs = self._tokenizer.encode_batch([self._chat(p, r) for p, r in zip(prompts, responses)], add_special_tokens=False)
             elif self.input_mode == "prompt+response":
                 encs = self._tokenizer.encode_batch([p + "\n" + r for p, r in zip(prompts, responses)])
             else:
@@ -258,6 +262,26 @@ def new_session(model: str | bytes, opts: Any, providers: list[str]) -> Any:
     unique = list(dict.fromkeys(providers))
     with contextlib.redirect_stdout(io.StringIO()):
         return ort.InferenceSession(model, opts, providers=unique)
+
+
+def _chat_renderer(spec: dict[str, Any], folder: Path) -> Any:
+    """(prompt, response) -> the text the RM was trained on, rendered with its own chat template."""
+    template = spec.get("chat_template")
+    if not template:
+        raise RewardModelError(f"{folder / 'sia.json'} says input \"chat\" but has no chat_template", "add the RM's chat template, or use input \"pair\"")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        compiled = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    except Exception as exc:
+        raise RewardModelError(f"{folder / 'sia.json'}: the chat template does not parse: {exc}", "fix chat_template") from None
+    bos, eos = spec.get("bos_token", ""), spec.get("eos_token", "")
+
+    def render(prompt: str, response: str) -> str:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return str(compiled.render(messages=messages, add_generation_prompt=False, bos_token=bos, eos_token=eos))
+
+    return render
 
 
 def _read_json(path: Path) -> dict[str, Any]:

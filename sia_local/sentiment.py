@@ -83,7 +83,8 @@ def load_head() -> dict[str, Any]:
     return json.loads(text)
 
 
-def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> Path:
+def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+                        objective: str | None = None) -> Path:
     """Write MiniLM + pooling + head as one ONNX reward folder at `out` (model.onnx, tokenizer.json, config.json, sia.json)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -130,7 +131,7 @@ def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress:
     config = {"architectures": ["BertModel+SiaSentimentHead"], "id2label": {"0": "positive_tone"}, "max_position_embeddings": 512, "pad_token_id": 0}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     spec = {
-        "objective": "positive, kind tone (MiniLM + ridge head fitted on AFINN word valences; reward in valence units, about -5..+5)",
+        "objective": objective or "positive, kind tone (MiniLM + ridge head fitted on AFINN word valences; reward in valence units, about -5..+5)",
         "input": "response",
         "max_length": 128,
         "head": {k: v for k, v in head.items() if k != "weights"},
