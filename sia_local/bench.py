@@ -202,12 +202,18 @@ def _run_row(steerer: Steerer, judge: Judge, cfg: Any, arm: Arm, overrides: dict
         "arm": arm.name, "prompt_index": i, "seed": seed, "gate": config.gate, "best_of": arm.best_of,
         "tau": s.tau, "ratio_target": overrides.get("ratio"), "text": generation.text, "tokens": s.tokens,
         "ratio": s.ratio, "junctions": s.junctions, "changed": s.changed, "wall_seconds": wall,
-        "reward": float(steerer.reward.score(prompt, [generation.text])[0]), "judge": judge(prompt, [generation.text])[0],
+        "reward": _final_reward(steerer, prompt, generation), "judge": judge(prompt, [generation.text])[0],
         "kl_per_token": s.kl_per_token, "perplexity": s.perplexity, "finish_reason": s.finish_reason, **extra,
     }
     if arm.name == "base" and generation.trace is not None:
         row["entropies"] = [round(t.entropy, 4) for t in generation.trace]
     return row
+
+
+def _final_reward(steerer: Steerer, prompt: str, generation: Generation) -> float:
+    assert steerer.reward is not None
+    prompt_ids = steerer.lm.render_chat([{"role": "user", "content": prompt}])[0] if steerer.lm.has_chat_template else steerer.lm.tokenize(prompt)
+    return float(steerer.reward.score_responses(prompt, prompt_ids, [(generation.text, generation.token_ids)])[0])
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -390,7 +396,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
             llm.reset()
             gens.append(steerer.generate(SPEED_PROMPT, raw=True, gate="none", seed=seed + i, max_tokens=tokens))
         assert steerer.reward is not None
-        steerer.reward.score(SPEED_PROMPT, [g.text for g in gens])
+        steerer.reward.score_responses(SPEED_PROMPT, steerer.lm.tokenize(SPEED_PROMPT), [(g.text, g.token_ids) for g in gens])
         return {"tokens": sum(g.stats.tokens for g in gens), "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
 
     arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),

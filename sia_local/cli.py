@@ -56,6 +56,8 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("-r", "--reward", "reward", type=click.Path(path_type=Path), default=None, envvar="SIA_REWARD",
                      help="Reward-model folder (model.onnx + tokenizer.json) [default: built-in positive-tone model]."),
+        click.option("--vm", "vm", type=click.Path(path_type=Path), default=None,
+                     help="Steer with a token-level value model folder (sia vm distill) instead of --reward."),
         click.option("--reward-label", default=None, help="For classifier reward models: the label whose log-probability is the reward."),
         click.option("--reward-provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt, coreml, directml."),
         click.option("--reward-threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads [default: physical cores]."),
@@ -376,6 +378,69 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
     click.echo(f"wrote {folder}; try: sia reward check {folder}")
 
 
+@main.group()
+def vm() -> None:
+    """Token-level value models: on-policy distillation from your GGUF, cached scoring, latency."""
+
+
+@vm.command("distill")
+@model_options
+@click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples [default: built-in positive tone].")
+@click.option("--reward-label", default=None)
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help="JSONL or text prompts [default: the calibration prompts].")
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_fail_cleanly
+def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
+               out_dir: Path, seed: int, **opts: Any) -> None:
+    """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit the value head.
+
+    \b
+    sia vm distill -o vm-smollm2                      # default model, default reward, calibration prompts
+    sia vm distill -m model.gguf -r rm/ --prompts prompts.jsonl -o vm/
+    Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl.
+    """
+    from .bench import load_prompts
+    from .calibrate import calibration_prompts
+    from .vm import distill
+
+    lm = _load_lm(opts)
+    rm = _load_reward({**opts, "reward": reward, "reward_label": reward_label, "reward_provider": "auto", "reward_threads": None})
+    prompts = load_prompts(prompts_file) if prompts_file else calibration_prompts()
+    with _progress("distilling") as tick:
+        card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed,
+                       progress=lambda d, t, what: tick(d, t, what))
+    click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g}, "
+               f"validation corr(V, R) = {card['val_corr_V_R']:.3f} on {card['validation_prompts']} held-out prompts")
+    click.echo(f"steer with it: sia generate \"...\" -m {lm.path} --vm {out_dir}", err=True)
+
+
+@vm.command("latency")
+@model_options
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--lengths", default="64,256,512,1024", show_default=True)
+@click.option("--uncached-up-to", type=int, default=512, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+@_fail_cleanly
+def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path | None, **opts: Any) -> None:
+    """Junction latency (k=10) of a value model at several context lengths, cached vs uncached."""
+    from .vm import ValueModel, junction_latency
+
+    lm = _load_lm(opts)
+    model = ValueModel(folder, lm, verbose=opts["verbose"])
+    with _progress("timing junctions") as tick:
+        table = junction_latency(model, [int(x) for x in lengths.split(",")], uncached_up_to=uncached_up_to, progress=lambda m: tick(0, 0, m))
+    click.echo(f"{'context':>8} {'cached ms':>10} {'uncached ms':>12} {'speed-up':>9}")
+    for n, row in table.items():
+        u, c = row["uncached_ms"], row["cached_ms"]
+        assert c is not None
+        click.echo(f"{n:>8} {c:10.1f} " + (f"{u:12.1f} {u / c:9.1f}" if u else f"{'-':>12} {'-':>9}"))
+    if json_out:
+        json_out.write_text(json.dumps(table, indent=1))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def info(as_json: bool) -> None:
@@ -423,7 +488,13 @@ def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: boo
         max_tokens=opts["max_tokens"], seed=opts["seed"], normalize=opts["normalize"], stop=tuple(opts["stop"]), trace=trace,
     )
     lm = _load_lm(opts)
-    reward = _load_reward(opts) if config.gate != "none" or need_reward else None
+    reward: Any = None
+    if opts.get("vm"):
+        from .vm import ValueModel
+
+        reward = ValueModel(opts["vm"], lm, provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
+    elif config.gate != "none" or need_reward:
+        reward = _load_reward(opts)
     return Steerer(lm, reward, config), config
 
 
@@ -456,7 +527,10 @@ def _gpu_present() -> bool:
 
 
 def _reward_summary(steerer: Any) -> dict[str, Any] | None:
-    return dataclasses.asdict(steerer.reward.info()) if steerer.reward is not None else None
+    if steerer.reward is None:
+        return None
+    info = steerer.reward.info()
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) and not isinstance(info, type) else dict(info)
 
 
 class _progress:

@@ -105,6 +105,10 @@ class LM:
             cached = self._pieces[token] = _compat_token_to_piece(self._vocab, token)
         return cached
 
+    def token_text(self, token: int) -> str:
+        """The token's text as the GGUF vocabulary stores it (e.g. 'Ġthe'), for vocabulary checks."""
+        return str(self._llm._model.token_get_text(token))
+
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, end-of-turn, ...), as the GGUF vocabulary marks them."""
         return _compat_is_eog(self._vocab, token)

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -41,14 +41,30 @@ _PROVIDER_ALIASES = {
 }
 
 
+@dataclass
+class Junction:
+    """What a scorer may need at a junction: text for sequence reward models, token ids for value models."""
+
+    prompt: str  # the user's message
+    prompt_ids: Sequence[int]  # the LM's prompt tokens (chat template applied)
+    response_ids: Sequence[int]  # tokens generated so far
+    candidates: np.ndarray  # (k,) candidate token ids
+    texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
+    key: int = 0  # which sequence (Best-of-N): value models keep one KV cache per key
+
+
 class Scorer(Protocol):
-    """Anything that scores the k continuations of one response at a junction."""
+    """Scores the k candidates of junctions, and whole responses (for Best-of-N and benchmarks)."""
 
     name: str
     provider: str
 
-    def score(self, prompt: str, texts: Sequence[str]) -> np.ndarray:
-        """One reward per text, (len(texts),) float64; higher is better."""
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        """(k,) float64 rewards per junction; higher is better."""
+        ...
+
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        """One reward per finished response (text, token ids)."""
         ...
 
 
@@ -152,6 +168,21 @@ class OnnxReward:
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return log_probs[:, self._label_index]
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        """All junctions' candidate texts in one padded batch (they share the prompt)."""
+        if not junctions:
+            return []
+        groups = [j.texts() for j in junctions]
+        scores = self.score(junctions[0].prompt, [t for g in groups for t in g])
+        out, offset = [], 0
+        for g in groups:
+            out.append(scores[offset : offset + len(g)])
+            offset += len(g)
+        return out
+
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        return self.score(prompt, [text for text, _ in responses])
 
     def info(self) -> RewardInfo:
         return RewardInfo(

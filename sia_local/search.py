@@ -103,17 +103,14 @@ def best_of_n(
             rewards: dict[int, np.ndarray] = {}
             shares: dict[int, float] = {}
             if steered:
-                texts = [seqs[i].candidate_texts() for i in steered]
                 t = time.perf_counter()
-                scores = reward.score(prepared.reward_prompt, [x for group in texts for x in group])  # one run for all
+                scored = reward.score_junctions([seqs[i].scoring_request(prepared.reward_prompt, prepared.ids, key=i) for i in steered])
                 dt = time.perf_counter() - t
                 reward_seconds += dt
                 reward_calls += 1
-                offset = 0
-                for i, group in zip(steered, texts):
-                    rewards[i] = scores[offset : offset + len(group)]
-                    shares[i] = dt * len(group) / len(scores)
-                    offset += len(group)
+                for i, r in zip(steered, scored):  # a sequence reward model scores all of them in one run
+                    rewards[i] = r
+                    shares[i] = dt / len(steered)
             for i in live:
                 piece = seqs[i].commit(rewards.get(i), shares.get(i, 0.0))
                 if piece is not None and on_piece is not None:
@@ -140,7 +137,7 @@ def best_of_n(
     finally:
         ctx.close()
     t = time.perf_counter()
-    final = reward.score(prepared.reward_prompt, [g.text for g in generations])  # (n,) whole responses
+    final = reward.score_responses(prepared.reward_prompt, prepared.ids, [(g.text, g.token_ids) for g in generations])  # (n,)
     reward_seconds += time.perf_counter() - t
     best = int(np.argmax(final))
     seconds = time.perf_counter() - start

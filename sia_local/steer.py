@@ -28,7 +28,7 @@ from .config import SteerConfig
 from .errors import ConfigError, PromptError
 from .junction import entropy, make_gate, softmax, top_k
 from .lm import LM, Message
-from .reward import Scorer
+from .reward import Junction, Scorer
 
 
 @dataclass
@@ -191,7 +191,7 @@ class Steerer:
             if seq.junction:
                 assert reward is not None
                 t = time.perf_counter()
-                rewards = reward.score(prompt.reward_prompt, seq.candidate_texts())  # (k,) in one batched run
+                rewards = reward.score_junctions([seq.scoring_request(prompt.reward_prompt, prompt.ids)])[0]  # (k,) in one batched run
                 seconds = time.perf_counter() - t
             piece = seq.commit(rewards, seconds)
             if piece is not None:
@@ -252,6 +252,10 @@ class SequenceState:
         self.junction = self.gate(len(self.ids), self._h)
         self._u = self.rng.random()
         self._base = _pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
+
+    def scoring_request(self, prompt: str, prompt_ids: Sequence[int], key: int = 0) -> Junction:
+        """This step's candidates, for the scorer."""
+        return Junction(prompt, prompt_ids, self.ids, self._cand, self.candidate_texts, key)
 
     def candidate_texts(self) -> list[str]:
         """The response so far with each candidate appended (a partial UTF-8 character is dropped)."""

@@ -1,0 +1,182 @@
+"""An ONNX graph of a llama-architecture GGUF model, with a KV cache, for token-level value models.
+
+The value model (VM) shares the language model's vocabulary by construction: it *is* the GGUF's
+transformer, dequantised to float32 with the `gguf` package and written as one ONNX graph with
+explicit past/present key-value tensors, an additive attention mask and explicit positions. That
+lets a junction feed, in one run, the tokens accepted since the last junction *and* the k
+candidates: each candidate attends to the cached prefix, the new tokens and itself only (a 4-D
+mask), all at the same position. The output is the final-norm hidden state per token, or, with a
+value head, V per token (and optionally next-token logits, to check the graph against llama.cpp).
+
+Only the `llama` architecture (Llama, SmolLM, Mistral-style) is built; its GGUF Q/K weights are
+stored for llama.cpp's "normal" RoPE, which rotates adjacent pairs of dimensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class Arch:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_kv: int
+    n_ff: int
+    n_vocab: int
+    head_dim: int
+    rope_base: float
+    eps: float
+
+
+def read_gguf(path: Path) -> tuple[Arch, dict[str, np.ndarray]]:
+    """Hyper-parameters and float32 weights of a llama-architecture GGUF (quantised tensors are dequantised)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(path))
+
+    def field(name: str, default: Any = None) -> Any:
+        f = reader.fields.get(name)
+        if f is None:
+            if default is None:
+                raise ModelError(f"{path} lacks the GGUF key {name}", "use a llama-architecture GGUF")
+            return default
+        value = f.parts[f.data[0]]
+        return bytes(value).decode() if f.types and f.types[0].name == "STRING" else value[0]
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ModelError(f"value-model graphs are built for llama-architecture GGUFs; {path.name} is {arch!r}",
+                         "use a Llama/SmolLM/Mistral-style GGUF as the VM backbone")
+    n_embd, n_head = int(field("llama.embedding_length")), int(field("llama.attention.head_count"))
+    weights = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
+               for t in reader.tensors}
+    n_vocab = weights["token_embd.weight"].shape[0]
+    a = Arch(
+        n_layer=int(field("llama.block_count")), n_embd=n_embd, n_head=n_head,
+        n_kv=int(field("llama.attention.head_count_kv", n_head)), n_ff=int(field("llama.feed_forward_length")), n_vocab=n_vocab,
+        head_dim=int(field("llama.rope.dimension_count", n_embd // n_head)), rope_base=float(field("llama.rope.freq_base", 10000.0)),
+        eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+    )
+    return a, weights
+
+
+def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.ndarray, float] | None = None, with_logits: bool = False) -> Any:
+    """The ONNX ModelProto. Inputs: input_ids, position_ids (1, T) int64; mask (1, 1, T, P+T) float (0 or -inf);
+    past_key_i / past_value_i (1, n_kv, P, head_dim). Outputs: hidden (1, T, n_embd) or values (1, T) with a head;
+    present_key_i / present_value_i (1, n_kv, P+T, head_dim); logits (1, T, n_vocab) if asked."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    a = arch
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    counter = [0]
+
+    def name(prefix: str) -> str:
+        counter[0] += 1
+        return f"{prefix}_{counter[0]}"
+
+    def const(value: Any, dtype: Any = np.float32) -> str:
+        n = name("c")
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), n))
+        return n
+
+    def op(kind: str, *inputs: str, **attrs: Any) -> str:
+        out = name(kind.lower())
+        nodes.append(helper.make_node(kind, list(inputs), [out], **attrs))
+        return out
+
+    def weight(key: str, transpose: bool = True) -> str:
+        w = weights[key]
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T if transpose else w), key))
+        return key
+
+    def rms(x: str, key: str) -> str:
+        var = op("ReduceMean", op("Mul", x, x), axes=[-1], keepdims=1)  # opset 17: axes is an attribute
+        return op("Mul", op("Div", x, op("Sqrt", op("Add", var, const(a.eps)))), weight(key, transpose=False))
+
+    hd, half = a.head_dim, a.head_dim // 2
+    inv_freq = 1.0 / (a.rope_base ** (np.arange(0, half, dtype=np.float64) * 2 / hd))
+    angles = op("Mul", op("Unsqueeze", op("Cast", "position_ids", to=TensorProto.FLOAT), const([-1], np.int64)),
+                const(inv_freq.astype(np.float32)))  # (1, T, half)
+    cos = op("Unsqueeze", op("Cos", angles), const([1, 4], np.int64))  # (1, 1, T, half, 1)
+    sin = op("Unsqueeze", op("Sin", angles), const([1, 4], np.int64))
+
+    def heads(x: str, n: int) -> str:  # (1, T, n*hd) -> (1, n, T, hd)
+        return op("Transpose", op("Reshape", x, const([1, -1, n, hd], np.int64)), perm=[0, 2, 1, 3])
+
+    def rope(x: str) -> str:  # adjacent pairs (x0, x1), (x2, x3), ... rotated by the position's angle
+        pairs = op("Reshape", x, const([1, 0, -1, half, 2], np.int64), allowzero=0)
+        even = op("Slice", pairs, const([0], np.int64), const([1], np.int64), const([4], np.int64))
+        odd = op("Slice", pairs, const([1], np.int64), const([2], np.int64), const([4], np.int64))
+        new_even = op("Sub", op("Mul", even, cos), op("Mul", odd, sin))
+        new_odd = op("Add", op("Mul", even, sin), op("Mul", odd, cos))
+        return op("Reshape", op("Concat", new_even, new_odd, axis=4), const([1, 0, -1, hd], np.int64), allowzero=0)
+
+    x = op("Gather", weight("token_embd.weight", transpose=False), "input_ids", axis=0)  # (1, T, d)
+    group = a.n_head // a.n_kv
+    graph_inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "T"]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, "T", "S"]),
+    ]
+    graph_outputs = []
+    scale = const(1.0 / np.sqrt(hd))
+    for i in range(a.n_layer):
+        p = f"blk.{i}."
+        h = rms(x, p + "attn_norm.weight")
+        q = rope(heads(op("MatMul", h, weight(p + "attn_q.weight")), a.n_head))
+        k = rope(heads(op("MatMul", h, weight(p + "attn_k.weight")), a.n_kv))
+        v = heads(op("MatMul", h, weight(p + "attn_v.weight")), a.n_kv)
+        for kind in ("key", "value"):
+            graph_inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, [1, a.n_kv, "P", hd]))
+            graph_outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, [1, a.n_kv, "S", hd]))
+        nodes.append(helper.make_node("Concat", [f"past_key_{i}", k], [f"present_key_{i}"], axis=2))
+        nodes.append(helper.make_node("Concat", [f"past_value_{i}", v], [f"present_value_{i}"], axis=2))
+        k_all, v_all = f"present_key_{i}", f"present_value_{i}"
+        if group > 1:  # grouped-query attention: each K/V head serves `group` query heads
+            def expand(t: str) -> str:
+                five = op("Unsqueeze", t, const([2], np.int64))  # (1, n_kv, 1, S, hd)
+                shape = op("Concat", const([1, a.n_kv, group], np.int64), op("Slice", op("Shape", t), const([2], np.int64), const([4], np.int64)), axis=0)
+                return op("Reshape", op("Expand", five, shape), const([1, a.n_head, -1, hd], np.int64))
+            k_all, v_all = expand(k_all), expand(v_all)
+        scores = op("Add", op("Mul", op("MatMul", q, op("Transpose", k_all, perm=[0, 1, 3, 2])), scale), "mask")  # (1, nh, T, S)
+        ctx = op("MatMul", op("Softmax", scores, axis=-1), v_all)  # (1, nh, T, hd)
+        ctx = op("Reshape", op("Transpose", ctx, perm=[0, 2, 1, 3]), const([1, -1, a.n_head * hd], np.int64))
+        x = op("Add", x, op("MatMul", ctx, weight(p + "attn_output.weight")))
+        h = rms(x, p + "ffn_norm.weight")
+        gate = op("MatMul", h, weight(p + "ffn_gate.weight"))
+        up = op("MatMul", h, weight(p + "ffn_up.weight"))
+        x = op("Add", x, op("MatMul", op("Mul", op("Mul", gate, op("Sigmoid", gate)), up), weight(p + "ffn_down.weight")))
+    hidden = rms(x, "output_norm.weight")
+    if head is not None:
+        w, b = head
+        values = op("Add", op("MatMul", hidden, const(np.asarray(w, np.float32).reshape(-1, 1))), const([b]))
+        nodes.append(helper.make_node("Squeeze", [values, const([-1], np.int64)], ["values"]))
+        graph_outputs.insert(0, helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, "T"]))
+    else:
+        nodes.append(helper.make_node("Identity", [hidden], ["hidden"]))
+        graph_outputs.insert(0, helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "T", a.n_embd]))
+    if with_logits:
+        out_w = weights.get("output.weight", weights["token_embd.weight"])  # tied embeddings when absent
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(out_w.T), "lm_head"))
+        nodes.append(helper.make_node("MatMul", [hidden, "lm_head"], ["logits"]))
+        graph_outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "T", a.n_vocab]))
+    graph = helper.make_graph(nodes, "sia_value_model", graph_inputs, graph_outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def save(model: Any, path: Path) -> None:
+    """Write the graph; weights over 2 GB go to a side file, as protobuf requires."""
+    import onnx
+
+    big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
+    onnx.save(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
