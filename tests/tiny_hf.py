@@ -31,14 +31,7 @@ def make_encoder(folder: Path, num_labels: int = 2) -> Path:
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128, num_labels=num_labels, pad_token_id=0, initializer_range=0.3,
                         id2label={i: n for i, n in enumerate(["negative", "positive"][:num_labels] if num_labels == 2 else range(num_labels))})
-    import torch
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return _save(BertForSequenceClassification, config, fast, folder)
 
 
 def make_decoder(folder: Path) -> Path:
@@ -57,11 +50,16 @@ def make_decoder(folder: Path) -> Path:
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, max_position_embeddings=256, num_labels=1, pad_token_id=tok.token_to_id("<pad>"), initializer_range=0.3,
                          bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"))
+    return _save(LlamaForSequenceClassification, config, fast, folder)
+
+
+def _save(model_class: type, config: object, tokenizer: object, folder: Path) -> Path:
+    """Seeded random initialisation, then the usual from_pretrained layout."""
     import torch
 
     torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
+    model = model_class(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    fast.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
     return folder
