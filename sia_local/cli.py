@@ -417,6 +417,21 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
     click.echo(f"steer with it: sia generate \"...\" -m {lm.path} --vm {out_dir}", err=True)
 
 
+@vm.command("export")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--head", "head_file", type=click.Path(path_type=Path), default=None, help=".npz with `weight` (hidden size) and `bias` [default: a *reward_head* / *value_head* tensor in the checkpoint].")
+@click.option("--atol", type=float, default=1e-3, show_default=True)
+@_fail_cleanly
+def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None:
+    """A Hugging Face Llama-style causal LM + value head -> a cached ONNX value-model folder (needs the export extra)."""
+    from .vm import export_hf
+
+    card = export_hf(src, out, head_file=head_file, atol=atol)
+    click.echo(f"wrote {out}: max |torch - onnx| hidden = {card['torch_max_abs_diff']:.2e}, "
+               f"max |cached - uncached| = {card['cached_vs_uncached_max_abs_diff']:.2e}")
+
+
 @vm.command("latency")
 @model_options
 @click.argument("folder", type=click.Path(path_type=Path))

@@ -264,6 +264,63 @@ def distill(
     return card
 
 
+def export_hf(src: Path, out: Path, *, head_file: Path | None = None, atol: float = 1e-3) -> dict[str, Any]:
+    """A Hugging Face Llama-style causal LM (+ value head) -> a VM folder, validated against torch and cached-vs-uncached.
+
+    The head comes from `head_file` (.npz with `weight` (n_embd,) and `bias`), or from tensors named
+    `*reward_head*` / `*value_head*` in the checkpoint (the paper's `token_reward_head`)."""
+    import onnxruntime as ort
+
+    from .vmgraph import read_hf_llama
+
+    arch, weights, found = read_hf_llama(src)
+    if head_file is not None:
+        data = np.load(head_file)
+        w, b = np.asarray(data["weight"], np.float32).reshape(-1), float(np.asarray(data["bias"]).reshape(-1)[0])
+    elif found:
+        wk = next(k for k in found if k.endswith("weight"))
+        bk = next((k for k in found if k.endswith("bias")), None)
+        w, b = found[wk].reshape(-1), float(found[bk].reshape(-1)[0]) if bk else 0.0
+    else:
+        raise RewardModelError(f"{src} carries no value head", "pass --head HEAD.npz (weight, bias), or distil one with `sia vm distill`")
+    if w.shape[0] != arch.n_embd:
+        raise RewardModelError(f"the value head has {w.shape[0]} weights but the model's hidden size is {arch.n_embd}", "pass the head made for this model")
+    out.mkdir(parents=True, exist_ok=True)
+    save(build_graph(arch, weights), out / "backbone.onnx")
+    ids = np.random.default_rng(0).integers(0, arch.n_vocab, size=48).tolist()
+    got = hidden_states(ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"]), arch, ids)
+    want = _torch_hidden(src, ids)
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:
+        raise RewardModelError(f"the ONNX graph of {src} differs from torch by {diff:.2e} (> {atol:g})", "this architecture variant is not supported yet")
+    (out / "backbone.onnx").unlink()
+    save(build_graph(arch, weights, head=(w, b)), out / "model.onnx")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src / "tokenizer.json")) if (src / "tokenizer.json").exists() else None
+    sample = {str(i): tok.id_to_token(i) for i in sorted({int(x) for x in np.linspace(0, arch.n_vocab - 1, VOCAB_SAMPLE)})} if tok else {}
+    card = {"arch": arch.__dict__, "backbone_hf": str(src), "vocab_sample": {k: v for k, v in sample.items() if v is not None},
+            "objective": "exported value model", "torch_max_abs_diff": diff}
+    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    vm_c, vm_u = ValueModel(out, provider="cpu"), ValueModel(out, provider="cpu", cached=False)
+    cands = np.arange(10)
+    gap = 0.0
+    for cut in (20, 28, 40):  # three junctions with new tokens in between
+        gap = max(gap, float(np.abs(vm_c.score_ids(ids[:cut], cands) - vm_u.score_ids(ids[:cut], cands)).max()))
+    card["cached_vs_uncached_max_abs_diff"] = gap
+    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    return card
+
+
+def _torch_hidden(src: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model.model(torch.tensor([ids])).last_hidden_state[0].numpy()
+
+
 def junction_latency(vm: ValueModel, lengths: Sequence[int] = (64, 256, 512, 1024), *, k: int = 10, delta: int = 4, repeats: int = 3,
                      uncached_up_to: int = 512, progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float | None]]:
     """Median ms of one junction (k candidates) at each context length, cached (Δ = `delta` new tokens since the

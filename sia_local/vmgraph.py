@@ -180,3 +180,52 @@ def save(model: Any, path: Path) -> None:
 
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
     onnx.save(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
+
+
+def read_hf_llama(folder: Path) -> tuple[Arch, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Hyper-parameters and float32 weights (in GGUF names, Q/K permuted for llama.cpp's RoPE) of a Hugging Face
+    Llama-style causal LM folder, plus any value-head tensors it carries (`*reward_head*`/`*value_head*`). Needs torch."""
+    import json as _json
+
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ModelError("reading Hugging Face weights needs torch and safetensors", 'pip install "sia-local[export]"') from None
+    cfg_file = folder / "config.json"
+    if not cfg_file.exists():
+        raise ModelError(f"{folder} has no config.json", "pass a Hugging Face model folder")
+    cfg = _json.loads(cfg_file.read_text())
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        raise ModelError(f"value-model export supports Llama-style models; {folder} is {cfg.get('model_type')!r}", "use a Llama/SmolLM/Mistral backbone")
+    tensors: dict[str, Any] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder} has no .safetensors weights", "save the model with safe_serialization=True")
+    for f in files:
+        tensors.update(load_file(str(f)))
+    w = {k: v.float().numpy() for k, v in tensors.items()}
+    n_head, n_kv = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+    d = int(cfg["hidden_size"])
+
+    def permute(t: np.ndarray, heads: int) -> np.ndarray:  # HF rotate-half layout -> llama.cpp adjacent pairs
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    out = {"token_embd.weight": w["model.embed_tokens.weight"], "output_norm.weight": w["model.norm.weight"]}
+    if "lm_head.weight" in w and not cfg.get("tie_word_embeddings", False):
+        out["output.weight"] = w["lm_head.weight"]
+    n_layer = int(cfg["num_hidden_layers"])
+    for i in range(n_layer):
+        p, q = f"model.layers.{i}.", f"blk.{i}."
+        out[q + "attn_norm.weight"] = w[p + "input_layernorm.weight"]
+        out[q + "attn_q.weight"] = permute(w[p + "self_attn.q_proj.weight"], n_head)
+        out[q + "attn_k.weight"] = permute(w[p + "self_attn.k_proj.weight"], n_kv)
+        out[q + "attn_v.weight"] = w[p + "self_attn.v_proj.weight"]
+        out[q + "attn_output.weight"] = w[p + "self_attn.o_proj.weight"]
+        out[q + "ffn_norm.weight"] = w[p + "post_attention_layernorm.weight"]
+        out[q + "ffn_gate.weight"] = w[p + "mlp.gate_proj.weight"]
+        out[q + "ffn_up.weight"] = w[p + "mlp.up_proj.weight"]
+        out[q + "ffn_down.weight"] = w[p + "mlp.down_proj.weight"]
+    head = {k: v for k, v in w.items() if "reward_head" in k or "value_head" in k}
+    arch = Arch(n_layer=n_layer, n_embd=d, n_head=n_head, n_kv=n_kv, n_ff=int(cfg["intermediate_size"]), n_vocab=int(cfg["vocab_size"]),
+                head_dim=int(cfg.get("head_dim") or d // n_head), rope_base=float(cfg.get("rope_theta", 10000.0)), eps=float(cfg.get("rms_norm_eps", 1e-5)))
+    return arch, out, head

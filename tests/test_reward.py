@@ -82,3 +82,21 @@ def test_provider_choice_is_honest(tiny_reward: Path) -> None:
             OnnxReward(tiny_reward, provider="cuda")
     with pytest.raises(RewardModelError, match="unknown reward provider"):
         OnnxReward(tiny_reward, provider="abacus")
+
+
+def test_string_input_model(tmp_path: Path) -> None:
+    """A model that takes the text itself (e.g. a scikit-learn pipeline through skl2onnx): no tokenizer needed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "strings"
+    folder.mkdir()
+    node = helper.make_node("LabelEncoder", ["text"], ["logits"], domain="ai.onnx.ml", keys_strings=["good", "bad"],
+                            values_floats=[1.0, -1.0], default_float=0.0)
+    graph = helper.make_graph([node], "s", [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)], ir_version=8)
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "sia.json").write_text('{"input": "response"}')
+    rm = OnnxReward(folder, provider="cpu")
+    np.testing.assert_allclose(rm.score("", ["good", "bad", "other"]), [1.0, -1.0, 0.0])

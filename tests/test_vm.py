@@ -130,3 +130,19 @@ def test_cli_generate_with_vm_and_best_of(vm_dir: Path, tiny_gguf: Path) -> None
     bon = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "--vm", str(vm_dir), "--tau", "1.0", "-n", "8", "--best-of", "3", "--json"])
     assert bon.exit_code == 0, bon.stderr
     assert len(json.loads(bon.stdout)["candidates"]) == 3
+
+
+def test_vm_export_from_hugging_face(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    np.savez(tmp_path / "head.npz", weight=np.linspace(-1, 1, 64, dtype=np.float32), bias=np.array([0.25]))
+    result = CliRunner().invoke(main, ["vm", "export", str(tmp_path / "hf"), str(tmp_path / "vm"), "--head", str(tmp_path / "head.npz")])
+    assert result.exit_code == 0, result.stderr
+    card = json.loads((tmp_path / "vm" / "vm.json").read_text())
+    assert card["torch_max_abs_diff"] < 1e-4 and card["cached_vs_uncached_max_abs_diff"] < 1e-4
+    missing = CliRunner().invoke(main, ["vm", "export", str(tmp_path / "hf"), str(tmp_path / "vm2")])
+    assert missing.exit_code == 1 and "no value head" in missing.stderr
