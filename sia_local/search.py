@@ -79,13 +79,13 @@ def best_of_n(
         raise ConfigError(f"`n` must be >= 1, got {n}", "fix --best-of")
     cfg = steerer.config.replace(**overrides) if overrides else steerer.config
     lm, reward = steerer.lm, steerer.reward
-    prepared = steerer._prepare(prompt, system, raw)
+    prepared = steerer.prepare(prompt, system, raw)
     tau = steerer.resolve_tau(cfg) if cfg.gate == "entropy" else None
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(cfg.stop) + prepared.stops
 
     start = time.perf_counter()
-    ctx = BatchContext(lm, n, n_ctx=len(prepared.ids) + n * cfg.max_tokens + 8)
+    ctx = BatchContext(lm, n, len(prepared.ids), cfg.max_tokens)
     reward_seconds = lm_seconds = 0.0
     reward_calls = 0
     try:
@@ -115,7 +115,7 @@ def best_of_n(
                 piece = seqs[i].commit(rewards.get(i), shares.get(i, 0.0))
                 if piece is not None and on_piece is not None:
                     on_piece(i, piece)
-                if not seqs[i].done and ctx.pos[i] + 1 >= lm.n_ctx:
+                if not seqs[i].done and ctx.pos[i] + 1 >= min(lm.n_ctx, ctx.n_ctx):
                     seqs[i].end("context")
             for i in live:
                 if seqs[i].done:

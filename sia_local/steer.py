@@ -147,7 +147,7 @@ class Steerer:
         config = self.config.replace(**overrides) if overrides else self.config
         if config.gate != "none" and self.reward is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none")
-        prepared = self._prepare(prompt, system, raw)
+        prepared = self.prepare(prompt, system, raw)
         tau = self.resolve_tau(config) if config.gate == "entropy" else None
         return Stream(self._decode(prepared, config, tau))
 
@@ -163,7 +163,7 @@ class Steerer:
             self._taus[key] = tau_for_ratio(self.lm, config.ratio, top_k=config.top_k, temperature=config.temperature, progress=progress)
         return self._taus[key]
 
-    def _prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> _Prompt:
+    def prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> _Prompt:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty", "give a non-empty prompt")

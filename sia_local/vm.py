@@ -261,6 +261,7 @@ def distill(
         "seconds": time.perf_counter() - started,
     }
     (out / "vm.json").write_text(json.dumps(card, indent=1))
+    backbone.unlink()  # the head-less copy was only needed for the hidden states
     return card
 
 

@@ -130,6 +130,13 @@ def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.nd
     ]
     graph_outputs = []
     scale = const(1.0 / np.sqrt(hd))
+    if group > 1:  # the mask, repeated for each query head of a group: (1, 1, T, S) -> (1, 1, group*T, S)
+        mask_shape = op("Shape", "mask")
+        five = op("Unsqueeze", "mask", const([2], np.int64))
+        tiled = op("Expand", five, op("Concat", const([1, 1, group], np.int64), op("Slice", mask_shape, const([2], np.int64), const([4], np.int64)), axis=0))
+        group_mask = op("Reshape", tiled, op("Concat", const([1, 1, -1], np.int64), op("Slice", mask_shape, const([3], np.int64), const([4], np.int64)), axis=0))
+    else:
+        group_mask = "mask"
     for i in range(a.n_layer):
         p = f"blk.{i}."
         h = rms(x, p + "attn_norm.weight")
@@ -142,15 +149,13 @@ def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.nd
         nodes.append(helper.make_node("Concat", [f"past_key_{i}", k], [f"present_key_{i}"], axis=2))
         nodes.append(helper.make_node("Concat", [f"past_value_{i}", v], [f"present_value_{i}"], axis=2))
         k_all, v_all = f"present_key_{i}", f"present_value_{i}"
-        if group > 1:  # grouped-query attention: each K/V head serves `group` query heads
-            def expand(t: str) -> str:
-                five = op("Unsqueeze", t, const([2], np.int64))  # (1, n_kv, 1, S, hd)
-                shape = op("Concat", const([1, a.n_kv, group], np.int64), op("Slice", op("Shape", t), const([2], np.int64), const([4], np.int64)), axis=0)
-                return op("Reshape", op("Expand", five, shape), const([1, a.n_head, -1, hd], np.int64))
-            k_all, v_all = expand(k_all), expand(v_all)
-        scores = op("Add", op("Mul", op("MatMul", q, op("Transpose", k_all, perm=[0, 1, 3, 2])), scale), "mask")  # (1, nh, T, S)
-        ctx = op("MatMul", op("Softmax", scores, axis=-1), v_all)  # (1, nh, T, hd)
-        ctx = op("Reshape", op("Transpose", ctx, perm=[0, 2, 1, 3]), const([1, -1, a.n_head * hd], np.int64))
+        # Grouped-query attention without copying K/V per query head: fold each group's query heads
+        # into the time axis, (1, n_head, T, hd) -> (1, n_kv, group*T, hd), and attend once per K/V head.
+        qg = op("Reshape", q, const([1, a.n_kv, -1, hd], np.int64)) if group > 1 else q
+        scores = op("Add", op("Mul", op("MatMul", qg, op("Transpose", k_all, perm=[0, 1, 3, 2])), scale), group_mask)
+        ctx = op("MatMul", op("Softmax", scores, axis=-1), v_all)  # (1, n_kv, group*T, hd)
+        ctx = op("Reshape", op("Transpose", op("Reshape", ctx, const([1, a.n_head, -1, hd], np.int64)), perm=[0, 2, 1, 3]),
+                 const([1, -1, a.n_head * hd], np.int64))
         x = op("Add", x, op("MatMul", ctx, weight(p + "attn_output.weight")))
         h = rms(x, p + "ffn_norm.weight")
         gate = op("MatMul", h, weight(p + "ffn_gate.weight"))
