@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict
-from typing import Any, AsyncGenerator, AsyncIterator, Literal
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -106,8 +106,8 @@ class Engine:
         self.served = 0
         self._lock: asyncio.Lock | None = None
 
-    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event) -> AsyncGenerator[tuple[str, Any], None]:
-        """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
+    async def _admit(self) -> None:
+        """Wait for the model, or refuse at once when the queue is full."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         if self.waiting >= self.max_queue:
@@ -119,6 +119,22 @@ class Engine:
         finally:
             self.waiting -= 1
         self.active = 1
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run a whole job (Best-of-N) in a worker thread, behind the same queue as streamed generations."""
+        await self._admit()
+        try:
+            result = await asyncio.to_thread(fn)
+            self.served += 1
+            return result
+        finally:
+            self.active = 0
+            assert self._lock is not None
+            self._lock.release()
+
+    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event) -> AsyncGenerator[tuple[str, Any], None]:
+        """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
+        await self._admit()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -202,9 +218,11 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
     async def _respond(engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
-        if req.n != 1:
-            raise ApiError(400, "n must be 1 (Best-of-N is not available in this server yet)", param="n")
         options = {**extra, **_options(req)}
+        if req.n < 1 or req.n > 16:
+            raise ApiError(400, f"n must be between 1 and 16, got {req.n}", param="n")
+        if req.n > 1:
+            return await _best_of(engine, req, prompt, options, chat)
         cancel = threading.Event()
         events = engine.run(prompt, options, cancel)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
@@ -279,6 +297,32 @@ def _as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, SiaError):
         return ApiError(500, str(exc), type="server_error")
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+
+async def _best_of(engine: Engine, req: _Request, prompt: Any, options: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
+    from .search import best_of_n
+
+    if req.stream:
+        raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
+    if engine.steerer.reward is None:
+        raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
+    try:
+        result = await engine.call(lambda: best_of_n(engine.steerer, prompt, req.n, **options))
+    except SiaError as exc:
+        raise _as_api_error(exc) from None
+    ranked = sorted(result.candidates, key=lambda c: -c.score)
+    choices = []
+    for i, c in enumerate(ranked):
+        g = c.generation
+        body = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text, "logprobs": None}
+        choices.append({"index": i, **body, "finish_reason": _finish(g), "sia_score": c.score, "sia_sample": c.index})
+    st = result.stats
+    usage = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.tokens, "total_tokens": st.prompt_tokens + st.tokens,
+             "sia": {"best_of": req.n, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
+                     "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s}}
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
 
 
 def _finish(generation: Generation) -> str:

@@ -187,3 +187,17 @@ def test_api_key(steerer: Steerer) -> None:
         ok = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret", max_retries=0)
         assert ok.models.list().data[0].id == MODEL
         assert httpx.get(s.url + "/health").status_code == 200
+
+
+def test_n_gives_best_of_n(client, steerer: Steerer) -> None:
+    msgs = [{"role": "user", "content": "Tell me something."}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=10, seed=3, n=3, extra_body={"sia": {"gate": "none"}})
+    assert len(r.choices) == 3 and [c.index for c in r.choices] == [0, 1, 2]
+    scores = [c.model_extra["sia_score"] for c in r.choices]
+    assert scores == sorted(scores, reverse=True)  # best first
+    singles = [steerer.generate(msgs, gate="none", max_tokens=10, seed=3 + i) for i in range(3)]
+    assert {c.message.content for c in r.choices} == {g.text for g in singles}
+    assert r.usage.completion_tokens == sum(g.stats.tokens for g in singles)
+    assert r.usage.model_extra["sia"]["best_of"] == 3
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=msgs, n=2, stream=True)
