@@ -34,11 +34,13 @@ def main() -> None:
     ap.add_argument("--embd", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=32000, help="pad the byte-level vocabulary to this size (0 = 265 tokens)")
+    ap.add_argument("--dir", default=None, help="where to write the synthetic model [default: a temp dir]")
     args = ap.parse_args()
     report: dict = {"gpu_offload_supported": gpu_offload_supported(), "llama_system_info": system_info(),
                     "onnx_providers": loadable_providers()}
     print(json.dumps(report, indent=1), flush=True)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     import numpy as np
 
