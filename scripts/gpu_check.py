@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=32000, help="pad the byte-level vocabulary to this size (0 = 265 tokens)")
     ap.add_argument("--dir", default=None, help="where to write the synthetic model [default: a temp dir]")
+    ap.add_argument("--gguf", default=None, help="use this GGUF instead of building a synthetic one (e.g. SmolLM2)")
     args = ap.parse_args()
     report: dict = {"gpu_offload_supported": gpu_offload_supported(), "llama_system_info": system_info(),
                     "onnx_providers": loadable_providers()}
@@ -44,8 +45,8 @@ def main() -> None:
     t = time.perf_counter()
     import numpy as np
 
-    print("building the synthetic model", flush=True)
-    gguf = write_tiny_gguf(tmp / "synthetic-f16.gguf", n_embd=args.embd, n_layer=args.layers, n_head=16, n_ff=args.embd * 11 // 4, n_ctx=2048,
+    print("building the synthetic model" if not args.gguf else f"using {args.gguf}", flush=True)
+    gguf = Path(args.gguf) if args.gguf else write_tiny_gguf(tmp / "synthetic-f16.gguf", n_embd=args.embd, n_layer=args.layers, n_head=16, n_ff=args.embd * 11 // 4, n_ctx=2048,
                            pad_vocab_to=args.vocab, dtype=np.float16, logit_scale=0.05)
     print("model written", flush=True)
     report["synthetic_model"] = {"n_embd": args.embd, "n_layer": args.layers, "n_vocab": max(args.vocab, 265), "file_gb": round(gguf.stat().st_size / 1e9, 2), "build_s": round(time.perf_counter() - t, 1)}
