@@ -110,7 +110,7 @@ class Engine:
         """Wait for the model, or refuse at once when the queue is full."""
         if self._lock is None:
             self._lock = asyncio.Lock()
-        if self.waiting >= self.max_queue:
+        if self._lock.locked() and self.waiting >= self.max_queue:
             raise ApiError(503, f"the server is busy: {self.active} running and {self.waiting} queued; retry later",
                            type="server_error", code="server_busy")
         self.waiting += 1

@@ -201,3 +201,10 @@ def test_n_gives_best_of_n(client, steerer: Steerer) -> None:
     assert r.usage.model_extra["sia"]["best_of"] == 3
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=msgs, n=2, stream=True)
+
+
+def test_zero_queue_still_serves_one(steerer: Steerer) -> None:
+    app = create_app(steerer, model_id=MODEL, max_queue=0)
+    with _Server(app, _free_port()) as s:
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200, r.text
