@@ -27,7 +27,7 @@ import numpy as np
 from .errors import ConfigError, RewardModelError
 from .lm import LM, file_fingerprint
 from .reward import Junction, open_session
-from .vmgraph import Arch, build_graph, read_gguf, save
+from .vmgraph import Arch, build_graph, feeds, read_gguf, save
 
 VOCAB_SAMPLE = 64
 
@@ -113,19 +113,10 @@ class ValueModel:
             cache.ids = cache.ids[:keep]
             cache.past = [p[:, :, :keep] for p in cache.past]
         delta = [int(t) for t in prefix[keep:]]
-        k = len(candidates)
-        past_len, m = keep, len(delta)
-        t_len = m + k
-        mask = np.full((t_len, past_len + t_len), -np.inf, dtype=np.float32)
-        mask[:, :past_len] = 0.0
-        mask[:m, past_len : past_len + m] = np.triu(np.full((m, m), -np.inf, dtype=np.float32), 1)  # Δ: causal
-        mask[m:, past_len : past_len + m] = 0.0  # candidates see every Δ token ...
-        mask[np.arange(m, t_len), past_len + np.arange(m, t_len)] = 0.0  # ... and themselves, not each other
-        positions = np.concatenate([np.arange(past_len, past_len + m), np.full(k, past_len + m)])
-        values, present = self._run(np.concatenate([np.asarray(delta, dtype=np.int64), candidates.astype(np.int64)]), positions, mask, cache.past)
+        values, present = self._run(feeds(self.arch, [*delta, *(int(c) for c in candidates)], len(delta), cache.past))
         cache.ids = [*cache.ids, *delta]
-        cache.past = [p[:, :, : past_len + m] for p in present]
-        return values[m:].astype(np.float64)
+        cache.past = present  # exactly the cache + the accepted tokens: kept as is, no copy
+        return values[len(delta):].astype(np.float64)
 
     def reset(self) -> None:
         self._caches.clear()
@@ -134,20 +125,14 @@ class ValueModel:
         """Uncached: one full pass over prefix + c per candidate."""
         out = []
         for c in candidates:
-            ids = np.asarray([*prefix, c], dtype=np.int64)
-            n = len(ids)
-            mask = np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
-            values, _ = self._run(ids, np.arange(n), mask, [self._empty() for _ in range(2 * self.arch.n_layer)])
+            ids = [*prefix, c]
+            values, _ = self._run(feeds(self.arch, ids, len(ids)))
             out.append(values[-1])
         return np.asarray(out, dtype=np.float64)
 
-    def _run(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds: dict[str, np.ndarray] = {"input_ids": ids[None], "position_ids": positions.astype(np.int64)[None], "mask": mask[None, None]}
-        for i in range(self.arch.n_layer):
-            feeds[f"past_key_{i}"] = past[2 * i]
-            feeds[f"past_value_{i}"] = past[2 * i + 1]
-        outputs = self._session.run(None, feeds)
-        self.tokens_run += len(ids)
+    def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        outputs = self._session.run(None, inputs)
+        self.tokens_run += inputs["input_ids"].shape[1]
         return outputs[0][0], outputs[1:]
 
     def _empty(self) -> np.ndarray:
@@ -166,13 +151,7 @@ def vocab_sample(gguf: Path, n_vocab: int) -> dict[str, str]:
 
 def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
     """(T, n_embd) final-norm hidden states of one full sequence through a head-less graph."""
-    n = len(ids)
-    feeds: dict[str, np.ndarray] = {"input_ids": np.asarray(ids, dtype=np.int64)[None], "position_ids": np.arange(n, dtype=np.int64)[None],
-                                    "mask": np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)[None, None]}
-    for i in range(arch.n_layer):
-        for kind in ("key", "value"):
-            feeds[f"past_{kind}_{i}"] = np.zeros((1, arch.n_kv, 0, arch.head_dim), dtype=np.float32)
-    return session.run(["hidden"], feeds)[0][0]
+    return session.run(["hidden"], feeds(arch, ids, len(ids)))[0][0]
 
 
 def distill(

@@ -2,10 +2,12 @@
 
 The value model (VM) shares the language model's vocabulary by construction: it *is* the GGUF's
 transformer, dequantised to float32 with the `gguf` package and written as one ONNX graph with
-explicit past/present key-value tensors, an additive attention mask and explicit positions. That
+explicit past/present key-value tensors, additive attention masks and explicit positions. That
 lets a junction feed, in one run, the tokens accepted since the last junction *and* the k
-candidates: each candidate attends to the cached prefix, the new tokens and itself only (a 4-D
-mask), all at the same position. The output is the final-norm hidden state per token, or, with a
+candidates: each candidate attends to the cached prefix, the new tokens and itself only, all at
+the same position. A candidate's own key enters through a separate "self" column of the softmax,
+so the present K/V hold exactly the cache plus the accepted tokens and go back in as the next past
+without slicing or copying. The output is the final-norm hidden state per token, or, with a
 value head, V per token (and optionally next-token logits, to check the graph against llama.cpp).
 
 Only the `llama` architecture (Llama, SmolLM, Mistral-style) is built; its GGUF Q/K weights are
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -70,9 +72,11 @@ def read_gguf(path: Path) -> tuple[Arch, dict[str, np.ndarray]]:
 
 
 def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.ndarray, float] | None = None, with_logits: bool = False) -> Any:
-    """The ONNX ModelProto. Inputs: input_ids, position_ids (1, T) int64; mask (1, 1, T, P+T) float (0 or -inf);
-    past_key_i / past_value_i (1, n_kv, P, head_dim). Outputs: hidden (1, T, n_embd) or values (1, T) with a head;
-    present_key_i / present_value_i (1, n_kv, P+T, head_dim); logits (1, T, n_vocab) if asked."""
+    """The ONNX ModelProto (fed by `feeds`). Inputs: input_ids, position_ids (1, T) int64; n_delta (1,): the
+    first n_delta tokens are appended to the cache, the rest are candidates; mask (1, 1, T, P+n_delta) and
+    self_mask (1, 1, T, 1) additive (0 or -inf); past_key_i / past_value_i (1, n_kv, P, head_dim).
+    Outputs: hidden (1, T, n_embd), or values (1, T) with a head; present_key_i / present_value_i
+    (1, n_kv, P+n_delta, head_dim); logits (1, T, n_vocab) if asked."""
     from onnx import TensorProto, helper, numpy_helper
 
     a = arch
@@ -127,16 +131,22 @@ def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.nd
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "T"]),
         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, "T", "S"]),
+        helper.make_tensor_value_info("self_mask", TensorProto.FLOAT, [1, 1, "T", 1]),
+        helper.make_tensor_value_info("n_delta", TensorProto.INT64, [1]),
     ]
     graph_outputs = []
     scale = const(1.0 / np.sqrt(hd))
-    if group > 1:  # the mask, repeated for each query head of a group: (1, 1, T, S) -> (1, 1, group*T, S)
-        mask_shape = op("Shape", "mask")
-        five = op("Unsqueeze", "mask", const([2], np.int64))
-        tiled = op("Expand", five, op("Concat", const([1, 1, group], np.int64), op("Slice", mask_shape, const([2], np.int64), const([4], np.int64)), axis=0))
-        group_mask = op("Reshape", tiled, op("Concat", const([1, 1, -1], np.int64), op("Slice", mask_shape, const([3], np.int64), const([4], np.int64)), axis=0))
-    else:
-        group_mask = "mask"
+    def per_group(m: str) -> str:  # a mask repeated for each query head of a group: (1, 1, T, X) -> (1, 1, group*T, X)
+        if group == 1:
+            return m
+        shape = op("Shape", m)
+        tiled = op("Expand", op("Unsqueeze", m, const([2], np.int64)),
+                   op("Concat", const([1, 1, group], np.int64), op("Slice", shape, const([2], np.int64), const([4], np.int64)), axis=0))
+        return op("Reshape", tiled, op("Concat", const([1, 1, -1], np.int64), op("Slice", shape, const([3], np.int64), const([4], np.int64)), axis=0))
+
+    group_mask, group_self_mask = per_group("mask"), per_group("self_mask")
+    zero = const([0], np.int64)
+    axis2 = const([2], np.int64)
     for i in range(a.n_layer):
         p = f"blk.{i}."
         h = rms(x, p + "attn_norm.weight")
@@ -146,14 +156,26 @@ def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.nd
         for kind in ("key", "value"):
             graph_inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, [1, a.n_kv, "P", hd]))
             graph_outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, [1, a.n_kv, "S", hd]))
-        nodes.append(helper.make_node("Concat", [f"past_key_{i}", k], [f"present_key_{i}"], axis=2))
-        nodes.append(helper.make_node("Concat", [f"past_value_{i}", v], [f"present_value_{i}"], axis=2))
+        # The cache grows by the n_delta accepted tokens only; the candidates after them see the
+        # cache, the accepted tokens and themselves (the `self` column), never each other.
+        nodes.append(helper.make_node("Concat", [f"past_key_{i}", op("Slice", k, zero, "n_delta", axis2)], [f"present_key_{i}"], axis=2))
+        nodes.append(helper.make_node("Concat", [f"past_value_{i}", op("Slice", v, zero, "n_delta", axis2)], [f"present_value_{i}"], axis=2))
         k_all, v_all = f"present_key_{i}", f"present_value_{i}"
         # Grouped-query attention without copying K/V per query head: fold each group's query heads
         # into the time axis, (1, n_head, T, hd) -> (1, n_kv, group*T, hd), and attend once per K/V head.
-        qg = op("Reshape", q, const([1, a.n_kv, -1, hd], np.int64)) if group > 1 else q
-        scores = op("Add", op("Mul", op("MatMul", qg, op("Transpose", k_all, perm=[0, 1, 3, 2])), scale), group_mask)
-        ctx = op("MatMul", op("Softmax", scores, axis=-1), v_all)  # (1, n_kv, group*T, hd)
+        qg = op("Reshape", q, const([1, a.n_kv, -1, hd], np.int64))
+        main = op("Add", op("Mul", op("MatMul", qg, op("Transpose", k_all, perm=[0, 1, 3, 2])), scale), group_mask)  # (1, n_kv, gT, P+m)
+        q5 = op("Reshape", q, const([1, a.n_kv, group, -1, hd], np.int64))
+        own = op("ReduceSum", op("Mul", q5, op("Unsqueeze", k, const([2], np.int64))), const([-1], np.int64), keepdims=1)  # (1, n_kv, g, T, 1)
+        own = op("Add", op("Mul", op("Reshape", own, const([1, a.n_kv, -1, 1], np.int64)), scale), group_self_mask)  # (1, n_kv, gT, 1)
+        probs = op("Softmax", op("Concat", main, own, axis=-1), axis=-1)
+        width = op("Shape", k_all)
+        s_len = op("Slice", width, const([2], np.int64), const([3], np.int64))
+        p_main = op("Slice", probs, zero, s_len, const([3], np.int64))
+        p_own = op("Slice", probs, s_len, const([1 << 62], np.int64), const([3], np.int64))  # (1, n_kv, gT, 1)
+        ctx = op("MatMul", p_main, v_all)  # (1, n_kv, gT, hd)
+        own_v = op("Mul", op("Reshape", p_own, const([1, a.n_kv, group, -1, 1], np.int64)), op("Unsqueeze", v, const([2], np.int64)))
+        ctx = op("Add", ctx, op("Reshape", own_v, const([1, a.n_kv, -1, hd], np.int64)))
         ctx = op("Reshape", op("Transpose", op("Reshape", ctx, const([1, a.n_head, -1, hd], np.int64)), perm=[0, 2, 1, 3]),
                  const([1, -1, a.n_head * hd], np.int64))
         x = op("Add", x, op("MatMul", ctx, weight(p + "attn_output.weight")))
@@ -177,6 +199,26 @@ def build_graph(arch: Arch, weights: dict[str, np.ndarray], *, head: tuple[np.nd
         graph_outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "T", a.n_vocab]))
     graph = helper.make_graph(nodes, "sia_value_model", graph_inputs, graph_outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def feeds(arch: Arch, ids: Sequence[int], n_delta: int, past: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Inputs for one run: the first `n_delta` of `ids` extend the cache causally; the rest are candidates
+    at the next position, each seeing the cache, those tokens and itself."""
+    t_len = len(ids)
+    past_len = past[0].shape[2] if past else 0
+    m = n_delta
+    mask = np.zeros((t_len, past_len + m), dtype=np.float32)
+    mask[:m, past_len:] = np.triu(np.full((m, m), -np.inf, dtype=np.float32), 1)
+    self_mask = np.zeros((t_len, 1), dtype=np.float32)
+    self_mask[:m] = -np.inf  # an accepted token already sees itself through the cache
+    positions = np.concatenate([np.arange(past_len, past_len + m), np.full(t_len - m, past_len + m)])
+    out = {"input_ids": np.asarray(ids, dtype=np.int64)[None], "position_ids": positions.astype(np.int64)[None],
+           "mask": mask[None, None], "self_mask": self_mask[None, None], "n_delta": np.asarray([m], dtype=np.int64)}
+    empty = np.zeros((1, arch.n_kv, 0, arch.head_dim), dtype=np.float32)
+    for i in range(arch.n_layer):
+        out[f"past_key_{i}"] = past[2 * i] if past else empty
+        out[f"past_value_{i}"] = past[2 * i + 1] if past else empty
+    return out
 
 
 def save(model: Any, path: Path) -> None:

@@ -16,7 +16,7 @@ from sia_local.lm import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 from sia_local.vm import ValueModel, distill
-from sia_local.vmgraph import build_graph, read_gguf, save
+from sia_local.vmgraph import build_graph, feeds, read_gguf, save
 from tiny_models import write_tiny_gguf
 
 PROMPTS = ["Tell me something.", "Say hello.", "Write a line.", "What now?", "Go on.", "Describe a cat."]
@@ -37,13 +37,8 @@ def test_graph_matches_llama_cpp(tmp_path: Path, tiny_gguf: Path, tiny_lm: LM) -
     session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
     ids = tiny_lm.tokenize("Hello there, how are you today?")
     want = tiny_lm.prefill(ids).copy()
-    n = len(ids)
-    feeds = {"input_ids": np.array([ids]), "position_ids": np.arange(n)[None], "mask": np.triu(np.full((n, n), -np.inf, np.float32), 1)[None, None]}
-    for i in range(arch.n_layer):
-        for kind in ("key", "value"):
-            feeds[f"past_{kind}_{i}"] = np.zeros((1, arch.n_kv, 0, arch.head_dim), np.float32)
     names = [o.name for o in session.get_outputs()]
-    got = session.run(None, feeds)[names.index("logits")][0, -1]
+    got = session.run(None, feeds(arch, ids, len(ids)))[names.index("logits")][0, -1]
     np.testing.assert_allclose(got, want, atol=2e-2)  # llama.cpp keeps its KV cache in f16
     assert list(np.argsort(-got)[:10]) == list(np.argsort(-want)[:10])
 
