@@ -114,9 +114,6 @@ def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str 
     sia generate "Hello" -m model.gguf -r my-reward/ --reward-label positive --json
     """
     steerer, config = build_steerer(opts, trace=trace, need_reward=best_of > 1)  # BoN picks its winner with the reward
-    if config.gate == "entropy" and config.tau is None:
-        with _progress("calibrating tau for this model (once)") as tick:
-            steerer.resolve_tau(config, progress=tick)
     if best_of > 1:
         _best_of(steerer, prompt, best_of, system=system, raw=raw, as_json=as_json)
         return
@@ -162,9 +159,6 @@ def chat(system: str | None, highlight: bool, **opts: Any) -> None:
     from .chat import ChatSession, repl
 
     steerer, config = build_steerer(opts)
-    if config.gate == "entropy" and config.tau is None:
-        with _progress("calibrating tau for this model (once)") as tick:
-            steerer.resolve_tau(config, progress=tick)
     repl(ChatSession(steerer, system), highlight=highlight)
 
 
@@ -186,9 +180,6 @@ def serve(host: str, port: int, max_queue: int, api_key: str | None, **opts: Any
     from .server import serve as run_server
 
     steerer, config = build_steerer(opts)
-    if config.gate == "entropy" and config.tau is None:
-        with _progress("calibrating tau for this model (once)") as tick:
-            steerer.resolve_tau(config, progress=tick)
     model_id = steerer.lm.path.stem
     click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.reward, 'name', 'none')}); Ctrl-C stops", err=True)
     run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key)
@@ -510,7 +501,11 @@ def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: boo
         reward = ValueModel(opts["vm"], lm, provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
     elif config.gate != "none" or need_reward:
         reward = _load_reward(opts)
-    return Steerer(lm, reward, config), config
+    steerer = Steerer(lm, reward, config)
+    if config.gate == "entropy" and config.tau is None:  # calibrate up front, with a progress bar, not mid-answer
+        with _progress("calibrating tau for this model (once)") as tick:
+            steerer.resolve_tau(config, progress=tick)
+    return steerer, config
 
 
 def _load_lm(opts: dict[str, Any]) -> Any:
