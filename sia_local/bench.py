@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .junction import gate_names
 from .search import best_of_n
 from .steer import Generation, Steerer
 
@@ -73,8 +74,7 @@ class Arm:
     def overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {"gate": self.gate}
         if self.ratio is not None:
-            out["ratio"] = self.ratio
-            out["tau"] = None
+            out["ratio"] = self.ratio  # SteerConfig.updated: a ratio clears tau
         if self.first_n is not None:
             out["first_n"] = self.first_n
         return out
@@ -90,6 +90,20 @@ def default_arms(max_tokens: int, ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8)
     if best_of:
         arms.append(Arm(f"bon-{best_of[len(best_of) // 2]}+sia@{ratios[0]:g}", "entropy", ratio=ratios[0], best_of=best_of[len(best_of) // 2]))
     return arms
+
+
+def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
+    """Arms by name: any of `default_arms`, or any registered gate's name (that gate with the run's settings)."""
+    grid = {a.name: a for a in default_arms(max_tokens)}
+    out = []
+    for name in names:
+        if name in grid:
+            out.append(grid[name])
+        elif name in gate_names():
+            out.append(Arm(name, name))
+        else:
+            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)} or a gate ({', '.join(gate_names())})")
+    return out
 
 
 def load_prompts(path: str | Path | None = None) -> list[str]:
@@ -149,7 +163,7 @@ def run_grid(
     rows = _read_rows(results_file)
     done = {(r["arm"], r["prompt_index"], r["seed"]) for r in rows}
     base_cfg = steerer.config.replace(trace=True, logprobs=True)
-    taus = {a.name: steerer.resolve_tau(base_cfg.replace(ratio=a.ratio, tau=None)) for a in arms if a.gate == "entropy" and a.ratio is not None}
+    taus = {a.name: steerer.resolve_tau(base_cfg.updated(ratio=a.ratio)) for a in arms if a.gate == "entropy" and a.ratio is not None}
     total = len(arms) * len(prompts) * len(seeds)
     count = len(done)
     with results_file.open("a", encoding="utf-8") as out:
@@ -182,20 +196,16 @@ def run_grid(
 
 def _run_row(steerer: Steerer, judge: Judge, cfg: Any, arm: Arm, overrides: dict[str, Any], prompt: str, i: int, seed: int) -> dict[str, Any]:
     assert steerer.reward is not None
-    config = cfg.replace(**overrides, seed=seed)
-    saved = steerer.config
-    steerer.config = config
+    changes = {**overrides, "seed": seed, "trace": cfg.trace, "logprobs": cfg.logprobs}
+    config = steerer.config_for(**changes)  # the steerer's own config is never changed
     t = time.perf_counter()
-    try:
-        if arm.best_of > 1:
-            result = best_of_n(steerer, prompt, arm.best_of)
-            generation, extra = result.best, {"bon_scores": [c.score for c in result.candidates],
-                                              "generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
-        else:
-            generation = steerer.generate(prompt)
-            extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
-    finally:
-        steerer.config = saved
+    if arm.best_of > 1:
+        result = best_of_n(steerer, prompt, arm.best_of, **changes)
+        generation, extra = result.best, {"bon_scores": [c.score for c in result.candidates],
+                                          "generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
+    else:
+        generation = steerer.generate(prompt, **changes)
+        extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
     wall = time.perf_counter() - t
     s = generation.stats
     row: dict[str, Any] = {
@@ -367,7 +377,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     and Best-of-N batched vs N sequential runs. Returns medians and the ratios the project tracks."""
     lm = steerer.lm
     llm = lm._llm  # the same model and context, driven by llama-cpp-python's own loop
-    tau = steerer.resolve_tau(steerer.config.replace(ratio=ratio, tau=None))
+    tau = steerer.resolve_tau(steerer.config.updated(ratio=ratio))
 
     def llama_cpp(seed: int) -> dict[str, float]:
         t = time.perf_counter()

@@ -13,17 +13,32 @@ from typing import Any, Callable, TextIO
 
 import click
 
+from .config import parse_value, settings
 from .errors import SiaError
-from .reward import OnnxReward
+from .junction import gate_names
+from .runtime import ScorerSettings, load_scorer
+from .scorer import Scorer
 from .steer import Generation, Piece, Steerer
 
-HELP = """commands:
-  /ratio R        steer a share R of tokens (entropy gate, tau calibrated)    /tau T      entropy threshold in nats
-  /gate G         entropy | dense | none | random | first-n                   /weight W   reward weight
-  /top-k K        candidates per step                                         /temp T     sampling temperature
-  /reward off|on|DIR   stop, resume or switch the reward model               /highlight  toggle junction colours
-  /stats          settings and the last answer's statistics                   /reset      forget the conversation
-  /save FILE      write the conversation and settings as JSON                 /quit       leave (or Ctrl-D)"""
+_OTHER = [
+    ("/reward off|on|DIR", "stop, resume or switch the reward model"), ("/highlight", "toggle junction colours"),
+    ("/stats", "settings and the last answer's statistics"), ("/reset", "forget the conversation"),
+    ("/save FILE", "write the conversation and settings as JSON"), ("/quit", "leave (or Ctrl-D)"),
+]
+
+
+def _commands() -> dict[str, str]:
+    """Slash-command name -> SteerConfig field, from the fields' Settings."""
+    return {alias: name for name, setting in settings() for alias in setting.chat}
+
+
+def help_text() -> str:
+    """/help: every setting's command (from SteerConfig) and the session commands."""
+    rows = [(f"/{s.chat[0]} {'on|off' if s.kind is bool else 'G' if name == 'gate' else 'X'}",
+             s.help + (f" ({', '.join(gate_names())})" if name == "gate" else "") + (f", {s.range_text()}" if s.range_text() else ""))
+            for name, s in settings() if s.chat]
+    width = max(len(c) for c, _ in rows + _OTHER)
+    return "commands:\n" + "\n".join(f"  {c:<{width}}  {h}" for c, h in rows + _OTHER)
 
 
 class ChatSession:
@@ -34,7 +49,7 @@ class ChatSession:
         self.system = system
         self.messages: list[dict[str, str]] = []
         self.last: Generation | None = None
-        self._reward = steerer.reward
+        self._reward: Scorer | None = steerer.reward
         self._gate_before_off = steerer.config.gate
 
     def ask(self, text: str, on_piece: Callable[[Piece], None]) -> Generation | None:
@@ -60,19 +75,16 @@ class ChatSession:
         name, _, arg = line[1:].strip().partition(" ")
         arg = arg.strip()
         cfg = self.steerer.config
+        field = _commands().get(name)
         try:
-            if name == "ratio":
-                self._set(gate="entropy" if cfg.gate in ("entropy", "none") else cfg.gate, ratio=float(arg), tau=None)
-            elif name == "tau":
-                self._set(gate="entropy", tau=float(arg))
-            elif name == "gate":
-                self._set(gate=arg)
-            elif name == "weight":
-                self._set(weight=float(arg))
-            elif name in ("top-k", "topk", "k"):
-                self._set(top_k=int(arg))
-            elif name in ("temp", "temperature"):
-                self._set(temperature=float(arg))
+            if field is not None:
+                value = parse_value(field, arg)
+                changes: dict[str, Any] = {field: value}
+                if field == "ratio" and value is not None and cfg.gate == "none":
+                    changes["gate"] = "entropy"  # asking for a ratio means steering
+                if field == "tau" and value is not None:
+                    changes["gate"] = "entropy"
+                self._set(**changes)
             elif name == "reward":
                 return self._reward_command(arg)
             elif name == "reset":
@@ -87,11 +99,11 @@ class ChatSession:
             elif name == "stats":
                 return self.stats_line()
             elif name == "help":
-                return HELP
+                return help_text()
             else:
                 return f"unknown command /{name}; /help lists them"
-        except ValueError:
-            return f"/{name} needs a number, got {arg!r}"
+        except ValueError as exc:
+            return f"/{name} needs {exc}"
         except SiaError as exc:
             return f"error: {exc}"
         return "settings: " + json.dumps(_settings(self.steerer))
@@ -106,11 +118,12 @@ class ChatSession:
                 f"junctions={s.junctions} ({s.ratio:.0%}), changed={s.changed}, reward {s.reward_seconds:.2f}s")
 
     def _set(self, **changes: Any) -> None:
-        config = self.steerer.config.replace(**changes)
-        if config.gate != "none" and self.steerer.reward is None:
+        given = {k: v for k, v in changes.items() if v is not None}
+        cleared = {k: None for k, v in changes.items() if v is None}
+        config = self.steerer.config.updated(**given).replace(**cleared)
+        if config.steers() and self.steerer.reward is None:
             raise SiaError("no reward model is loaded", "use /reward on or /reward DIR first")
-        if config.gate == "entropy":
-            self.steerer.resolve_tau(config)  # calibrate now, not in the middle of the next answer
+        self.steerer.tau_for(config)  # calibrate now (announced), not in the middle of the next answer
         self.steerer.config = config
 
     def _reward_command(self, arg: str) -> str:
@@ -124,7 +137,7 @@ class ChatSession:
             self.steerer.reward = self._reward
             self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
             return f"reward on ({self._reward.name}), gate {self.steerer.config.gate}"
-        self._reward = OnnxReward(arg)
+        self._reward = load_scorer(ScorerSettings(path=arg), self.steerer.lm)
         self.steerer.reward = self._reward
         if self.steerer.config.gate == "none":
             self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")

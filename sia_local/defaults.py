@@ -34,11 +34,13 @@ def default_model_path() -> Path:
     return path
 
 
-def default_reward_dir(progress: Callable[[str], None] | None = None) -> Path:
-    """The default reward folder in the user cache, built on first use from installed packages."""
+def default_reward_dir(progress: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path:
+    """The default reward folder in the user cache, built on first use from installed packages (`note` hears of it)."""
     head = load_head()
     digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
     folder = cache_dir() / "rewards" / f"{REWARD_NAME}-{digest}"  # a new head never reuses an old build
     if not (folder / "model.onnx").exists():
+        if note:
+            note(f"building the default reward model into {folder} (once, a few seconds)")
         build_reward_folder(folder, head, progress=progress)
     return folder

@@ -1,22 +1,36 @@
 """Errors a user can hit and fix.
 
 Every `SiaError` renders as one line: what went wrong, then how to fix it. The CLI prints that line
-and exits non-zero; the server (later) maps the class, never the wording, to an HTTP status.
+and exits non-zero. The server maps the *class*, never the wording, to an HTTP status and an OpenAI
+error code (`http_status`, `api_code`), and shows `api_hint` (the fix in request terms) instead of
+`hint` (the fix in CLI flags).
 """
 
 from __future__ import annotations
 
 
 class SiaError(Exception):
-    """Base class: `message` says what went wrong, `hint` how to fix it (naming the file or flag)."""
+    """Base class: `message` says what went wrong, `hint` how to fix it (naming the file or flag).
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    `api_hint` says the same fix in HTTP-request terms, for the server; None means "no fix a client
+    can make" and the server then says nothing beyond the message.
+    """
+
+    http_status = 500
+    api_code: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None, *, api_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.api_hint = api_hint
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+    def for_api(self) -> str:
+        """The one-line message for an HTTP client."""
+        return f"{self.message}; {self.api_hint}" if self.api_hint else self.message
 
 
 class ModelError(SiaError):
@@ -30,9 +44,19 @@ class RewardModelError(SiaError):
 class ConfigError(SiaError):
     """A steering or decoding setting is out of range."""
 
+    http_status = 400
+
 
 class PromptError(SiaError):
-    """The prompt is empty or does not fit the context."""
+    """The prompt is empty or malformed."""
+
+    http_status = 400
+
+
+class ContextLengthError(PromptError):
+    """The prompt (plus the answer asked for) does not fit the model's context."""
+
+    api_code = "context_length_exceeded"
 
 
 class MissingPackageError(SiaError):

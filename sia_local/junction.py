@@ -1,17 +1,23 @@
-"""Where to steer: top-k candidates, their entropy, and the gates that turn entropy into a decision.
+"""Where to steer: top-k candidates, their entropy, the sampler's pick, and the gates.
 
 A step is a *junction* when the gate says so. The entropy is that of softmax(top-k logits) at T=1 in
 nats, as in the paper's code: renormalised over the k candidates, so it lies in [0, ln k].
 Gates never edit logits; they only answer "steer this step?".
+
+Gates live in one registry. Adding one is a class (or any callable) plus one `register_gate` line;
+the CLI's `--gate`, the server's `sia.gate`, chat's `/gate` and `sia bench --arms` all read the
+registry, so nothing else changes (docs/architecture.md shows the recipe).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from .config import SteerConfig
+if TYPE_CHECKING:  # config imports this module for the gate names; the type is only for readers
+    from .config import SteerConfig
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +46,26 @@ def entropy(z: np.ndarray) -> float:
     shifted = z - np.max(z)
     log_p = shifted - np.log(np.exp(shifted).sum())
     return float(-(np.exp(log_p) * log_p).sum())
+
+
+def pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -> int:
+    """Index drawn from softmax(scores / T) by inverse CDF at the uniform `u`; greedy when T = 0.
+
+    With top_p < 1 only the most likely candidates whose mass reaches top_p stay in the draw. One
+    uniform per step, shared by the base and the steered draw, makes "did steering change the token"
+    exact.
+    """
+    if temperature == 0:
+        return int(np.argmax(scores))
+    p = softmax(scores / temperature)
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+        mask = np.zeros_like(p)
+        mask[keep] = 1.0
+        p = p * mask
+    cdf = np.cumsum(p)
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(scores) - 1))
 
 
 class Gate(Protocol):
@@ -96,16 +122,67 @@ class FirstNGate:
         return step < self.n
 
 
-def make_gate(config: SteerConfig, tau: float | None, seed: int) -> Gate:
-    """The gate `config.gate` names; `tau` must be resolved already for the entropy gate."""
-    if config.gate == "entropy":
-        assert tau is not None, "resolve tau before building the entropy gate"
-        return EntropyGate(tau)
-    if config.gate == "dense":
-        return DenseGate()
-    if config.gate == "random":
-        assert config.ratio is not None
-        return RandomGate(config.ratio, np.random.default_rng([seed, 1]))
-    if config.gate == "first-n":
-        return FirstNGate(config.first_n)
-    return NoGate()
+# -- the registry -----------------------------------------------------------------------------------
+GateFactory = Callable[["SteerConfig", "float | None", int], Gate]
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A registered gate.
+
+    Attributes:
+        name: what users type (`--gate NAME`, `"sia": {"gate": NAME}`, `/gate NAME`).
+        build: (config, tau, seed) -> a fresh Gate for one sequence.
+        help: one line for `--help` and the docs.
+        uses_tau: the gate needs tau (given, or calibrated from `ratio`) before it is built.
+        uses_ratio: the gate reads `config.ratio` directly (it must then be set).
+        steers: the gate can mark junctions, so a reward model is needed.
+    """
+
+    name: str
+    build: GateFactory
+    help: str = ""
+    uses_tau: bool = False
+    uses_ratio: bool = False
+    steers: bool = True
+
+
+_GATES: dict[str, GateSpec] = {}
+
+
+def register_gate(name: str, build: GateFactory, *, help: str = "", uses_tau: bool = False, uses_ratio: bool = False,
+                  steers: bool = True) -> GateSpec:
+    """Make a gate available everywhere by name; re-registering a name replaces it."""
+    spec = GateSpec(name, build, help, uses_tau, uses_ratio, steers)
+    _GATES[name] = spec
+    return spec
+
+
+def gate_names() -> tuple[str, ...]:
+    """Registered gate names, in registration order."""
+    return tuple(_GATES)
+
+
+def gate_spec(name: str) -> GateSpec | None:
+    return _GATES.get(name)
+
+
+def make_gate(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+    """A fresh gate of the kind `config.gate` names; `tau` must be resolved already for tau gates."""
+    spec = _GATES[config.gate]  # SteerConfig checked the name
+    if spec.uses_tau and tau is None:
+        raise ValueError(f"the {spec.name!r} gate needs tau resolved before it is built")
+    return spec.build(config, tau, seed)
+
+
+def _random(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+    assert config.ratio is not None  # SteerConfig requires a ratio for uses_ratio gates
+    return RandomGate(config.ratio, np.random.default_rng([seed, 1]))
+
+
+register_gate("entropy", lambda c, tau, seed: EntropyGate(tau if tau is not None else float("inf")),
+              help="H >= tau, tau calibrated from --ratio (the paper)", uses_tau=True)
+register_gate("dense", lambda c, tau, seed: DenseGate(), help="every step (ARGS)")
+register_gate("none", lambda c, tau, seed: NoGate(), help="no step: base top-k sampling", steers=False)
+register_gate("random", _random, help="each step with probability --ratio (the matched-sparsity ablation)", uses_ratio=True)
+register_gate("first-n", lambda c, tau, seed: FirstNGate(c.first_n), help="the first --first-n steps")

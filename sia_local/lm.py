@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ModelError, PromptError
+from .errors import ContextLengthError, ModelError, PromptError
 
 Message = dict[str, str]
 
@@ -44,6 +44,9 @@ class LM:
         chat_format: a llama-cpp-python chat format name (e.g. ``chatml``) overriding the GGUF template.
         chat_template: a Jinja chat template string overriding both.
         verbose: let llama.cpp's own log through to stderr.
+        hidden: also give final hidden states (value heads on the LM's own hidden state): the context
+            is made with embeddings available (switched on only for the decodes that need them, so
+            prefill and plain steps cost what they cost without) and room for `branch` sequences.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class LM:
         chat_format: str | None = None,
         chat_template: str | None = None,
         verbose: bool = False,
+        hidden: bool = False,
     ) -> None:
         self.path = Path(path)
         _check_gguf_file(self.path)
@@ -75,6 +79,7 @@ class LM:
                 n_gpu_layers=n_gpu_layers,
                 logits_all=False,
                 verbose=verbose,
+                **({"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_NONE} if hidden else {}),
             )
         except (ValueError, RuntimeError, OSError) as exc:
             detail = _last_log_error() or str(exc)
@@ -92,6 +97,17 @@ class LM:
         self._chat = _chat_formatter(self._llm, self, chat_format, chat_template)
         self.n_threads = self._llm.n_threads
         self.n_gpu_layers = n_gpu_layers
+        self.hidden = hidden
+        self.n_embd: int = self._llm.n_embd()
+        self.max_branches = max(0, int(self._llm.context_params.n_seq_max) - 1) if hidden else 0
+        self._branched: dict[int, int] | None = None  # candidate token -> its row in the last branch decode
+        self._branch_at = -1  # the position the branches were decoded at
+        self._n_branches = 0
+        self._logits_row = -1  # which output row of the last decode holds the current logits
+        self._track_hidden = False
+        if hidden:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+            self._branch_batch = llama_cpp.llama_batch_init(max(self.max_branches, 1), 0, 1)
 
     # -- text <-> tokens -------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -147,9 +163,9 @@ class LM:
         if not tokens:
             raise PromptError("the prompt is empty", "give a non-empty prompt")
         if len(tokens) >= self.n_ctx:
-            raise PromptError(
+            raise ContextLengthError(
                 f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
-                "shorten the prompt or raise --ctx-size",
+                "shorten the prompt or raise --ctx-size", api_hint="shorten the messages",
             )
         keep = 0
         if not self._recurrent:
@@ -159,18 +175,149 @@ class LM:
                 keep += 1
         else:
             self._llm.reset()
-        self._llm.n_tokens = keep  # eval() drops the KV cells from here on
-        self._eval(tokens[keep:])
+        self._llm.n_tokens = keep  # eval() drops the KV cells from here on (of every sequence, branches too)
+        self._branched, self._logits_row = None, -1
+        rest = list(tokens[keep:])
+        if self._track_hidden and len(rest) > 1:  # hidden state of the last prompt token only, not of every one
+            self._eval(rest[:-1])
+            rest = rest[-1:]
+        self._with_embeddings(self._track_hidden, lambda: self._eval(rest))
         return self.logits()
 
     def step(self, token: int) -> np.ndarray:
-        """Append one token and return the next-token logits."""
-        self._eval((token,))
+        """Append one token and return the next-token logits.
+
+        When `token` was one of the candidates of the last `branch` decode, its branch becomes the
+        sequence and its logits are returned: no decode at all.
+        """
+        if self._branched is not None:
+            row = self._branched.get(int(token)) if self.n_past == self._branch_at else None
+            if row is not None:
+                self._adopt(row, int(token))
+                return self.logits()
+            self._drop_branches()
+        self._logits_row = -1
+        self._with_embeddings(self._track_hidden, lambda: self._eval((token,)))
         return self.logits()
 
     def logits(self) -> np.ndarray:
         """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
-        return _compat_logits_view(self._ctx, self.n_vocab)
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, self._logits_row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # -- hidden states and branches (value heads on the LM's own hidden state) ---------------------------
+    def track_hidden(self, on: bool = True) -> None:
+        """Keep the last token's final hidden state after every step (for heads that score from the prefix alone)."""
+        self._need_hidden()
+        self._track_hidden = on
+
+    def last_hidden(self) -> np.ndarray:
+        """(n_embd,) final hidden state (after the output norm) of the last decoded token (needs `track_hidden`)."""
+        import llama_cpp
+
+        if not self._track_hidden:
+            raise ModelError("the LM does not keep hidden states", "call lm.track_hidden() before decoding")
+        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, self._logits_row)
+        if not ptr:
+            raise ModelError("llama.cpp returned no hidden state for the last token", "decode with track_hidden() on")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+    def branch(self, candidates: Sequence[int]) -> np.ndarray:
+        """(k, n_embd) final hidden states of prefix + c for each candidate c, from ONE llama_decode.
+
+        Each candidate is decoded on its own sequence sharing the prefix's KV cells (a sequence copy
+        is bookkeeping, not a copy of data), all at the same position. The branches stay until the
+        next `step`: stepping one of the candidates keeps its branch (and its logits) instead of
+        decoding it again; anything else drops them.
+        """
+        import llama_cpp
+
+        self._need_hidden()
+        k, n = len(candidates), self.n_past
+        if not 1 <= k <= self.max_branches:
+            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
+        if n + 1 >= self.n_ctx:
+            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
+        if self._branched is not None:
+            self._drop_branches()
+        context = self._llm._ctx
+        b = self._branch_batch
+        for i, c in enumerate(candidates):
+            context.kv_cache_seq_cp(0, i + 1, -1, -1)
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = int(c), n, 1, 1
+            b.seq_id[i][0] = i + 1
+        b.n_tokens = k
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            rc = llama_cpp.llama_decode(self._ctx, b)
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+        if rc != 0:
+            raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
+        hidden = np.empty((k, self.n_embd), dtype=np.float32)
+        for i in range(k):
+            hidden[i] = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(self._ctx, i), shape=(self.n_embd,))
+        self._branched = {int(c): i for i, c in enumerate(candidates)}
+        self._branch_at = n
+        self._n_branches = k
+        return hidden
+
+    def hidden_states(self, tokens: Sequence[int], chunk: int = 64) -> np.ndarray:
+        """(T, n_embd) final hidden states of every token of `tokens`, decoded from the start of the context.
+
+        Replaces what the context held (the next `prefill` reuses these tokens as a shared prefix).
+        Chunks of `chunk` tokens bound the memory of the logits llama.cpp computes for every output.
+        """
+        import llama_cpp
+
+        self._need_hidden()
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}", "raise --ctx-size")
+        self._branched, self._logits_row = None, -1
+        self._llm.n_tokens = 0
+        out = np.empty((len(tokens), self.n_embd), dtype=np.float32)
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            for start in range(0, len(tokens), chunk):
+                part = list(tokens[start : start + chunk])
+                self._eval(part)
+                ptr = llama_cpp.llama_get_embeddings(self._ctx)
+                out[start : start + len(part)] = np.ctypeslib.as_array(ptr, shape=(len(part) * self.n_embd,)).reshape(len(part), self.n_embd)
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+        return out
+
+    def _adopt(self, row: int, token: int) -> None:
+        """Make branch `row` the sequence: its cell at the branch position joins sequence 0, the branches go."""
+        context, n = self._llm._ctx, self.n_past
+        context.kv_cache_seq_cp(row + 1, 0, n, n + 1)
+        self._drop_branches()
+        self._llm.input_ids[n] = token
+        self._llm.n_tokens = n + 1
+        self._logits_row = row
+
+    def _drop_branches(self) -> None:
+        for s in range(1, self._n_branches + 1):
+            self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
+        self._branched = None
+
+    def _with_embeddings(self, on: bool, fn: Any) -> None:
+        if not on:
+            fn()
+            return
+        import llama_cpp
+
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            fn()
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+
+    def _need_hidden(self) -> None:
+        if not self.hidden:
+            raise ModelError(f"{self.path.name} was loaded without hidden states", "load it with LM(..., hidden=True) (runtime does this for head folders)")
 
     def _eval(self, tokens: Sequence[int]) -> None:
         try:
@@ -217,6 +364,7 @@ class BatchContext:
         params.n_ubatch = self.n_batch
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = lm.n_threads
+        params.embeddings = False  # an LM loaded with hidden states: Best-of-N needs logits only
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
         from llama_cpp._internals import LlamaContext
@@ -234,7 +382,8 @@ class BatchContext:
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode the prompt once on sequence 0, share it with every sequence; the next-token logits (copied)."""
         if len(tokens) + 1 >= self.n_ctx:
-            raise PromptError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}", "shorten the prompt")
+            raise ContextLengthError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}", "shorten the prompt",
+                                     api_hint="shorten the messages or lower max_tokens")
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)

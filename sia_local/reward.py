@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import RewardModelError
 from .lm import physical_cores
+from .scorer import Junction, ScorerInfo
 
 TEXT_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
 INPUT_MODES = ("response", "prompt+response", "pair", "chat")
@@ -39,49 +39,6 @@ _PROVIDER_ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "directml": "DmlExecutionProvider",
 }
-
-
-@dataclass
-class Junction:
-    """What a scorer may need at a junction: text for sequence reward models, token ids for value models."""
-
-    prompt: str  # the user's message
-    prompt_ids: Sequence[int]  # the LM's prompt tokens (chat template applied)
-    response_ids: Sequence[int]  # tokens generated so far
-    candidates: np.ndarray  # (k,) candidate token ids
-    texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
-    key: int = 0  # which sequence (Best-of-N): value models keep one KV cache per key
-
-
-class Scorer(Protocol):
-    """Scores the k candidates of junctions, and whole responses (for Best-of-N and benchmarks)."""
-
-    name: str
-    provider: str
-
-    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
-        """(k,) float64 rewards per junction; higher is better."""
-        ...
-
-    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
-        """One reward per finished response (text, token ids)."""
-        ...
-
-
-@dataclass(frozen=True)
-class RewardInfo:
-    """What `sia info` / `--json` report about a loaded reward model."""
-
-    path: str
-    provider: str
-    provider_note: str | None
-    inputs: list[str]
-    output: str
-    n_labels: int
-    label: str | None
-    input_mode: str
-    max_length: int
-    objective: str | None
 
 
 class OnnxReward:
@@ -123,7 +80,7 @@ class OnnxReward:
             raise RewardModelError(f"{path} has no model.onnx", "export the reward model to ONNX into that folder (Optimum or `torch.onnx.export`)")
         config = _read_json(path / "config.json")
         spec = _read_json(path / "sia.json")
-        self.objective: str | None = spec.get("objective")
+        self._objective: str | None = spec.get("objective")
 
         self._session, self.provider, self.provider_note = open_session(model_file, provider, threads, verbose)
         inputs = self._session.get_inputs()
@@ -159,6 +116,10 @@ class OnnxReward:
         self._label_index = _resolve_label(label if label is not None else spec.get("label"), self.n_labels, id2label, path)
         self.label = id2label.get(self._label_index, str(self._label_index)) if self._label_index is not None else None
 
+    @property
+    def objective(self) -> str | None:
+        return self._objective
+
     def score(self, prompt: str, texts: Sequence[str]) -> np.ndarray:
         """Rewards of `texts` (responses so far, each with one candidate appended) given `prompt`."""
         out = self._run([prompt] * len(texts), list(texts))
@@ -184,19 +145,16 @@ class OnnxReward:
     def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
         return self.score(prompt, [text for text, _ in responses])
 
-    def info(self) -> RewardInfo:
-        return RewardInfo(
-            path=str(self.folder),
-            provider=self.provider,
-            provider_note=self.provider_note,
-            inputs=self._input_names,
-            output=self._output,
-            n_labels=self.n_labels,
-            label=self.label,
-            input_mode=self.input_mode,
-            max_length=self.max_length,
+    def info(self) -> ScorerInfo:
+        return ScorerInfo(
+            kind="reward", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.provider_note,
             objective=self.objective,
+            details={"inputs": self._input_names, "output": self._output, "n_labels": self.n_labels, "label": self.label,
+                     "input_mode": self.input_mode, "max_length": self.max_length},
         )
+
+    def reset(self) -> None:
+        """A sequence reward model keeps no state between calls."""
 
     def _run(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         if self._string_input:

@@ -8,6 +8,7 @@ Zero-shot means no labelled data: it is quick to make and weaker than a fitted h
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def check(folder: str | Path, *, provider: str = "auto", label: str | None = Non
             rm.score("prompt", texts)
             runs.append((time.perf_counter() - t) * 1e3)
         timings[str(n)] = statistics.median(runs)
-    return {"info": info.__dict__, "scores": {r: float(s) for (_, r), s in zip(CHECK_TEXTS, scores)}, "ms_per_junction": timings, "k": k,
+    flat = {**{k: v for k, v in dataclasses.asdict(info).items() if k != "details"}, **info.details}
+    return {"info": flat, "scores": {r: float(s) for (_, r), s in zip(CHECK_TEXTS, scores)}, "ms_per_junction": timings, "k": k,
             "note": f"texts longer than {rm.max_length} tokens are cut to their last {rm.max_length}"}
 
 

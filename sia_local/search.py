@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, ContextLengthError
 from .lm import BatchContext, Message
 from .steer import Generation, Piece, SequenceState, Steerer
 
@@ -77,10 +77,15 @@ def best_of_n(
         raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
     if n < 1:
         raise ConfigError(f"`n` must be >= 1, got {n}", "fix --best-of")
-    cfg = steerer.config.replace(**overrides) if overrides else steerer.config
+    cfg = steerer.config_for(**overrides)
     lm, reward = steerer.lm, steerer.reward
     prepared = steerer.prepare(prompt, system, raw)
-    tau = steerer.resolve_tau(cfg) if cfg.gate == "entropy" else None
+    room = lm.n_ctx - len(prepared.ids) - 1  # the batch context is sized from this: never more than the model's context
+    if room < 1:
+        raise ContextLengthError(f"the prompt has {len(prepared.ids)} tokens but the context holds {lm.n_ctx}", "shorten the prompt or raise --ctx-size",
+                                 api_hint="shorten the messages")
+    cfg = cfg.replace(max_tokens=min(cfg.max_tokens, room))
+    tau = steerer.tau_for(cfg)
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(cfg.stop) + prepared.stops
 
@@ -136,6 +141,7 @@ def best_of_n(
             generations.append(s.result(time.perf_counter() - start))
     finally:
         ctx.close()
+        reward.reset()
     t = time.perf_counter()
     final = reward.score_responses(prepared.reward_prompt, prepared.ids, [(g.text, g.token_ids) for g in generations])  # (n,)
     reward_seconds += time.perf_counter() - t

@@ -13,35 +13,49 @@ after at most one more token.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
 import uuid
 from dataclasses import asdict
-from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
+from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .config import GATES
-from .errors import ConfigError, PromptError, SiaError
+from .config import settings
+from .errors import SiaError
+from .junction import gate_names
 from .steer import Generation, Steerer
 
 MAX_BODY_BYTES = 1 << 20
 
 
-class SiaParams(BaseModel):
-    """Steering fields of a request; unset ones keep the server's defaults."""
+def _check_gate(name: str) -> str:
+    if name not in gate_names():
+        raise ValueError(f"must be one of {', '.join(gate_names())}")  # checked per request: gates registered later count
+    return name
 
-    model_config = ConfigDict(extra="forbid")
-    gate: Literal[GATES] | None = None  # type: ignore[valid-type]
-    ratio: float | None = Field(default=None, ge=0.0, le=1.0)
-    tau: float | None = Field(default=None, ge=0.0)
-    weight: float | None = None
-    top_k: int | None = Field(default=None, ge=1)
-    first_n: int | None = Field(default=None, ge=0)
-    normalize: bool | None = None
+
+def _sia_params() -> type[BaseModel]:
+    """The request's `sia` object, derived from SteerConfig's Settings marked api="sia"."""
+    fields: dict[str, Any] = {}
+    for name, setting in settings():
+        if setting.api != "sia":
+            continue
+        kind: Any = Annotated[str, AfterValidator(_check_gate)] if name == "gate" else setting.kind
+        bounds: dict[str, float] = {}
+        if setting.lo is not None:
+            bounds["gt" if setting.lo_open else "ge"] = setting.lo
+        if setting.hi is not None:
+            bounds["le"] = setting.hi
+        fields[name] = (kind | None, Field(default=None, description=setting.help, **bounds))
+    return create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+SiaParams = _sia_params()
 
 
 class StreamOptions(BaseModel):
@@ -60,7 +74,7 @@ class _Request(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    sia: SiaParams | None = None
+    sia: SiaParams | None = None  # type: ignore[valid-type]
 
 
 class ChatMessage(BaseModel):
@@ -175,8 +189,15 @@ class Engine:
             cancel.set()  # the client went away or we are done: stop the worker at its next token
 
 
-def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
-    """The FastAPI application; state lives on `app.state.engine`."""
+def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               max_tokens_limit: int | None = None) -> Any:
+    """The FastAPI application; state lives on `app.state.engine`.
+
+    `max_tokens_limit` (default: the larger of 4096 and the context) refuses a larger max_tokens with a 400 before
+    anything is allocated; below it, an answer stops where the context is full (Best-of-N sizes its
+    context from the room the prompt leaves, never from max_tokens alone).
+    """
+    token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
     app = FastAPI(title="sia-local", version="0.1.0")
     engine = Engine(steerer, model_id, max_queue)
     app.state.engine = engine
@@ -187,7 +208,8 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+        given = request.headers.get("authorization", "").encode()
+        if api_key and request.url.path.startswith("/v1/") and not hmac.compare_digest(given, f"Bearer {api_key}".encode()):  # constant time
             return JSONResponse(ApiError(401, "missing or wrong API key", code="invalid_api_key").body(), status_code=401)
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_body_bytes:
@@ -219,6 +241,9 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
         options = {**extra, **_options(req)}
+        if options.get("max_tokens", 0) > token_limit:
+            raise ApiError(400, f"max_tokens is {options['max_tokens']} but this server allows at most {token_limit}; lower max_tokens",
+                           param="max_tokens", code="context_length_exceeded")
         if req.n < 1 or req.n > 16:
             raise ApiError(400, f"n must be between 1 and 16, got {req.n}", param="n")
         if req.n > 1:
@@ -277,9 +302,7 @@ def _options(req: _Request) -> dict[str, Any]:
     if req.stop:
         out["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
     if req.sia:
-        out.update({k: v for k, v in req.sia.model_dump().items() if v is not None})
-        if req.sia.ratio is not None and req.sia.tau is None:
-            out["tau"] = None  # a ratio in the request wins over the server's --tau
+        out.update(req.sia.model_dump())  # None = not given; SteerConfig.updated applies "a ratio clears tau"
     return out
 
 
@@ -291,11 +314,12 @@ async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any
 
 
 def _as_api_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, (PromptError, ConfigError)):
-        code = "context_length_exceeded" if "context holds" in getattr(exc, "message", "") else None
-        return ApiError(400, str(exc), code=code)
+    """By class, never by wording: the error's own HTTP status and OpenAI code, and its hint in request terms."""
+    if isinstance(exc, ApiError):
+        return exc
     if isinstance(exc, SiaError):
-        return ApiError(500, str(exc), type="server_error")
+        kind = "invalid_request_error" if exc.http_status < 500 else "server_error"
+        return ApiError(exc.http_status, exc.for_api(), type=kind, code=exc.api_code)
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
 
 
@@ -389,9 +413,10 @@ async def _sse(rid: str, created: int, model_id: str, first: tuple[str, Any], ev
         await events.aclose()  # sets the cancel flag if the client left early
 
 
-def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 8, api_key: str | None = None) -> None:
+def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 8, api_key: str | None = None,
+          max_tokens_limit: int | None = None) -> None:
     """Run the server until Ctrl-C."""
     import uvicorn
 
-    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key)
+    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit)
     uvicorn.run(app, host=host, port=port, log_level="warning")

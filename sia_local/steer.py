@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import codecs
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 
+from .calibrate import is_calibrated, tau_for_ratio
 from .config import SteerConfig
 from .errors import ConfigError, PromptError
-from .junction import entropy, make_gate, softmax, top_k
+from .junction import entropy, gate_spec, make_gate, pick, top_k
 from .lm import LM, Message
-from .reward import Junction, Scorer
+from .scorer import Junction, Scorer
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Stats:
     seconds: float = 0.0  # wall time of the whole generation
     tokens_per_s: float = 0.0  # generated tokens / (seconds - prefill_seconds)
     tau: float | None = None
+    calibration_seconds: float = 0.0  # > 0 when this call had to calibrate tau first (a new model or k)
     gate: str = ""
     top_k: int = 0
     weight: float = 0.0
@@ -124,17 +127,19 @@ class Steerer:
         >>> g.text, g.stats.ratio
     """
 
-    def __init__(self, lm: LM, reward: Scorer | None = None, config: SteerConfig | None = None) -> None:
+    def __init__(self, lm: LM, reward: Scorer | None = None, config: SteerConfig | None = None, *,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.lm = lm
         self.reward = reward
         self.config = config or SteerConfig()
-        self._taus: dict[tuple[int, float, float], float] = {}
+        self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
+        self._taus: dict[tuple[int, float], float] = {}
 
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Generation:
         """Generate one response. `prompt` is a user message, or a list of chat messages.
 
         Options: ``system`` (a system message), ``raw`` (skip the chat template), and any
-        `SteerConfig` field to override for this call.
+        `SteerConfig` field to change for this call (`SteerConfig.updated` rules: None = unchanged).
         """
         stream = self.stream(prompt, **options)
         for _ in stream:
@@ -144,24 +149,44 @@ class Steerer:
 
     def stream(self, prompt: str | Sequence[Message], *, system: str | None = None, raw: bool = False, **overrides: Any) -> Stream:
         """Like `generate`, yielding `Piece`s as tokens are chosen."""
-        config = self.config.replace(**overrides) if overrides else self.config
-        if config.gate != "none" and self.reward is None:
-            raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none")
+        config = self.config_for(**overrides)
         prepared = self.prepare(prompt, system, raw)
-        tau = self.resolve_tau(config) if config.gate == "entropy" else None
-        return Stream(self._decode(prepared, config, tau))
+        fresh = config.needs_tau() and not self.is_calibrated(config.top_k)
+        t = time.perf_counter()
+        tau = self.tau_for(config)
+        return Stream(self._decode(prepared, config, tau, time.perf_counter() - t if fresh else 0.0))
+
+    def config_for(self, **overrides: Any) -> SteerConfig:
+        """This steerer's config with per-call changes, checked against what is loaded."""
+        config = self.config.updated(**overrides) if overrides else self.config
+        if config.steers() and self.reward is None:
+            raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
+                              api_hint="the server has no reward model: use sia.gate \"none\"")
+        return config
+
+    def tau_for(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
+        """The tau the gate gets: given, calibrated from the ratio, or None for gates that do not use it."""
+        spec = gate_spec(config.gate)
+        return self.resolve_tau(config, progress) if spec is not None and spec.uses_tau else None
 
     def resolve_tau(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float:
-        """tau from the config, or calibrated for `config.ratio` on this model (cached per model file)."""
+        """tau from the config, or calibrated for `config.ratio` on this model (cached per model file and k).
+
+        A calibration not yet in the cache is announced first (`announce`), never started silently.
+        """
         if config.tau is not None:
             return config.tau
         assert config.ratio is not None
-        key = (config.top_k, config.temperature, config.ratio)
+        key = (config.top_k, config.ratio)
         if key not in self._taus:
-            from .calibrate import tau_for_ratio
-
-            self._taus[key] = tau_for_ratio(self.lm, config.ratio, top_k=config.top_k, temperature=config.temperature, progress=progress)
+            if not self.is_calibrated(config.top_k):
+                self.announce(f"calibrating tau for {self.lm.path.name} at k={config.top_k} (once per model and k; cached)")
+            self._taus[key] = tau_for_ratio(self.lm, config.ratio, top_k=config.top_k, progress=progress)
         return self._taus[key]
+
+    def is_calibrated(self, top_k: int) -> bool:
+        """Whether a ratio at this k resolves without decoding the calibration prompts."""
+        return any(k == top_k for k, _ in self._taus) or is_calibrated(self.lm, top_k)
 
     def prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> _Prompt:
         if isinstance(prompt, str):
@@ -178,13 +203,27 @@ class Steerer:
         user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
         return _Prompt(ids, user, stops)
 
-    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None) -> Generator[Piece, None, Generation]:
+    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.reward
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops)
+        seq.stats.calibration_seconds = calibration_seconds
         start = time.perf_counter()
-        logits = lm.prefill(prompt.ids)
-        seq.stats.prefill_seconds = time.perf_counter() - start
+        try:
+            logits = lm.prefill(prompt.ids)
+            seq.stats.prefill_seconds = time.perf_counter() - start
+            yield from self._steps(seq, prompt, logits)
+        finally:
+            if reward is not None:
+                reward.reset()  # per-generation scorer state (value-model KV caches) goes with the generation
+        tail = seq.close()
+        if tail is not None:
+            yield tail
+        return seq.result(time.perf_counter() - start)
+
+    def _steps(self, seq: "SequenceState", prompt: _Prompt, logits: np.ndarray) -> Generator[Piece, None, None]:
+        """The loop: propose (top-k, entropy, gate) -> score at a junction -> commit -> decode the token."""
+        lm, reward = self.lm, self.reward
         while True:
             seq.propose(logits)  # top-k, entropy, gate, the step's uniform draw
             rewards, seconds = None, 0.0
@@ -204,10 +243,6 @@ class Steerer:
             t = time.perf_counter()
             logits = lm.step(seq.last_token)
             seq.stats.lm_seconds += time.perf_counter() - t
-        tail = seq.close()
-        if tail is not None:
-            yield tail
-        return seq.result(time.perf_counter() - start)
 
 
 class SequenceState:
@@ -251,7 +286,7 @@ class SequenceState:
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)
         self._u = self.rng.random()
-        self._base = _pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
+        self._base = pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
 
     def scoring_request(self, prompt: str, prompt_ids: Sequence[int], key: int = 0) -> Junction:
         """This step's candidates, for the scorer."""
@@ -272,7 +307,7 @@ class SequenceState:
             stats.candidates_scored += len(rewards)
             r = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
             steered = self._z + cfg.weight * r
-            choice = _pick(steered, cfg.temperature, self._u, cfg.top_p)
+            choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
             kept = [float(x) for x in r]
             kl = _kl(steered, self._z, cfg.temperature)
         token = int(self._cand[choice])
@@ -334,24 +369,6 @@ class SequenceState:
         return piece
 
 
-def _pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -> int:
-    """Index drawn from softmax(scores / T) by inverse CDF at `u`; greedy when T = 0.
-
-    With top_p < 1 only the most likely candidates whose mass reaches top_p stay in the draw.
-    """
-    if temperature == 0:
-        return int(np.argmax(scores))
-    p = softmax(scores / temperature)
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
-        mask = np.zeros_like(p)
-        mask[keep] = 1.0
-        p = p * mask
-    cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(scores) - 1))
-
-
 def _kl(steered: np.ndarray, base: np.ndarray, temperature: float) -> float:
     """KL(softmax(steered/T) || softmax(base/T)) over the k candidates, nats (greedy counts as T = 1)."""
     t = temperature or 1.0
@@ -380,3 +397,7 @@ def _held_back(text: str, stops: list[str]) -> int:
                 hold = n
                 break
     return hold
+
+
+def _to_stderr(message: str) -> None:
+    print(f"sia: {message}", file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ from hypothesis.extra.numpy import arrays
 
 from sia_local.config import SteerConfig
 from sia_local.junction import DenseGate, EntropyGate, FirstNGate, NoGate, RandomGate, entropy, make_gate, softmax, top_k
-from sia_local.steer import _held_back, _find_stop, _pick
+from sia_local.junction import pick as _pick
+from sia_local.steer import _held_back, _find_stop
 
 
 def test_entropy_hand_computed() -> None:

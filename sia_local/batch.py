@@ -1,0 +1,367 @@
+"""`sia batch`: steer a whole prompt file, resumable, on local worker processes or Ray actors (`ray` is optional).
+
+Input rows are JSONL (`{"id": ..., "prompt": ...}` or `{"id": ..., "messages": [...]}`, optional
+`sia` settings with the server's field names, `max_tokens`, `seed`, `temperature`, `top_p`, `stop`,
+`system`) or plain text (one prompt a line, id = line number). Every row becomes one output row,
+appended and flushed as it finishes; a rerun skips the ids already written, so a run cut short by
+Ctrl-C, a crash or a lost machine resumes without losing or duplicating a row (a half-written last
+line is cut off and redone). A row that cannot run (empty prompt, over the context, an unknown
+setting) becomes an error row with the one-line message, and the run goes on.
+
+Every worker (in-process, a local process, or a Ray actor) is the same `Worker`: it loads the model
+and scorer once through `runtime` and turns rows into results. A row's seed is its own `seed`, else
+the run's seed + its line number, so results do not depend on which worker ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .config import SteerConfig, settings
+from .errors import ConfigError, MissingPackageError, SiaError
+from .lm import physical_cores
+from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
+
+ROW_OPTIONS = ("max_tokens", "seed", "temperature", "top_p", "stop")  # OpenAI-named fields a row may set
+
+
+@dataclass
+class Row:
+    """One input row. `error` is set when the line itself is unusable (it is then written as an error row)."""
+
+    line: int  # 1-based line number in the input
+    id: Any
+    prompt: str | list[dict[str, str]] | None = None
+    system: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)  # SteerConfig changes from the row
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load its model once and answer rows; picklable (sent to processes and actors)."""
+
+    lm: LMSettings
+    scorer: ScorerSettings | None
+    config: SteerConfig
+    best_of: int = 1
+    raw: bool = False
+    system: str | None = None
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows of a JSONL or text file; malformed lines become error rows naming their line number."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"input file not found: {p}", "pass a JSONL or text file of prompts")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    jsonl = p.suffix in (".jsonl", ".json") or any(line.lstrip().startswith("{") for line in lines[:5] if line.strip())
+    rows: list[Row] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        rows.append(_parse_json_row(line, n, p) if jsonl else Row(n, n, line.strip()))
+    seen: set[str] = set()
+    for row in rows:
+        key = _key(row.id)
+        if key in seen and row.error is None:
+            row.error = f"{p}:{row.line}: id {row.id!r} appears twice in the input; ids must be unique"
+        seen.add(key)
+    return rows
+
+
+def _parse_json_row(line: str, n: int, path: Path) -> Row:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Row(n, n, error=f"{path}:{n} is not valid JSON ({exc.msg}); fix that line")
+    if not isinstance(data, dict):
+        return Row(n, n, error=f"{path}:{n} must be a JSON object with \"prompt\" or \"messages\"")
+    row = Row(n, data.get("id", n))
+    if "messages" in data:
+        messages = data["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            row.error = f"{path}:{n}: \"messages\" must be a list of {{\"role\", \"content\"}} objects"
+            return row
+        row.prompt = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+    elif "prompt" in data:
+        row.prompt = str(data["prompt"])
+    else:
+        row.error = f"{path}:{n} has neither \"prompt\" nor \"messages\""
+        return row
+    row.system = data.get("system")
+    sia = data.get("sia") or {}
+    api_names = {name for name, s in settings() if s.api == "sia"}
+    unknown = sorted(set(sia) - api_names) if isinstance(sia, dict) else ["(not an object)"]
+    extra = sorted(set(data) - {"id", "prompt", "messages", "system", "sia", *ROW_OPTIONS})
+    if unknown or extra:
+        bad = [f"sia.{k}" for k in unknown] + extra
+        row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} in \"sia\", or {', '.join(ROW_OPTIONS)}"
+        return row
+    row.changes = {**sia, **{k: data[k] for k in ROW_OPTIONS if k in data}}
+    if isinstance(row.changes.get("stop"), str):
+        row.changes["stop"] = (row.changes["stop"],)
+    elif row.changes.get("stop") is not None:
+        row.changes["stop"] = tuple(row.changes["stop"])
+    return row
+
+
+def _key(row_id: Any) -> str:
+    return json.dumps(row_id, sort_keys=True)
+
+
+def finished_ids(out: str | os.PathLike[str]) -> set[str]:
+    """Ids already in OUT (as JSON keys). A last line cut off mid-write is removed, so its row runs again."""
+    p = Path(out)
+    if not p.exists():
+        return set()
+    data = p.read_bytes()
+    keep = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
+    done: set[str] = set()
+    lines = data[:keep].splitlines()
+    good = 0
+    for i, line in enumerate(lines):
+        try:
+            done.add(_key(json.loads(line)["id"]))
+            good += len(line) + 1
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            if i == len(lines) - 1:  # a torn last line that happens to end in a newline
+                break
+            raise ConfigError(f"{p}:{i + 1} is not a result row", "pass another --output file, or fix that line") from None
+    if good < len(data):
+        with p.open("r+b") as f:
+            f.truncate(good)
+    return done
+
+
+class Worker:
+    """Loads the model and scorer once; turns rows into result rows (errors included)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer))
+        scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
+        self.steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
+
+    def run(self, row: Row, base_seed: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": row.id, "line": row.line}
+        if row.error is not None:
+            return {**out, "error": row.error}
+        from .search import best_of_n
+
+        changes = {"seed": base_seed + row.line, **row.changes}
+        system = row.system or self.spec.system
+        try:
+            assert row.prompt is not None
+            if self.spec.best_of > 1:
+                result = best_of_n(self.steerer, row.prompt, self.spec.best_of, system=system, raw=self.spec.raw, **changes)
+                generation = result.best
+                out["samples"] = [{"index": c.index, "score": c.score, "text": c.generation.text,
+                                   "finish_reason": c.generation.stats.finish_reason} for c in result.candidates]
+                out["best_index"] = result.best_index
+            else:
+                generation = self.steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
+        except SiaError as exc:
+            return {**out, "error": str(exc)}
+        except TypeError as exc:  # e.g. a string where a number belongs, caught by no range check
+            return {**out, "error": f"line {row.line}: a setting has the wrong type: {exc}"}
+        s = generation.stats
+        stats = {k: v for k, v in asdict(s).items() if k not in ("finish_reason",)}
+        return {**out, "text": generation.text, "finish_reason": s.finish_reason, "stats": stats, "error": None}
+
+
+# -- running -----------------------------------------------------------------------------------------
+_WORKER: Worker | None = None
+
+
+def _init_process(spec: WorkerSpec) -> None:
+    global _WORKER
+    _WORKER = Worker(spec)
+
+
+def _run_in_process(job: tuple[Row, int]) -> dict[str, Any]:
+    assert _WORKER is not None
+    return _WORKER.run(*job)
+
+
+def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> WorkerSpec:
+    """Give each of `workers` workers its share of the cores (unless threads were set explicitly)."""
+    share = max(1, (cores or physical_cores()) // workers)
+    lm = spec.lm if spec.lm.n_threads else LMSettings(**{**asdict(spec.lm), "n_threads": share})
+    scorer = spec.scorer
+    if scorer is not None and not scorer.threads:
+        scorer = ScorerSettings(**{**asdict(scorer), "threads": share})
+    return WorkerSpec(lm, scorer, spec.config, spec.best_of, spec.raw, spec.system)
+
+
+def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address: str | None = None, use_ray: bool = False,
+        ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Result rows for `rows`, as they finish (input order with `ordered`).
+
+    workers=1 without Ray runs in this process; more start worker processes, each loading the model
+    once; `use_ray` runs `workers` Ray actors instead (a dead actor's rows are retried on another).
+    """
+    todo = list(rows)
+    if not todo:
+        return iter(())
+    if use_ray:
+        results = run_on_ray(todo, split_threads(spec, workers), workers=workers, address=ray_address, runtime_env=ray_runtime_env,
+                             base_seed=base_seed)
+    elif workers <= 1:
+        results = _run_here(todo, spec, base_seed)
+    else:
+        results = _run_processes(todo, split_threads(spec, workers), workers, base_seed)
+    return _in_input_order(results, todo) if ordered else results
+
+
+def _run_here(rows: Sequence[Row], spec: WorkerSpec, base_seed: int) -> Iterator[dict[str, Any]]:
+    worker = Worker(spec)
+    for row in rows:
+        yield worker.run(row, base_seed)
+
+
+def _run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed: int) -> Iterator[dict[str, Any]]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # llama.cpp and onnxruntime hold threads: never fork them
+    pool = ctx.Pool(min(workers, len(rows)), initializer=_init_process, initargs=(spec,))
+    try:
+        yield from pool.imap_unordered(_run_in_process, [(row, base_seed) for row in rows], chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _in_input_order(results: Iterable[dict[str, Any]], rows: Sequence[Row]) -> Iterator[dict[str, Any]]:
+    order = [_key(r.id) for r in rows]
+    held: dict[str, dict[str, Any]] = {}
+    next_index = 0
+    for result in results:
+        held[_key(result["id"])] = result
+        while next_index < len(order) and order[next_index] in held:
+            yield held.pop(order[next_index])
+            next_index += 1
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in OUT
+
+
+def run_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str], spec: WorkerSpec, *, workers: int = 1,
+             use_ray: bool = False, ray_address: str | None = None, ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False,
+             base_seed: int = 0, retry_errors: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Steer every row of INPUT not yet in OUTPUT, appending results to OUTPUT (flushed per row)."""
+    rows = read_rows(input_path)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if retry_errors and out.exists():
+        _drop_error_rows(out)
+    done = finished_ids(out)
+    todo = [r for r in rows if _key(r.id) not in done]
+    summary = Summary(skipped=len(rows) - len(todo))
+    if progress:
+        progress(0, len(todo))
+    with out.open("a", encoding="utf-8") as f:
+        for result in run(todo, spec, workers=workers, use_ray=use_ray, ray_address=ray_address, ray_runtime_env=ray_runtime_env,
+                          ordered=ordered, base_seed=base_seed):
+            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+            f.flush()
+            summary.rows += 1
+            summary.failed += result.get("error") is not None
+            if progress:
+                progress(summary.rows, len(todo))
+    return summary
+
+
+def _drop_error_rows(out: Path) -> None:
+    finished_ids(out)  # first mend a torn last line
+    kept = [line for line in out.read_text(encoding="utf-8").splitlines() if json.loads(line).get("error") is None]
+    out.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+# -- Ray: the same Workers as actors, on this machine or a cluster ------------------------------------
+# Each actor loads the model and scorer once (the model path must exist on every node, or come with
+# --ray-runtime-env). Rows go to idle actors one at a time; results stream back to the driver, which
+# alone writes the output. An actor that dies (a lost node, ray.kill) has its row retried on a fresh one.
+NAMESPACE = "sia-batch"
+MAX_TRIES = 3  # a row whose actor died this many times becomes an error row
+
+
+def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: str | None = None,
+               runtime_env: dict[str, Any] | None = None, base_seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Result rows as they finish, from `workers` Ray actors (named sia-batch-0.. in namespace sia-batch)."""
+    try:
+        import ray
+    except ImportError:
+        raise MissingPackageError("--ray needs Ray", 'pip install "sia-local[ray]" (or pip install ray)') from None
+    started_here = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "include_dashboard": False}
+        if address and address != "local":
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = os.cpu_count() or 1
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
+        ray.init(**kwargs)
+        started_here = True
+    cpus = spec.lm.n_threads or 1
+    actor_class = ray.remote(num_cpus=cpus, max_restarts=0)(Worker)
+    made = 0
+
+    def new_actor() -> Any:
+        nonlocal made
+        actor = actor_class.options(name=f"sia-batch-{made}", namespace=NAMESPACE).remote(spec)
+        made += 1
+        return actor
+
+    actors = [new_actor() for _ in range(min(workers, len(rows)))]
+    try:
+        try:
+            ray.get([a.__ray_ready__.remote() for a in actors])  # a model that does not load fails here, once
+        except ray.exceptions.RayActorError as exc:
+            raise SiaError(f"a Ray actor could not load the model: {_cause(exc)}", "check --model / --reward on every node") from None
+        pending: deque[tuple[Row, int]] = deque((row, 0) for row in rows)
+        in_flight: dict[Any, tuple[int, Row, int]] = {}
+        idle = list(range(len(actors)))
+        while pending or in_flight:
+            while idle and pending:
+                slot = idle.pop()
+                row, tries = pending.popleft()
+                in_flight[actors[slot].run.remote(row, base_seed)] = (slot, row, tries)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            slot, row, tries = in_flight.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayActorError as exc:
+                actors[slot] = new_actor()  # replace the dead actor; its row goes back to the front of the queue
+                if tries + 1 >= MAX_TRIES:
+                    result = {"id": row.id, "line": row.line, "error": f"line {row.line}: {MAX_TRIES} Ray actors died on this row ({_cause(exc)})"}
+                else:
+                    pending.appendleft((row, tries + 1))
+                    idle.append(slot)
+                    continue
+            except ray.exceptions.RayTaskError as exc:
+                result = {"id": row.id, "line": row.line, "error": f"line {row.line}: {_cause(exc)}"}
+            idle.append(slot)
+            yield result
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(getattr(exc, "cause", None) or exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,439 @@
+"""Value-model workflows: on-policy distillation from a GGUF, and export from Hugging Face.
+
+Distillation (the paper's Eq. 6, on-policy): sample responses from the user's GGUF with the
+runtime, score them with any sequence reward model, and regress the mean of V over each response's
+positions onto its reward. With V linear in the final hidden state, mean V = w . mean(h) + b, so
+the head is a ridge regression on mean hidden states: exact, closed form, on CPU. The scorer these
+produce is `vm.ValueModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, RewardModelError
+from .lm import LM, file_fingerprint
+from .config import SteerConfig
+from .scorer import Scorer
+from .steer import Steerer
+from .vm import VOCAB_SAMPLE, ValueModel
+from .vmgraph import Arch, build_graph, feeds, read_gguf, save
+
+
+def vocab_sample(gguf: Path, n_vocab: int) -> dict[str, str]:
+    """Token texts at spread-out ids, read from the GGUF (to recognise the vocabulary later)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields["tokenizer.ggml.tokens"]
+    ids = sorted({int(i) for i in np.linspace(0, n_vocab - 1, VOCAB_SAMPLE)})
+    return {str(i): bytes(field.parts[field.data[i]]).decode("utf-8", "replace") for i in ids}
+
+
+def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
+    """(T, n_embd) final-norm hidden states of one full sequence through a head-less graph."""
+    return session.run(["hidden"], feeds(arch, ids, len(ids)))[0][0]
+
+
+def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: Path, *, samples_per_prompt: int, max_tokens: int,
+                    seed: int = 0, progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
+    """On-policy samples of `lm` (T = 1, top-k 10, no steering), each labelled with the teacher's reward.
+
+    The samples of one prompt are decoded together (Best-of-N's batched context: the prompt once, one
+    decode per step for all of them); sample s of prompt i uses seed + 1000 i + s. Rows are appended to
+    `data_file` as they are made, so a rerun resumes where the last one stopped.
+    """
+    from .search import best_of_n
+
+    rows = []
+    for line in data_file.read_text().splitlines() if data_file.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut short by an interrupted run: its prompt is redone
+    counts: dict[int, int] = {}
+    for r in rows:
+        counts[r["prompt_index"]] = counts.get(r["prompt_index"], 0) + 1
+    done = {i for i, n in counts.items() if n == samples_per_prompt}
+    if len(done) != len(counts) or any(r["prompt_index"] not in done for r in rows):
+        rows = [r for r in rows if r["prompt_index"] in done]
+        data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sampler = Steerer(lm, teacher, SteerConfig(gate="none", max_tokens=max_tokens))
+    total = len(prompts) * samples_per_prompt
+    raw = not lm.has_chat_template
+    with data_file.open("a") as f:
+        for i, prompt in enumerate(prompts):
+            if i in done:
+                continue
+            result = best_of_n(sampler, prompt, samples_per_prompt, raw=raw, seed=seed + 1000 * i)
+            ids = lm.tokenize(prompt) if raw else lm.render_chat([{"role": "user", "content": prompt}])[0]
+            for c in result.candidates:
+                row = {"prompt_index": i, "sample": c.index, "prompt_ids": ids, "response_ids": c.generation.token_ids, "reward": c.score}
+                rows.append(row)
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            if progress:
+                progress(len(rows), total, "sampling")
+    return rows
+
+
+def distill(
+    lm: LM,
+    reward: Scorer,
+    prompts: Sequence[str],
+    out: Path,
+    *,
+    samples_per_prompt: int = 4,
+    max_tokens: int = 64,
+    val_share: float = 0.1,
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """On-policy value-model distillation into the VM folder `out` (resumable: sampled data is kept in out/data.jsonl)."""
+    import onnxruntime as ort
+
+    if len(prompts) < 2:
+        raise ConfigError("distillation needs at least 2 prompts (some are held out for validation)", "add prompts to --prompts")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = sample_labelled(lm, reward, prompts, out / "data.jsonl", samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
+                           seed=seed, progress=progress)
+    total = len(rows)
+    arch, weights = read_gguf(lm.path)
+    backbone = out / "backbone.onnx"
+    if not backbone.exists():
+        if progress:
+            progress(len(rows), total, "building the backbone graph")
+        save(build_graph(arch, weights), backbone)
+    session = ort.InferenceSession(str(backbone), providers=["CPUExecutionProvider"])
+    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
+    feats = []
+    for n, row in enumerate(rows):  # mean hidden state over the response positions (+ a stop token, as the paper does)
+        response = row["response_ids"] + ([eos] if eos is not None else [])
+        h = hidden_states(session, arch, row["prompt_ids"] + response)
+        feats.append(h[len(row["prompt_ids"]):].mean(axis=0) if response else h[-1])
+        if progress and n % 8 == 0:
+            progress(n + 1, len(rows), "hidden states")
+    x = np.asarray(feats, dtype=np.float64)
+    y = np.asarray([r["reward"] for r in rows], dtype=np.float64)
+    n_prompts = len(prompts)
+    val_prompts = set(range(n_prompts - max(1, round(n_prompts * val_share)), n_prompts))
+    is_val = np.array([r["prompt_index"] in val_prompts for r in rows])
+    curve, best = [], None
+    for alpha in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
+        w, b = _ridge(x[~is_val], y[~is_val], alpha)
+        train_mse = float(np.mean((x[~is_val] @ w + b - y[~is_val]) ** 2))
+        val_pred = x[is_val] @ w + b
+        val_mse = float(np.mean((val_pred - y[is_val]) ** 2))
+        corr = float(np.corrcoef(val_pred, y[is_val])[0, 1]) if is_val.sum() > 2 and np.std(val_pred) > 0 else float("nan")
+        curve.append({"alpha": alpha, "train_mse": train_mse, "val_mse": val_mse, "val_corr": corr})
+        if best is None or val_mse < best[1]:
+            best = (alpha, val_mse)
+    assert best is not None
+    w, b = _ridge(x, y, best[0])  # refit on everything with the chosen alpha
+    save(build_graph(arch, weights, head=(w.astype(np.float32), float(b))), out / "model.onnx")
+    chosen = next(c for c in curve if c["alpha"] == best[0])
+    card = {
+        "arch": arch.__dict__, "backbone_gguf": str(lm.path), "backbone_fingerprint": file_fingerprint(lm.path),
+        "vocab_sample": vocab_sample(lm.path, arch.n_vocab), "reward": getattr(reward, "name", "?"),
+        "objective": getattr(reward, "objective", None), "prompts": n_prompts, "samples": len(rows), "samples_per_prompt": samples_per_prompt,
+        "max_tokens": max_tokens, "validation_prompts": len(val_prompts), "alpha": best[0], "curve": curve,
+        "val_corr_V_R": chosen["val_corr"], "reward_mean": float(y.mean()), "reward_std": float(y.std()),
+        "method": "on-policy samples from the GGUF; head = ridge regression of R on the mean final hidden state over response positions "
+                  "(+ a stop token), i.e. MSE(mean_t V_t, R) solved exactly; backbone frozen (no LoRA)",
+        "seconds": time.perf_counter() - started,
+    }
+    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    backbone.unlink()  # the head-less copy was only needed for the hidden states
+    return card
+
+
+def export_hf(src: Path, out: Path, *, head_file: Path | None = None, atol: float = 1e-3) -> dict[str, Any]:
+    """A Hugging Face Llama-style causal LM (+ value head) -> a VM folder, validated against torch and cached-vs-uncached.
+
+    The head comes from `head_file` (.npz with `weight` (n_embd,) and `bias`), or from tensors named
+    `*reward_head*` / `*value_head*` in the checkpoint (the paper's `token_reward_head`)."""
+    import onnxruntime as ort
+
+    from .vmgraph import read_hf_llama
+
+    arch, weights, found = read_hf_llama(src)
+    if head_file is not None:
+        data = np.load(head_file)
+        w, b = np.asarray(data["weight"], np.float32).reshape(-1), float(np.asarray(data["bias"]).reshape(-1)[0])
+    elif found:
+        wk = next(k for k in found if k.endswith("weight"))
+        bk = next((k for k in found if k.endswith("bias")), None)
+        w, b = found[wk].reshape(-1), float(found[bk].reshape(-1)[0]) if bk else 0.0
+    else:
+        raise RewardModelError(f"{src} carries no value head", "pass --head HEAD.npz (weight, bias), or distil one with `sia vm distill`")
+    if w.shape[0] != arch.n_embd:
+        raise RewardModelError(f"the value head has {w.shape[0]} weights but the model's hidden size is {arch.n_embd}", "pass the head made for this model")
+    out.mkdir(parents=True, exist_ok=True)
+    save(build_graph(arch, weights), out / "backbone.onnx")
+    ids = np.random.default_rng(0).integers(0, arch.n_vocab, size=48).tolist()
+    got = hidden_states(ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"]), arch, ids)
+    want = _torch_hidden(src, ids)
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:
+        raise RewardModelError(f"the ONNX graph of {src} differs from torch by {diff:.2e} (> {atol:g})", "this architecture variant is not supported yet")
+    (out / "backbone.onnx").unlink()
+    save(build_graph(arch, weights, head=(w, b)), out / "model.onnx")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(src / "tokenizer.json")) if (src / "tokenizer.json").exists() else None
+    sample = {str(i): tok.id_to_token(i) for i in sorted({int(x) for x in np.linspace(0, arch.n_vocab - 1, VOCAB_SAMPLE)})} if tok else {}
+    card = {"arch": arch.__dict__, "backbone_hf": str(src), "vocab_sample": {k: v for k, v in sample.items() if v is not None},
+            "objective": "exported value model", "torch_max_abs_diff": diff}
+    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    vm_c, vm_u = ValueModel(out, provider="cpu"), ValueModel(out, provider="cpu", cached=False)
+    cands = np.arange(10)
+    gap = 0.0
+    for cut in (20, 28, 40):  # three junctions with new tokens in between
+        gap = max(gap, float(np.abs(vm_c.score_ids(ids[:cut], cands) - vm_u.score_ids(ids[:cut], cands)).max()))
+    card["cached_vs_uncached_max_abs_diff"] = gap
+    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    return card
+
+
+def _torch_hidden(src: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model.model(torch.tensor([ids])).last_hidden_state[0].numpy()
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    xm, ym = x.mean(0), y.mean()
+    xc = x - xm
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
+    return w, float(ym - xm @ w)
+
+
+# -- value heads on the LM's own hidden state (head.py) ------------------------------------------------
+def token_embeddings(gguf_path: Path) -> np.ndarray:
+    """(n_vocab, n_embd) float32 input token embeddings, dequantised from the GGUF's token_embd table."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(gguf_path))
+    tensor = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if tensor is None:
+        raise RewardModelError(f"{gguf_path} has no token_embd.weight", "the prefix head needs the model's token embedding table")
+    table = dequantize(tensor.data, tensor.tensor_type)
+    n_embd = int(tensor.shape[0])
+    return np.asarray(table, dtype=np.float32).reshape(-1, n_embd)
+
+
+def _weighted_ridge(x: np.ndarray, y: np.ndarray, alpha: float, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """argmin sum_i weight_i (x_i·w + b − y_i)² + alpha |w|², in closed form."""
+    wt = np.ones(len(y)) if weight is None else weight
+    wt = wt / wt.sum()
+    xm, ym = wt @ x, float(wt @ y)
+    xc = x - xm
+    xw = xc * wt[:, None]
+    coef = np.linalg.solve(xc.T @ xw + alpha * np.eye(x.shape[1]) / len(y), xw.T @ (y - ym))
+    return coef, float(ym - xm @ coef)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, is_val: np.ndarray) -> dict[str, Any]:
+    """Both objectives in closed form, alpha picked on held-out prompts; the better head (by held-out
+    per-position correlation of V(h_t) with R, what a junction uses) is returned as `best`.
+
+    - "mean" (the paper's Eq. 6): mean_t V(h_t) = R, i.e. ridge of R on each response's mean hidden state.
+    - "prefix-value" (Monte-Carlo value): V(h_t) ≈ R at every position t, each response weighted equally.
+    """
+    y = rewards.astype(np.float64)
+    means = np.stack([h.mean(axis=0) for h in h_resp]).astype(np.float64)
+    pos_x = np.concatenate(h_resp).astype(np.float64)
+    owner = np.concatenate([np.full(len(h), i) for i, h in enumerate(h_resp)])
+    pos_y, pos_w = y[owner], np.concatenate([np.full(len(h), 1.0 / len(h)) for h in h_resp])
+    tr_pos, va_pos = ~is_val[owner], is_val[owner]
+    report: dict[str, Any] = {}
+    for name in ("mean", "prefix-value"):
+        curve, best = [], None
+        for alpha in ALPHAS:
+            if name == "mean":
+                w, b = _weighted_ridge(means[~is_val], y[~is_val], alpha)
+            else:
+                w, b = _weighted_ridge(pos_x[tr_pos], pos_y[tr_pos], alpha, pos_w[tr_pos])
+            per_pos = _corr(pos_x[va_pos] @ w + b, pos_y[va_pos])
+            mean_corr = _corr(means[is_val] @ w + b, y[is_val])
+            val_mse = float(np.average((pos_x[va_pos] @ w + b - pos_y[va_pos]) ** 2, weights=pos_w[va_pos]))
+            curve.append({"alpha": alpha, "val_per_position_corr": per_pos, "val_mean_corr": mean_corr, "val_mse": val_mse})
+            if best is None or val_mse < best[0]:
+                best = (val_mse, alpha, w, b)
+        assert best is not None
+        chosen = next(c for c in curve if c["alpha"] == best[1])
+        report[name] = {"alpha": best[1], "w": best[2], "b": best[3], "curve": curve, **{k: v for k, v in chosen.items() if k != "alpha"}}
+    score = {n: report[n]["val_per_position_corr"] for n in report}
+    report["best"] = max(score, key=lambda n: -np.inf if np.isnan(score[n]) else score[n])
+    return report
+
+
+def fit_prefix_head(h_prev: np.ndarray, tokens: np.ndarray, target: np.ndarray, emb: np.ndarray, *, rank: int = 4, alpha: float = 10.0,
+                    iters: int = 3, max_pairs: int = 30000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Q(h, c) = a·h + u·e_c + (A h)·(B e_c) + b fitted to `target` (the branch head's value after appending c).
+
+    Linear part in closed form on [h, e_c]; the rank-r bilinear part on the residual by alternating
+    least squares (for fixed B the model is linear in A, and back). Returns per-token tables so a
+    junction is k dot products: tok_u[c] = u·e_c, tok_L[c] = B e_c.
+    """
+    rng = np.random.default_rng(seed)
+    if len(target) > max_pairs:
+        keep = rng.choice(len(target), max_pairs, replace=False)
+        h_prev, tokens, target = h_prev[keep], tokens[keep], target[keep]
+    h = h_prev.astype(np.float64)
+    e = emb[tokens].astype(np.float64)
+    d, de = h.shape[1], e.shape[1]
+    coef, b = _weighted_ridge(np.concatenate([h, e], axis=1), target, alpha)
+    a, u = coef[:d], coef[d:]
+    resid = target - (h @ a + e @ u + b)
+    B = rng.normal(0, 1 / np.sqrt(de), size=(rank, de))
+    A = np.zeros((rank, d))
+    for _ in range(iters):
+        be = e @ B.T  # (N, r)
+        feats = (be[:, :, None] * h[:, None, :]).reshape(len(h), rank * d)  # (N, r*d): row j holds (B e)_j h
+        A = _weighted_ridge(feats, resid, alpha)[0].reshape(rank, d)
+        ah = h @ A.T  # (N, r)
+        feats = (ah[:, :, None] * e[:, None, :]).reshape(len(h), rank * de)
+        B = _weighted_ridge(feats, resid, alpha)[0].reshape(rank, de)
+    return {"a": a.astype(np.float32), "b": np.float32(b), "A": A.astype(np.float32),
+            "tok_u": (emb @ u).astype(np.float32), "tok_L": (emb @ B.T).astype(np.float32)}
+
+
+def distill_head(
+    lm: LM,
+    teacher: Scorer,
+    prompts: Sequence[str],
+    out: Path,
+    *,
+    samples_per_prompt: int = 8,
+    max_tokens: int = 64,
+    val_share: float = 0.1,
+    rank: int = 4,
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """On-policy distillation of value heads on `lm`'s own hidden state into the head folder `out`.
+
+    Samples come from the runtime (resumable, out/data.jsonl), labels from the teacher, hidden states
+    from llama.cpp (one decode with embeddings per sample: no ONNX graph). Writes branch.npz (the
+    better of the two closed-form objectives), prefix.npz and head.json.
+    """
+    from .head import CARD
+
+    if len(prompts) < 4:
+        raise ConfigError("distillation needs at least 4 prompts (some are held out for validation)", "add prompts to --prompts")
+    if not lm.hidden:
+        raise ConfigError(f"{lm.path.name} was loaded without hidden states", "load it with hidden=True")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = sample_labelled(lm, teacher, prompts, out / "data.jsonl", samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
+                           seed=seed, progress=progress)
+    sampled = time.perf_counter()
+    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
+    h_resp, h_prev, next_tok, pair_owner = [], [], [], []
+    for n, row in enumerate(rows):
+        p, r = row["prompt_ids"], row["response_ids"]
+        hidden = lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])])  # the stop token, as the paper
+        h_resp.append(hidden[len(p):] if len(hidden) > len(p) else hidden[-1:])
+        h_prev.append(hidden[len(p) - 1 : len(p) - 1 + len(r)])  # the state each response token was chosen from
+        next_tok += r
+        pair_owner += [n] * len(r)
+        if progress and n % 16 == 0:
+            progress(n + 1, len(rows), "hidden states")
+    n_prompts = len(prompts)
+    val_prompts = set(range(n_prompts - max(2, round(n_prompts * val_share)), n_prompts))
+    is_val = np.array([r["prompt_index"] in val_prompts for r in rows])
+    rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
+    heads = fit_value_heads(h_resp, rewards, is_val)
+    best = heads[heads["best"]]
+    w, b = best["w"], best["b"]
+    np.savez(out / "branch.npz", w=w.astype(np.float32), b=np.float32(b))
+    # the prefix head learns, from (h_{t-1}, y_t), the branch head's value after y_t
+    if progress:
+        progress(len(rows), len(rows), "prefix head")
+    hp = np.concatenate(h_prev)
+    toks = np.asarray(next_tok, dtype=np.int64)
+    owner = np.asarray(pair_owner)
+    target = np.concatenate([hr[: len(r["response_ids"])] for hr, r in zip(h_resp, rows)]).astype(np.float64) @ w + b
+    emb = token_embeddings(lm.path)
+    train = ~is_val[owner]
+    prefix = fit_prefix_head(hp[train], toks[train], target[train], emb, rank=rank, seed=seed)
+    pred = hp[~train] @ prefix["a"] + float(prefix["b"]) + prefix["tok_u"][toks[~train]] + np.einsum(
+        "nr,nr->n", hp[~train] @ prefix["A"].T, prefix["tok_L"][toks[~train]])
+    np.savez(out / "prefix.npz", **prefix)
+    tau = _junction_agreement(lm, rows, is_val, w, b, prefix, seed=seed)
+    card = {
+        "kind": "lm-head", "default": "branch", "backbone": lm.path.name, "backbone_fingerprint": file_fingerprint(lm.path),
+        "n_embd": lm.n_embd, "n_vocab": lm.n_vocab, "vocab_sample": _vocab_sample(lm),
+        "teacher": getattr(teacher, "name", "?"), "objective": teacher.objective, "prompts": n_prompts,
+        "samples": len(rows), "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "validation_prompts": len(val_prompts),
+        "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+        "objectives": {k: {kk: vv for kk, vv in heads[k].items() if kk not in ("w", "b")} for k in ("mean", "prefix-value")},
+        "branch_objective": heads["best"],
+        "validation": {
+            "branch": {"objective": heads["best"], "per_position_corr": best["val_per_position_corr"], "mean_corr": best["val_mean_corr"]},
+            "prefix": {"corr_with_branch_value": _corr(pred, target[~train]), "rank": rank,
+                       "kendall_tau_vs_branch_at_junctions": tau},
+        },
+        "method": "on-policy samples (T = 1, top-k 10) labelled by the teacher; final hidden states from llama.cpp; branch head = "
+                  "closed-form ridge (mean or per-position objective, the better on held-out prompts); prefix head = a·h + u·e_c + "
+                  "(A h)·(B e_c) + b fitted to the branch head's value after appending c (ridge + alternating least squares)",
+        "seconds": {"sampling": sampled - started, "total": time.perf_counter() - started},
+    }
+    (out / CARD).write_text(json.dumps(card, indent=1))
+    return card
+
+
+def _vocab_sample(lm: LM) -> dict[str, str]:
+    ids = sorted({int(i) for i in np.linspace(0, lm.n_vocab - 1, VOCAB_SAMPLE)})
+    return {str(i): lm.token_text(i) for i in ids}
+
+
+def _junction_agreement(lm: LM, rows: list[dict[str, Any]], is_val: np.ndarray, w: np.ndarray, b: float, prefix: dict[str, np.ndarray],
+                        *, k: int = 10, n: int = 30, seed: int = 0) -> float:
+    """Mean Kendall tau between the prefix head's and the branch head's ranking of the top-k candidates at
+    `n` held-out positions (real branch decodes): how well the no-decode head orders what a junction sees."""
+    from .junction import top_k
+
+    rng = np.random.default_rng(seed)
+    val_rows = [r for r, v in zip(rows, is_val) if v and r["response_ids"]]
+    if not val_rows:
+        return float("nan")
+    taus = []
+    was = lm._track_hidden
+    lm.track_hidden(True)
+    try:
+        for _ in range(n):
+            row = val_rows[int(rng.integers(len(val_rows)))]
+            t = int(rng.integers(len(row["response_ids"])))
+            logits = lm.prefill([*row["prompt_ids"], *row["response_ids"][:t]])
+            cand, _ = top_k(logits, k)
+            h = lm.last_hidden()
+            q = float(prefix["a"] @ h) + prefix["tok_u"][cand] + prefix["tok_L"][cand] @ (prefix["A"] @ h)
+            v = lm.branch([int(c) for c in cand]) @ w + b
+            taus.append(_kendall(q, v))
+    finally:
+        lm.track_hidden(was)
+    return float(np.mean(taus))
+
+
+def _kendall(a: np.ndarray, b: np.ndarray) -> float:
+    n = len(a)
+    s = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(n) for j in range(i + 1, n))
+    return float(s / (n * (n - 1) / 2))

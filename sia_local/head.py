@@ -1,0 +1,153 @@
+"""Value heads on the LM's own final hidden state: junctions scored inside llama.cpp.
+
+The value model `sia vm distill` fits is a linear head on the frozen LM's final hidden state, so
+llama.cpp itself can provide the hidden state; no second copy of the transformer runs anywhere.
+
+- `BranchHead`: V(prefix + c) = w·h(prefix + c) + b. At a junction the k candidates are decoded as k
+  branch sequences over the shared prefix in one `llama_decode` (`LM.branch`); the chosen branch is
+  kept, so the step after a junction needs no decode. A junction costs one k-token decode.
+- `PrefixHead`: GenARM's idea with a frozen backbone: score every candidate from the *prefix's*
+  hidden state h and the candidate's own token embedding e_c, Q(h, c) = a·h + u·e_c + (A h)·(B e_c) + b
+  (low rank r). A junction costs k dot products and no decode at all; it is fitted to predict the
+  branch head's value after appending c.
+
+A head folder holds `head.json` (the card: backbone name, fingerprint, n_embd, a vocabulary
+sample, objective, teacher, data size, validation numbers) and `branch.npz` / `prefix.npz`. The folder
+means its default head (the card's `default`); `DIR/prefix.npz` or `DIR/branch.npz` picks one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import RewardModelError
+from .lm import LM, file_fingerprint
+from .scorer import Junction, ScorerInfo
+
+CARD = "head.json"
+KINDS = ("branch", "prefix")
+
+
+def head_file(path: str | Path) -> tuple[Path, str] | None:
+    """(folder, kind) when `path` is a head folder or one of its .npz files; None otherwise."""
+    p = Path(path)
+    if p.is_dir() and (p / CARD).exists():
+        card = json.loads((p / CARD).read_text())
+        return p, str(card.get("default", "branch"))
+    if p.suffix == ".npz" and p.stem in KINDS and (p.parent / CARD).exists():
+        return p.parent, p.stem
+    return None
+
+
+def load_head(path: str | Path, lm: LM) -> "BranchHead | PrefixHead":
+    """The head `path` names, checked against `lm` (vocabulary and hidden size must match)."""
+    found = head_file(path)
+    if found is None:
+        raise RewardModelError(f"{path} is not a head folder (needs {CARD})", "make one with `sia vm distill`")
+    folder, kind = found
+    return BranchHead(folder, lm) if kind == "branch" else PrefixHead(folder, lm)
+
+
+class _Head:
+    kind = ""
+
+    def __init__(self, folder: Path, lm: LM) -> None:
+        self.folder = folder
+        self.lm = lm
+        self.card: dict[str, Any] = json.loads((folder / CARD).read_text())
+        self.name = f"{folder.name}/{self.kind}"
+        self.provider = "llama.cpp"
+        self.note: str | None = None
+        self._check(lm)
+        if not lm.hidden:
+            raise RewardModelError(f"{lm.path.name} was loaded without hidden states, which {folder} needs", "load the LM with hidden=True")
+        file = folder / f"{self.kind}.npz"
+        if not file.exists():
+            raise RewardModelError(f"{folder} has no {self.kind}.npz", f"use {folder} (its default head) or rerun `sia vm distill`")
+        self.weights = {k: np.asarray(v) for k, v in np.load(file).items()}
+
+    def _check(self, lm: LM) -> None:
+        card, where = self.card, self.folder / CARD
+        if int(card["n_embd"]) != lm.n_embd or int(card["n_vocab"]) != lm.n_vocab:
+            raise RewardModelError(f"{where} is for a model with hidden size {card['n_embd']} and {card['n_vocab']} tokens, "
+                                   f"but {lm.path.name} has {lm.n_embd} and {lm.n_vocab}",
+                                   "use a head distilled for this model (sia vm distill -m MODEL)")
+        for tid, text in card.get("vocab_sample", {}).items():
+            if lm.token_text(int(tid)) != text:
+                raise RewardModelError(f"{where} and {lm.path.name} disagree on token {tid} ({text!r} vs {lm.token_text(int(tid))!r})",
+                                       "use a head distilled for this model")
+        if card.get("backbone_fingerprint") and card["backbone_fingerprint"] != file_fingerprint(lm.path):
+            self.note = (f"{self.folder} was distilled on {card.get('backbone')} and runs on {lm.path.name}: same vocabulary and size "
+                         "(another quantisation of the same model?), values may shift a little")
+
+    @property
+    def objective(self) -> str | None:
+        return self.card.get("objective")
+
+    def info(self) -> ScorerInfo:
+        details = {"head": self.kind, "teacher": self.card.get("teacher"), "samples": self.card.get("samples"),
+                   "validation": self.card.get("validation", {}).get(self.kind)}
+        return ScorerInfo(kind="lm-head", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.note,
+                          objective=self.objective, details=details)
+
+    def reset(self) -> None:
+        """No per-generation state: the branches live in the LM's context and go with its next step."""
+
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        """V of each finished response: the branch head on the hidden state of its last token."""
+        w, b = self._value_head()
+        out = []
+        for _, ids in responses:
+            full = [*prompt_ids, *ids]
+            out.append(float(self.lm.hidden_states(full)[-1] @ w + b))
+        return np.asarray(out, dtype=np.float64)
+
+    def _value_head(self) -> tuple[np.ndarray, float]:
+        data = np.load(self.folder / "branch.npz")
+        return np.asarray(data["w"], dtype=np.float64), float(data["b"])
+
+    def _one_sequence(self, junctions: Sequence[Junction]) -> Junction:
+        if len(junctions) != 1 or junctions[0].key != 0:
+            raise RewardModelError("value heads on the LM steer one sequence at a time", "use --gate none for Best-of-N, or a reward folder")
+        return junctions[0]
+
+
+class BranchHead(_Head):
+    """V = w·h(prefix + c) + b, with h from one k-branch decode of the candidates."""
+
+    kind = "branch"
+
+    def __init__(self, folder: Path, lm: LM) -> None:
+        super().__init__(folder, lm)
+        self.w = self.weights["w"].astype(np.float32)  # (n_embd,)
+        self.b = float(self.weights["b"])
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        j = self._one_sequence(junctions)
+        hidden = self.lm.branch([int(c) for c in j.candidates])  # (k, n_embd); the chosen branch is kept by the LM
+        return [(hidden @ self.w + self.b).astype(np.float64)]
+
+
+class PrefixHead(_Head):
+    """Q(h, c) = a·h + u[c] + (A h)·L[c] + b from the prefix's hidden state: no decode at a junction."""
+
+    kind = "prefix"
+
+    def __init__(self, folder: Path, lm: LM) -> None:
+        super().__init__(folder, lm)
+        w = self.weights
+        self.a, self.b = w["a"].astype(np.float32), float(w["b"])  # (n_embd,)
+        self.A = w["A"].astype(np.float32)  # (r, n_embd)
+        self.u = w["tok_u"].astype(np.float32)  # (n_vocab,): u·e_c for every token
+        self.L = w["tok_L"].astype(np.float32)  # (n_vocab, r): B e_c for every token
+        lm.track_hidden()
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        j = self._one_sequence(junctions)
+        h = self.lm.last_hidden()  # (n_embd,)
+        c = np.asarray(j.candidates, dtype=np.int64)
+        return [(float(self.a @ h) + self.b + self.u[c] + self.L[c] @ (self.A @ h)).astype(np.float64)]

@@ -1,0 +1,152 @@
+"""Find GGUF models the user already has: Ollama's store, LM Studio's folder, the Hugging Face cache.
+
+Offline only: this reads folders on disk and never downloads. `-m NAME` resolves through
+`resolve_model`: a path as it is, else a name from `find_models` (exact, or one unique substring
+match). `sia models` lists what was found.
+
+Where each tool keeps its files (overridable by the tools' own environment variables):
+- Ollama: $OLLAMA_MODELS or ~/.ollama/models; manifests/<registry>/<namespace>/<model>/<tag> are JSON
+  manifests whose layer of media type `application/vnd.ollama.image.model` names a blob
+  blobs/sha256-<hex>, which is a GGUF file. Name: `model:tag` (`namespace/model:tag` off `library`).
+- LM Studio: ~/.lmstudio/models and ~/.cache/lm-studio/models, `<publisher>/<repo>/<file>.gguf`.
+- Hugging Face: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub, `models--org--repo/snapshots/
+  <rev>/<file>.gguf`. Name: `org/repo/<file>.gguf`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+_QUANT = re.compile(r"(?i)(?:^|[-_.])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|F32|BF16)(?=[-_.]|$)")
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    """A GGUF file found in a local model store."""
+
+    name: str  # what -m accepts
+    path: Path
+    source: str  # "ollama", "lmstudio" or "huggingface"
+    size: int  # bytes
+    quant: str  # e.g. Q4_K_M, from the file name or Ollama's tag ("?" when neither says)
+
+
+def search_roots() -> dict[str, list[Path]]:
+    """The folders searched, per source (existing or not)."""
+    home = Path.home()
+    ollama = [Path(os.environ["OLLAMA_MODELS"])] if os.environ.get("OLLAMA_MODELS") else [home / ".ollama" / "models"]
+    lmstudio = [home / ".lmstudio" / "models", home / ".cache" / "lm-studio" / "models"]
+    if os.environ.get("HF_HUB_CACHE"):
+        hf = [Path(os.environ["HF_HUB_CACHE"])]
+    elif os.environ.get("HF_HOME"):
+        hf = [Path(os.environ["HF_HOME"]) / "hub"]
+    else:
+        hf = [home / ".cache" / "huggingface" / "hub"]
+    return {"ollama": ollama, "lmstudio": lmstudio, "huggingface": hf}
+
+
+def find_models() -> list[FoundModel]:
+    """Every GGUF model in the local stores, sorted by name."""
+    roots = search_roots()
+    found = [*_ollama(roots["ollama"]), *_lmstudio(roots["lmstudio"]), *_huggingface(roots["huggingface"])]
+    return sorted(found, key=lambda m: (m.name.lower(), m.source))
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
+    """A GGUF path from a path, or from a model name in a local store (exact name, else one unique substring)."""
+    path = Path(name_or_path).expanduser()
+    text = str(name_or_path)
+    if path.exists() or (text.endswith(".gguf") and ("/" not in text or path.parent.exists())):
+        return path  # a path (LM reports a missing file with its own message)
+    models = find_models()
+    exact = [m for m in models if m.name.lower() == text.lower() or m.name.lower() == f"{text.lower()}:latest"]
+    if len(exact) >= 1:
+        return exact[0].path
+    partial = [m for m in models if text.lower() in m.name.lower()]
+    if len(partial) == 1:
+        return partial[0].path
+    if len(partial) > 1:
+        names = ", ".join(m.name for m in partial[:6]) + (", ..." if len(partial) > 6 else "")
+        raise ModelError(f"--model {text!r} matches {len(partial)} local models ({names})", "give the full name (see `sia models`)")
+    raise ModelError(f"--model {text!r} is neither a file nor a model in Ollama, LM Studio or the Hugging Face cache",
+                     "pass the path of a .gguf file, or see `sia models` for the names found")
+
+
+def quant_of(filename: str) -> str:
+    match = None
+    for match in _QUANT.finditer(Path(filename).stem):
+        pass  # the last match: repo names can hold a version such as Q2 earlier on
+    return match.group(1).upper() if match else "?"
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _ollama(roots: list[Path]) -> list[FoundModel]:
+    out = []
+    for root in roots:
+        manifests = root / "manifests"
+        if not manifests.is_dir():
+            continue
+        for manifest in manifests.rglob("*"):
+            if not manifest.is_file():
+                continue
+            parts = manifest.relative_to(manifests).parts  # registry, namespace, model, tag
+            if len(parts) < 4:
+                continue
+            try:
+                layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
+            except (OSError, ValueError):
+                continue
+            digest = next((layer.get("digest") for layer in layers if layer.get("mediaType") == "application/vnd.ollama.image.model"), None)
+            if not digest:
+                continue
+            blob = root / "blobs" / digest.replace(":", "-")
+            if not _is_gguf(blob):
+                continue
+            namespace, model, tag = parts[-3], parts[-2], parts[-1]
+            name = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+            out.append(FoundModel(name, blob, "ollama", blob.stat().st_size, quant_of(tag)))
+    return out
+
+
+def _lmstudio(roots: list[Path]) -> list[FoundModel]:
+    out = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for file in root.rglob("*.gguf"):
+            if file.is_file() and _is_gguf(file):
+                out.append(FoundModel(file.relative_to(root).as_posix(), file, "lmstudio", file.stat().st_size, quant_of(file.name)))
+    return out
+
+
+def _huggingface(roots: list[Path]) -> list[FoundModel]:
+    out = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for repo in root.glob("models--*"):
+            org_repo = repo.name[len("models--"):].replace("--", "/")
+            seen: set[str] = set()
+            snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)  # newest revision first
+            for snap in snapshots:
+                for file in snap.rglob("*.gguf"):
+                    rel = file.relative_to(snap).as_posix()
+                    if rel in seen or not _is_gguf(file):
+                        continue
+                    seen.add(rel)
+                    real = file.resolve()  # snapshot files link to blobs/
+                    out.append(FoundModel(f"{org_repo}/{rel}", real, "huggingface", real.stat().st_size, quant_of(file.name)))
+    return out

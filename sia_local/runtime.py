@@ -1,0 +1,141 @@
+"""Wiring: from settings to a ready `Steerer`, in one place.
+
+The CLI, chat, the server, bench, `sia batch` and the package's public loaders all load through these
+functions, so "which model, which scorer, calibrated when" has one answer:
+
+    lm = load_lm(LMSettings(model="~/models/qwen3.gguf"))
+    scorer = load_scorer(ScorerSettings(path=Path("rm/")), lm)     # a reward folder or a value-model folder
+    steerer = build_steerer(lm, scorer, SteerConfig(ratio=0.3))     # tau calibrated here, with progress
+
+Nothing here knows about click or HTTP: progress and notes go to callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import SteerConfig
+from .errors import RewardModelError
+from .lm import LM
+from .scorer import Scorer
+from .steer import Steerer
+
+Progress = Callable[[int, int, str], None]  # (done, total, what); total 0 = unknown
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LMSettings:
+    """How to load the GGUF model (llama.cpp's names).
+
+    model: a .gguf path or a model name from a local store (`sia models`); None = the default SmolLM2.
+    """
+
+    model: str | os.PathLike[str] | None = None
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    chat_format: str | None = None
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How to load the steering signal.
+
+    path: a reward folder (model.onnx + tokenizer.json) or a value-model folder (model.onnx + vm.json),
+    recognised by its files; None = the built-in positive-tone reward. label: for classifier rewards.
+    provider: onnxruntime provider (auto, cpu, cuda, ...). threads: onnxruntime threads.
+    """
+
+    path: str | os.PathLike[str] | None = None
+    label: str | None = None
+    provider: str = "auto"
+    threads: int | None = None
+    verbose: bool = False
+
+
+def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
+    """The language model: a path, a local store name, or the default SmolLM2. `hidden`: with hidden
+    states and branch sequences, as value heads on the LM need (see `needs_hidden`)."""
+    from .defaults import default_model_path
+    from .models import resolve_model
+
+    path = resolve_model(settings.model) if settings.model else default_model_path()
+    return LM(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
+              chat_format=settings.chat_format, verbose=settings.verbose, hidden=hidden)
+
+
+def needs_hidden(scorer: ScorerSettings | None) -> bool:
+    """Whether this scorer runs inside the LM (a head folder), so the LM must be loaded with `hidden`."""
+    return scorer is not None and scorer.path is not None and scorer_kind(Path(scorer.path)) == "lm-head"
+
+
+def scorer_kind(folder: Path) -> str:
+    """"lm-head" (head.json), "value-model" (vm.json + model.onnx), "reward" (model.onnx), or an error naming the folder."""
+    from .head import head_file
+
+    if head_file(folder) is not None:
+        return "lm-head"
+    if (folder / "vm.json").exists():
+        return "value-model"
+    if folder.is_file() and folder.suffix == ".onnx" or (folder / "model.onnx").exists():
+        return "reward"
+    if not folder.exists():
+        raise RewardModelError(f"reward folder not found: {folder}", "pass --reward with a folder holding model.onnx and tokenizer.json")
+    raise RewardModelError(f"{folder} has no model.onnx", "pass a reward folder (sia reward export/build) or a value-model folder (sia vm distill)")
+
+
+def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Progress | None = None, note: Note | None = None) -> Scorer:
+    """A reward model or a value model, by what the folder holds; None path = the default reward (built once)."""
+    from .defaults import default_reward_dir
+    from .reward import OnnxReward
+    from .vm import ValueModel
+
+    if settings.path is None:
+        folder = default_reward_dir(progress=(lambda msg: progress(0, 0, msg)) if progress else None, note=note)
+    else:
+        folder = Path(settings.path)
+    scorer: Scorer
+    kind = scorer_kind(folder)
+    if kind == "lm-head":
+        from .head import load_head
+
+        if lm is None:
+            raise RewardModelError(f"{folder} is a value head on the LM", "load the LM first (runtime.load_lm(..., hidden=True))")
+        scorer = load_head(folder, lm)
+    elif kind == "value-model":
+        scorer = ValueModel(folder, lm, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
+    else:
+        scorer = OnnxReward(folder, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
+    info = scorer.info()
+    if info.provider_note and note is not None and (settings.verbose or _gpu_present()):
+        note(info.provider_note)
+    return scorer
+
+
+def build_steerer(lm: LM, scorer: Scorer | None, config: SteerConfig, *, progress: Progress | None = None,
+                  announce: Note | None = None) -> Steerer:
+    """A Steerer whose tau is resolved now (with progress), so no answer starts with a calibration."""
+    steerer = Steerer(lm, scorer, config, announce=announce)
+    steerer.config_for()  # a steering gate without a scorer fails here, not at the first answer
+    if config.needs_tau():
+        tick = (lambda done, total: progress(done, total, "calibrating tau (once per model)")) if progress else None
+        steerer.resolve_tau(config, progress=tick)
+    return steerer
+
+
+def load(lm_settings: LMSettings = LMSettings(), scorer_settings: ScorerSettings | None = ScorerSettings(),
+         config: SteerConfig = SteerConfig(), *, progress: Progress | None = None, note: Note | None = None) -> Steerer:
+    """LM + scorer + steerer in one call; `scorer_settings=None` loads no scorer (only `--gate none` then)."""
+    lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings))
+    scorer = load_scorer(scorer_settings, lm, progress=progress, note=note) if scorer_settings is not None else None
+    return build_steerer(lm, scorer, config, progress=progress, announce=note)
+
+
+def _gpu_present() -> bool:
+    """An NVIDIA device node exists: a GPU provider that fails to load is then worth a note."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()

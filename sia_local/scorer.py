@@ -1,0 +1,65 @@
+"""The steering signal's seam: what the loop asks of anything that scores candidates.
+
+Two kinds implement `Scorer` today: sequence reward models on text (`reward.OnnxReward`) and
+token-level value models on the LM's own token ids (`vm.ValueModel`). The steering loop, Best-of-N,
+bench, chat and the server use only this protocol; none of them checks a concrete class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Junction:
+    """What a scorer may need at a junction: text for sequence reward models, token ids for value models."""
+
+    prompt: str  # the user's message
+    prompt_ids: Sequence[int]  # the LM's prompt tokens (chat template applied)
+    response_ids: Sequence[int]  # tokens generated so far
+    candidates: np.ndarray  # (k,) candidate token ids
+    texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
+    key: int = 0  # which sequence (Best-of-N): stateful scorers keep per-sequence state under this key
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """What `sia info`, `--json` and the server report about a loaded scorer."""
+
+    kind: str  # "reward" (a sequence reward model) or "value-model"
+    name: str
+    path: str
+    provider: str  # the onnxruntime provider that really runs it
+    provider_note: str | None  # why it is not the provider asked for, if so
+    objective: str | None  # what a higher score means, in words
+    details: dict[str, Any] = field(default_factory=dict)  # kind-specific facts (inputs, labels, samples, ...)
+
+
+class Scorer(Protocol):
+    """Scores the k candidates of junctions, and whole responses (for Best-of-N and benchmarks)."""
+
+    name: str
+    provider: str
+
+    @property
+    def objective(self) -> str | None:
+        """What a higher score means, in words (None when the folder does not say)."""
+        ...
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        """(k,) float64 rewards per junction; higher is better. All junctions of a step come together."""
+        ...
+
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        """(n,) one reward per finished response (text, token ids)."""
+        ...
+
+    def info(self) -> ScorerInfo:
+        ...
+
+    def reset(self) -> None:
+        """Forget per-generation state (caches); called when a generation ends."""
+        ...

@@ -1,0 +1,134 @@
+"""The package's shape: no import circle, llama_cpp behind lm.py, and docs/architecture.md's gate recipe works everywhere."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sia_local"
+
+
+def _imports(file: Path) -> set[str]:
+    """Package modules `file` imports at run time (module level or inside functions), skipping `if TYPE_CHECKING:`."""
+    tree = ast.parse(file.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.add(node.module.split(".")[0])
+            else:
+                out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sia_local."):
+            out.add(node.module.split(".")[1])
+    return out - {"data"}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {f.stem: _imports(f) for f in PACKAGE.glob("*.py") if f.stem != "__init__"}
+
+
+def test_no_import_circle() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]) if nxt in path else nxt)
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_lower_modules_do_not_reach_up() -> None:
+    graph = _graph()
+    assert "steer" not in graph["calibrate"]  # calibration runs its own loop
+    for low in ("errors", "junction", "config", "scorer", "lm", "calibrate"):
+        assert not graph[low] & {"steer", "runtime", "cli", "server", "chat", "bench", "batch"}, low
+    assert not graph["runtime"] & {"cli", "server", "chat", "bench", "batch"}
+    for module in ("runtime", "steer", "batch", "bench"):  # nothing click-specific below the CLI
+        assert "import click" not in (PACKAGE / f"{module}.py").read_text(), module
+
+
+def test_llama_cpp_only_in_lm() -> None:
+    users = [f.name for f in PACKAGE.glob("*.py") if "import llama_cpp" in f.read_text() or "from llama_cpp" in f.read_text()]
+    assert users == ["lm.py"]
+
+
+@pytest.fixture()
+def every_other_gate():
+    """docs/architecture.md's recipe, verbatim in spirit: one class and one registration."""
+    from sia_local.junction import _GATES, register_gate
+
+    class EveryOtherGate:
+        def __call__(self, step: int, h: float) -> bool:
+            return step % 2 == 0
+
+    register_gate("every-other", lambda config, tau, seed: EveryOtherGate(), help="every second step")
+    yield "every-other"
+    _GATES.pop("every-other", None)
+
+
+def _alternates(trace: list[dict]) -> bool:
+    return [t["junction"] for t in trace] == [i % 2 == 0 for i in range(len(trace))]
+
+
+def test_a_registered_gate_works_in_generate(every_other_gate: str, tiny_gguf: Path, tiny_reward: Path) -> None:
+    from sia_local.cli import main
+
+    result = CliRunner().invoke(main, ["generate", "Hello", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--gate", every_other_gate,
+                                       "-n", "9", "--seed", "2", "--json", "--trace"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["stats"]["gate"] == "every-other" and data["stats"]["tokens"] > 2
+    assert _alternates(data["trace"])
+    bad = CliRunner().invoke(main, ["generate", "Hello", "-m", str(tiny_gguf), "--gate", "no-such-gate"])
+    assert bad.exit_code != 0 and "every-other" in bad.output  # the error lists the registered gates
+
+
+def test_a_registered_gate_works_in_server_chat_and_bench(every_other_gate: str, tiny_lm, tiny_reward: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from sia_local.bench import VaderJudge, run_grid, select_arms
+    from sia_local.chat import ChatSession
+    from sia_local.config import SteerConfig
+    from sia_local.reward import OnnxReward
+    from sia_local.server import create_app
+    from sia_local.steer import Steerer
+
+    reward = OnnxReward(tiny_reward, provider="cpu")
+    steerer = Steerer(tiny_lm, reward, SteerConfig(tau=1.0, max_tokens=8, seed=0))
+    client = TestClient(create_app(steerer, model_id="tiny"))
+    ok = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 8, "seed": 1, "sia": {"gate": every_other_gate}})
+    assert ok.status_code == 200, ok.text
+    usage = ok.json()["usage"]
+    assert usage["sia"]["gate"] == "every-other" and usage["completion_tokens"] > 2
+    assert usage["sia"]["junctions"] == (usage["completion_tokens"] + 1) // 2
+    bad = client.post("/v1/completions", json={"prompt": "Hello", "sia": {"gate": "nope"}})
+    assert bad.status_code == 400 and "every-other" in bad.json()["error"]["message"]
+
+    session = ChatSession(Steerer(tiny_lm, reward, SteerConfig(tau=1.0, max_tokens=8, seed=0)))
+    assert '"gate": "every-other"' in session.command(f"/gate {every_other_gate}")
+    answer = session.ask("hi", lambda p: None)
+    assert answer is not None and answer.stats.junctions == (answer.stats.tokens + 1) // 2
+
+    pytest.importorskip("vaderSentiment")
+    arms = select_arms(["base", every_other_gate], 8)
+    result = run_grid(steerer, VaderJudge(), ["Hello there.", "Why?"], arms, tmp_path / "bench", plots=False)
+    rows = [r for r in result.rows if r["arm"] == every_other_gate]
+    assert len(rows) == 2 and all(r["junctions"] == (r["tokens"] + 1) // 2 for r in rows)
