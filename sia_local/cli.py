@@ -460,36 +460,61 @@ def vm() -> None:
 
 @vm.command("distill")
 @model_options
-@click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples [default: built-in positive tone].")
+@click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples (the teacher) [default: built-in positive tone].")
 @click.option("--reward-label", default=None)
-@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help="JSONL or text prompts [default: the calibration prompts].")
-@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="JSONL or text prompts [default: the 304 shipped distillation prompts, disjoint from the bench's].")
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--limit", type=click.IntRange(min=4), default=None, help="Use only the first N prompts.")
+@click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the prefix head's bilinear term.")
+@click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_fail_cleanly
 def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
-               out_dir: Path, seed: int, **opts: Any) -> None:
-    """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit the value head.
+               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, **opts: Any) -> None:
+    """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit value heads on the LM's hidden state.
 
     \b
-    sia vm distill -o vm-smollm2                      # default model, default reward, calibration prompts
-    sia vm distill -m model.gguf -r rm/ --prompts prompts.jsonl -o vm/
+    sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 8 samples (~20 min on 2 cores)
+    sia generate "..." --vm head-smollm2 --ratio 0.2   # the branch head (k-branch decode at a junction)
+    sia generate "..." --vm head-smollm2/prefix.npz    # the prefix head (no decode at a junction)
     Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl.
     """
     from .bench import load_prompts
-    from .calibrate import calibration_prompts
-    from .distill import distill
+    from .runtime import load_lm
 
-    lm = _load_lm(opts)
+    prompts = load_prompts(prompts_file) if prompts_file else _distill_prompts()
+    prompts = prompts[:limit] if limit else prompts
+    lm = load_lm(_lm_settings(opts), hidden=not onnx_graph)
     rm = _load_scorer({**opts, "reward": reward, "reward_label": reward_label}, lm)
-    prompts = load_prompts(prompts_file) if prompts_file else calibration_prompts()
     with _progress("distilling") as tick:
-        card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed,
-                       progress=lambda d, t, what: tick(d, t, what))
-    click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g}, "
-               f"validation corr(V, R) = {card['val_corr_V_R']:.3f} on {card['validation_prompts']} held-out prompts")
+        if onnx_graph:
+            from .distill import distill
+
+            card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed,
+                           progress=lambda d, t, what: tick(d, t, what))
+            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g}, "
+                       f"validation corr(V, R) = {card['val_corr_V_R']:.3f} on {card['validation_prompts']} held-out prompts")
+        else:
+            from .distill import distill_head
+
+            card = distill_head(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
+                                seed=seed, progress=lambda d, t, what: tick(d, t, what))
+            v = card["validation"]
+            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts in {card['seconds']['total']:.0f} s; "
+                       f"branch head ({v['branch']['objective']} objective): held-out corr(V, R) per position {v['branch']['per_position_corr']:.3f}; "
+                       f"prefix head: corr with the branch value {v['prefix']['corr_with_branch_value']:.3f}, "
+                       f"Kendall tau vs the branch head at junctions {v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
     click.echo(f"steer with it: sia generate \"...\" -m {lm.path} --vm {out_dir}", err=True)
+
+
+def _distill_prompts() -> list[str]:
+    from importlib import resources
+
+    text = resources.files("sia_local.data").joinpath("distill_prompts.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @vm.command("export")

