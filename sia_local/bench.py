@@ -14,6 +14,7 @@ import math
 import platform
 import statistics
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from .errors import ConfigError
 from .junction import gate_names
 from .search import best_of_n
+from .scorer import Scorer
 from .steer import Generation, Steerer
 
 
@@ -50,14 +52,14 @@ class VaderJudge:
 
 
 class RewardJudge:
-    """Any reward folder as the judge."""
+    """Any scorer (a reward folder, usually) as the judge: its score of each whole response."""
 
-    def __init__(self, reward: Any) -> None:
+    def __init__(self, reward: Scorer) -> None:
         self.reward = reward
         self.name = reward.name
 
     def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [float(x) for x in self.reward.score(prompt, list(texts))]
+        return [float(x) for x in self.reward.score_responses(prompt, [], [(t, []) for t in texts])]
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,19 @@ def run_grid(
     seeds: Sequence[int] = (0,),
     progress: Callable[[int, int, str], None] | None = None,
     plots: bool = True,
+    teacher: Scorer | None = None,
 ) -> GridResult:
-    """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`."""
+    """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
+
+    Each row's sampler seed is derived from (seed, prompt index), so random gates draw differently
+    per prompt; a random arm takes, per prompt and seed, the ratio its SIA arm realised there. The
+    `reward` column is the `teacher`'s score (default: the steering scorer), so a value head can be
+    judged by the reward model it was distilled from. Wall time excludes the log-probabilities
+    computed for the KL and perplexity columns.
+    """
     assert steerer.reward is not None
+    teacher = teacher or steerer.reward
+    run_id = uuid.uuid4().hex[:8]
     out_dir.mkdir(parents=True, exist_ok=True)
     results_file = out_dir / "results.jsonl"
     rows = _read_rows(results_file)
@@ -169,16 +181,17 @@ def run_grid(
     with results_file.open("a", encoding="utf-8") as out:
         for arm in arms:
             overrides = arm.overrides()
-            if arm.match is not None:
-                matched = [r["ratio"] for r in rows if r["arm"] == arm.match]
-                if not matched:
-                    raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
-                overrides["ratio"] = float(np.mean(matched))
+            matched = {(r["prompt_index"], r["seed"]): r["ratio"] for r in rows if r["arm"] == arm.match}
+            if arm.match is not None and not matched:
+                raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
             for i, prompt in enumerate(prompts):
                 for seed in seeds:
                     if (arm.name, i, seed) in done:
                         continue
-                    row = _run_row(steerer, judge, base_cfg, arm, overrides, prompt, i, seed)
+                    if arm.match is not None:
+                        overrides["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
+                    row = _run_row(steerer, judge, teacher, base_cfg, arm, overrides, prompt, i, seed)
+                    row["run"] = run_id
                     rows.append(row)
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     out.flush()
@@ -187,6 +200,10 @@ def run_grid(
                         progress(count, total, arm.name)
     summary = summarise(rows, arms, taus)
     summary["setup"] = _setup(steerer, judge, prompts, seeds)
+    summary["setup"]["teacher"] = getattr(teacher, "name", None)
+    runs = sorted({r.get("run", "?") for r in rows})
+    if len(runs) > 1:
+        summary["cost_note"] = f"rows come from {len(runs)} runs: wall-time columns mix timings taken at different moments"
     files = [results_file, out_dir / "summary.json"]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if plots:
@@ -194,25 +211,34 @@ def run_grid(
     return GridResult(rows, summary, files)
 
 
-def _run_row(steerer: Steerer, judge: Judge, cfg: Any, arm: Arm, overrides: dict[str, Any], prompt: str, i: int, seed: int) -> dict[str, Any]:
+def row_seed(seed: int, prompt_index: int) -> int:
+    """The sampler seed of one (seed, prompt) row: distinct per prompt, the same for every arm."""
+    return seed * 1_000_003 + prompt_index
+
+
+def _run_row(steerer: Steerer, judge: Judge, teacher: Scorer, cfg: Any, arm: Arm, overrides: dict[str, Any], prompt: str, i: int,
+             seed: int) -> dict[str, Any]:
     assert steerer.reward is not None
-    changes = {**overrides, "seed": seed, "trace": cfg.trace, "logprobs": cfg.logprobs}
+    changes = {**overrides, "seed": row_seed(seed, i), "trace": cfg.trace, "logprobs": cfg.logprobs}
+    raw = not steerer.lm.has_chat_template  # a GGUF without a chat template gets the prompt as plain text
     config = steerer.config_for(**changes)  # the steerer's own config is never changed
     t = time.perf_counter()
     if arm.best_of > 1:
-        result = best_of_n(steerer, prompt, arm.best_of, **changes)
+        result = best_of_n(steerer, prompt, arm.best_of, raw=raw, **changes)
+        logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
         generation, extra = result.best, {"bon_scores": [c.score for c in result.candidates],
                                           "generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
     else:
-        generation = steerer.generate(prompt, **changes)
+        generation = steerer.generate(prompt, raw=raw, **changes)
+        logprob_seconds = generation.stats.logprob_seconds
         extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
-    wall = time.perf_counter() - t
+    wall = time.perf_counter() - t - logprob_seconds  # the KL / perplexity bookkeeping is not the method's cost
     s = generation.stats
     row: dict[str, Any] = {
         "arm": arm.name, "prompt_index": i, "seed": seed, "gate": config.gate, "best_of": arm.best_of,
         "tau": s.tau, "ratio_target": overrides.get("ratio"), "text": generation.text, "tokens": s.tokens,
         "ratio": s.ratio, "junctions": s.junctions, "changed": s.changed, "wall_seconds": wall,
-        "reward": _final_reward(steerer, prompt, generation), "judge": judge(prompt, [generation.text])[0],
+        "reward": _final_reward(steerer, teacher, prompt, generation), "judge": judge(prompt, [generation.text])[0],
         "kl_per_token": s.kl_per_token, "perplexity": s.perplexity, "finish_reason": s.finish_reason, **extra,
     }
     if arm.name == "base" and generation.trace is not None:
@@ -220,10 +246,9 @@ def _run_row(steerer: Steerer, judge: Judge, cfg: Any, arm: Arm, overrides: dict
     return row
 
 
-def _final_reward(steerer: Steerer, prompt: str, generation: Generation) -> float:
-    assert steerer.reward is not None
+def _final_reward(steerer: Steerer, teacher: Scorer, prompt: str, generation: Generation) -> float:
     prompt_ids = steerer.lm.render_chat([{"role": "user", "content": prompt}])[0] if steerer.lm.has_chat_template else steerer.lm.tokenize(prompt)
-    return float(steerer.reward.score_responses(prompt, prompt_ids, [(generation.text, generation.token_ids)])[0])
+    return float(teacher.score_responses(prompt, prompt_ids, [(generation.text, generation.token_ids)])[0])
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -372,9 +397,10 @@ SPEED_PROMPT = "Once upon a time, in a small village by the sea, there lived an 
 
 
 def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float = 0.2, best_of: int = 8,
-          progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+          heads: dict[str, Any] | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Side by side, interleaved: llama-cpp-python's create_completion, gate none, entropy@ratio, dense,
-    and Best-of-N batched vs N sequential runs. Returns medians and the ratios the project tracks."""
+    and Best-of-N batched vs N sequential runs; with `heads` ({name: scorer on the same LM}), each head at
+    entropy@ratio and dense too. Returns medians and the ratios the project tracks."""
     lm = steerer.lm
     llm = lm._llm  # the same model and context, driven by llama-cpp-python's own loop
     tau = steerer.resolve_tau(steerer.config.updated(ratio=ratio))
@@ -390,6 +416,17 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
             llm.reset()  # no prompt-cache advantage over create_completion
             t = time.perf_counter()
             g = steerer.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
+            s = g.stats
+            return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
+        return run
+
+    def with_head(head: Any, gate: str) -> Callable[[int], dict[str, float]]:
+        other = Steerer(lm, head, steerer.config)
+
+        def run(seed: int) -> dict[str, float]:
+            llm.reset()
+            t = time.perf_counter()
+            g = other.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
             s = g.stats
             return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
         return run
@@ -411,6 +448,9 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
 
     arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),
             f"bon-{best_of} batched": bon_batched, f"bon-{best_of} sequential": bon_sequential}
+    for name, head in (heads or {}).items():
+        arms[f"{name}@{ratio:g}"] = with_head(head, "entropy")
+        arms[f"{name} dense"] = with_head(head, "dense")
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
     total, done = repeats * len(arms), 0
     for rep in range(repeats):
@@ -435,6 +475,10 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
         "entropy_vs_dense_time": table[e]["seconds_per_token"] / table["dense"]["seconds_per_token"],
         "dense_vs_none_time": table["dense"]["seconds_per_token"] / table["none"]["seconds_per_token"],
         "bon_batched_vs_sequential_tok_s": table[f"bon-{best_of} batched"]["tok_s"] / table[f"bon-{best_of} sequential"]["tok_s"],
+        f"{e}_vs_none_time": table[e]["seconds_per_token"] / table["none"]["seconds_per_token"],
     }
+    for name in heads or {}:
+        for arm in (f"{name}@{ratio:g}", f"{name} dense"):
+            ratios[f"{arm}_vs_none_time"] = table[arm]["seconds_per_token"] / table["none"]["seconds_per_token"]
     return {"tau": tau, "tokens": tokens, "repeats": repeats, "table": table, "ratios": ratios, "runs": runs,
             "model": str(lm.path), "reward_provider": getattr(steerer.reward, "provider", None)}

@@ -10,13 +10,19 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from .config import Setting, SteerConfig, setting_default, settings
 from .errors import SiaError
 from .junction import gate_names, gate_spec
+
+if TYPE_CHECKING:  # the CLI imports its heavy parts lazily, so `sia --help` stays quick
+    from .lm import LM
+    from .runtime import LMSettings, ScorerSettings
+    from .scorer import Scorer
+    from .steer import Steerer
 
 _D = SteerConfig()
 
@@ -166,7 +172,8 @@ def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str 
     st = generation.stats
     tau = f"tau={st.tau:.3f} " if st.tau is not None else ""
     click.echo(
-        f"[{st.tokens} tokens, {st.tokens_per_s:.1f} tok/s, gate={st.gate} {tau}junctions={st.junctions} ({st.ratio:.0%}), "
+        f"[{st.tokens} tokens, {st.tokens_per_s:.1f} tok/s, gate={st.gate} {tau}junctions={st.junctions} ({st.ratio:.0%}"
+        + (f", asked {st.ratio_target:.0%}" if st.ratio_target is not None else "") + "), "
         f"changed={st.changed}, reward {st.reward_seconds:.2f}s / lm {st.lm_seconds + st.prefill_seconds:.2f}s, seed={st.seed}, {st.finish_reason}]",
         err=True,
     )
@@ -199,8 +206,12 @@ def chat(system: str | None, highlight: bool, **opts: Any) -> None:
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one; more get 503.")
 @click.option("--api-key", default=None, envvar="SIA_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=None, help="Largest max_tokens a request may ask; more gets a 400 [default: 4096 or the context size, whichever is larger].")
+@click.option("--allow-origin", "allow_origins", multiple=True, help="Send CORS headers for this browser origin (repeatable); none by default.")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a request may hold the model; then it stops and the client gets a 504 (or an error chunk).")
 @_fail_cleanly
-def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_limit: int | None, **opts: Any) -> None:
+def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_limit: int | None, allow_origins: tuple[str, ...],
+          request_timeout: float | None, **opts: Any) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     \b
@@ -212,7 +223,8 @@ def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_
     steerer, config = build_steerer(opts)
     model_id = steerer.lm.path.stem
     click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.reward, 'name', 'none')}); Ctrl-C stops", err=True)
-    run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit)
+    run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit,
+               allow_origins=list(allow_origins) or None, request_timeout=request_timeout)
 
 
 @main.command()
@@ -322,8 +334,10 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
     prompts = load_prompts(prompts_file)[:limit]
     grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
     the_judge = RewardJudge(OnnxReward(judge, provider=opts["reward_provider"])) if judge else VaderJudge()
+    teacher = _load_scorer({**opts, "vm": None}, steerer.lm) if opts.get("vm") else None  # --vm steers; --reward (default) scores
     with _progress("benchmark") as tick:
-        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
+        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher,
+                          progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
     click.echo(markdown_table(result.summary))
     click.echo(f"Pareto front (judge vs cost): {', '.join(result.summary['pareto_front'])}")
     click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
@@ -334,16 +348,31 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--best-of", "best_of", type=click.IntRange(min=2), default=8, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the full result as JSON.")
+@click.option("--head", "head_dir", type=click.Path(path_type=Path), default=None,
+              help="A head folder (sia vm distill): adds its branch and prefix heads at the ratio and dense.")
 @click.pass_obj
 @_fail_cleanly
-def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, json_out: Path | None) -> None:
-    """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, and BoN batched vs sequential."""
+def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, json_out: Path | None, head_dir: Path | None) -> None:
+    """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, BoN batched vs sequential, and value heads.
+
+    \b
+    sia bench speed
+    sia bench speed --head head-smollm2            # + head-branch / head-prefix at the ratio and dense
+    """
     from .bench import speed
 
+    if head_dir is not None:
+        opts["_hidden"] = True
     steerer, config = build_steerer(opts, need_reward=True)
+    heads = None
+    if head_dir is not None:
+        from .head import BranchHead, PrefixHead
+
+        heads = {"head-branch": BranchHead(head_dir, steerer.lm), "head-prefix": PrefixHead(head_dir, steerer.lm)}
     ratio = config.ratio if config.ratio is not None else 0.2
     with _progress("speed") as tick:
-        result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
+        result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, heads=heads,
+                       progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
     click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
     click.echo(f"{'arm':22} {'tok/s':>8} {'tokens':>7} {'ratio':>6} {'rm calls':>8} {'rm s':>7}")
     for name, v in result["table"].items():
@@ -353,6 +382,9 @@ def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, j
     click.echo(f"entropy@{ratio:g} / dense time per token     {r['entropy_vs_dense_time']:.3f}")
     click.echo(f"dense / none time per token             {r['dense_vs_none_time']:.2f}")
     click.echo(f"BoN-{best_of} batched / sequential tok/s      {r['bon_batched_vs_sequential_tok_s']:.2f}")
+    for key, value in r.items():
+        if key.endswith("_vs_none_time") and key.startswith("head"):
+            click.echo(f"{key.replace('_vs_none_time', ''):24} / none time per token  {value:.2f}")
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))
 
@@ -619,7 +651,7 @@ def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False) -> tuple[Any, SteerConfig]:
+def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False) -> tuple["Steerer", SteerConfig]:
     """LM + scorer + a calibrated Steerer from the parsed flags, through `runtime` (shared by every command)."""
     from .runtime import build_steerer as build
 
@@ -631,27 +663,27 @@ def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: boo
     return steerer, config
 
 
-def _lm_settings(opts: dict[str, Any]) -> Any:
+def _lm_settings(opts: dict[str, Any]) -> "LMSettings":
     from .runtime import LMSettings
 
     return LMSettings(model=opts["model"], n_ctx=opts["n_ctx"], n_threads=opts["n_threads"], n_gpu_layers=opts["n_gpu_layers"],
                       chat_format=opts["chat_format"], verbose=opts["verbose"])
 
 
-def _scorer_settings(opts: dict[str, Any]) -> Any:
+def _scorer_settings(opts: dict[str, Any]) -> "ScorerSettings":
     from .runtime import ScorerSettings
 
     return ScorerSettings(path=opts.get("vm") or opts.get("reward"), label=opts.get("reward_label"), provider=opts.get("reward_provider") or "auto",
                           threads=opts.get("reward_threads"), verbose=opts.get("verbose", False))
 
 
-def _load_lm(opts: dict[str, Any]) -> Any:
+def _load_lm(opts: dict[str, Any]) -> "LM":
     from .runtime import load_lm, needs_hidden
 
-    return load_lm(_lm_settings(opts), hidden=needs_hidden(_scorer_settings(opts)))
+    return load_lm(_lm_settings(opts), hidden=bool(opts.get("_hidden")) or needs_hidden(_scorer_settings(opts)))
 
 
-def _load_scorer(opts: dict[str, Any], lm: Any = None) -> Any:
+def _load_scorer(opts: dict[str, Any], lm: "LM | None" = None) -> "Scorer":
     from .runtime import load_scorer
 
     with _progress("building the default reward model (once)") as tick:

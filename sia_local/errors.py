@@ -61,3 +61,10 @@ class ContextLengthError(PromptError):
 
 class MissingPackageError(SiaError):
     """An optional package that carries a default model is not installed."""
+
+
+class Cancelled(SiaError):
+    """A generation stopped before its end: the client left, or the request ran past its time limit."""
+
+    http_status = 504
+    api_code = "request_timeout"

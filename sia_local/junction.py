@@ -84,6 +84,29 @@ class EntropyGate:
         return h >= self.tau
 
 
+class ControlledEntropyGate:
+    """H >= tau_t, with tau_t = tau + gain * (junctions so far - ratio * steps so far).
+
+    The paper's rule with the threshold steered online: tau (calibrated on unsteered samples of other
+    prompts) is only the start. Steered text and real prompts run at higher entropy than the calibration
+    set, so a fixed tau over-steers; each junction above the target share raises the threshold and each
+    step below it lowers it, so an answer realises the asked ratio while still steering at its own
+    highest-entropy steps. `gain` is in nats per junction of surplus.
+    """
+
+    def __init__(self, tau: float, ratio: float, gain: float = 0.1) -> None:
+        self.tau, self.ratio, self.gain = tau, ratio, gain
+        self.junctions = 0
+        self.steps = 0
+
+    def __call__(self, step: int, h: float) -> bool:
+        threshold = self.tau + self.gain * (self.junctions - self.ratio * self.steps)
+        hit = h >= threshold
+        self.junctions += hit
+        self.steps += 1
+        return hit
+
+
 class DenseGate:
     """Every step is a junction (ARGS-style dense steering)."""
 
@@ -180,8 +203,15 @@ def _random(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
     return RandomGate(config.ratio, np.random.default_rng([seed, 1]))
 
 
-register_gate("entropy", lambda c, tau, seed: EntropyGate(tau if tau is not None else float("inf")),
-              help="H >= tau, tau calibrated from --ratio (the paper)", uses_tau=True)
+def _entropy(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+    assert tau is not None
+    if config.tau is not None or config.ratio is None or config.ratio in (0.0, 1.0):
+        return EntropyGate(tau)  # a tau given by the user is kept fixed
+    return ControlledEntropyGate(tau, config.ratio)
+
+
+register_gate("entropy", _entropy, help="H >= tau (the paper); with --ratio, tau starts calibrated and is steered online to realise the ratio",
+              uses_tau=True)
 register_gate("dense", lambda c, tau, seed: DenseGate(), help="every step (ARGS)")
 register_gate("none", lambda c, tau, seed: NoGate(), help="no step: base top-k sampling", steers=False)
 register_gate("random", _random, help="each step with probability --ratio (the matched-sparsity ablation)", uses_ratio=True)

@@ -103,7 +103,7 @@ class OnnxReward:
                 "add a scoring head (e.g. `sia reward build`) or export a sequence classifier",
             )
 
-        self.max_length = int(spec.get("max_length") or config.get("max_position_embeddings") or 512)
+        self.max_length = int(spec.get("max_length") or position_limit(config) or 512)
         self.input_mode = input_mode or spec.get("input", "prompt+response")
         if self.input_mode not in INPUT_MODES:
             raise RewardModelError(f"{path / 'sia.json'}: input must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}", "fix sia.json")
@@ -183,6 +183,18 @@ class OnnxReward:
             return np.asarray(self._session.run([self._output], feeds)[0])
         except Exception as exc:  # onnxruntime raises its own exception types per build
             raise RewardModelError(f"{self.folder / 'model.onnx'} failed to run: {exc}", "check that the folder's tokenizer.json belongs to this model") from None
+
+
+def position_limit(config: dict[str, Any]) -> int | None:
+    """The most tokens the model's position table takes. RoBERTa-style models start positions after the
+    padding index (514 entries, pad 1 -> 512 usable), so their table is longer than their limit."""
+    table = config.get("max_position_embeddings")
+    if table is None:
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart") or int(table) in (514, 1026):
+        pad = config.get("pad_token_id")
+        return int(table) - (int(pad) if pad is not None else 1) - 1
+    return int(table)
 
 
 def available_providers() -> list[str]:

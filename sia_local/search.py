@@ -10,13 +10,14 @@ batched matrix products round differently in the last bits (a draw that falls on
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ContextLengthError
+from .errors import Cancelled, ConfigError, ContextLengthError
 from .lm import BatchContext, Message
 from .steer import Generation, Piece, SequenceState, Steerer
 
@@ -66,12 +67,14 @@ def best_of_n(
     system: str | None = None,
     raw: bool = False,
     on_piece: Callable[[int, Piece], None] | None = None,
+    cancel: threading.Event | None = None,
     **overrides: Any,
 ) -> BestOfN:
     """Decode `n` samples of `prompt` together and keep the one the reward model scores highest.
 
     Each sample is steered as `steerer.config` (plus `overrides`) says; ``gate="none"`` gives plain
-    Best-of-N. `on_piece(i, piece)` sees every sequence's text as it is generated.
+    Best-of-N. `on_piece(i, piece)` sees every sequence's text as it is generated. Setting `cancel`
+    stops the search at the next step (raises `Cancelled`): the server uses it when a client leaves.
     """
     if steerer.reward is None:
         raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
@@ -102,6 +105,8 @@ def best_of_n(
         logits: dict[int, np.ndarray] = {i: first for i in range(n)}
         live = list(range(n))
         while live:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the Best-of-N request was cancelled", "the client left or the request ran past its time limit")
             for i in live:
                 seqs[i].propose(logits[i])
             steered = [i for i in live if seqs[i].junction]

@@ -8,7 +8,7 @@ each word placed in a few short sentence templates (see `TEMPLATES`). The fitted
 backbone + pooling + head as one ONNX graph (output: one scalar, in AFINN valence units, about
 -5 .. +5) into the user cache.
 
-VADER is never used to fit the head: `sia bench` (later) uses VADER as the independent judge.
+VADER is never used to fit the head: `sia bench` uses VADER as the independent judge.
 """
 
 from __future__ import annotations

@@ -22,15 +22,29 @@ from dataclasses import asdict
 from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .config import settings
-from .errors import SiaError
+from .errors import Cancelled, SiaError
 from .junction import gate_names
 from .steer import Generation, Steerer
 
 MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(item, dict):
+            stack += [(v, d + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, d + 1) for v in item]
+    return deepest
 
 
 def _check_gate(name: str) -> str:
@@ -167,6 +181,8 @@ class Engine:
                     if cancel.is_set():
                         stream.close()
                         self.cancelled += 1
+                        emit("error", Cancelled("the generation was stopped", "the client left or the request ran past its time limit",
+                                                api_hint="raise the server's --request-timeout or ask for fewer tokens"))
                         return
                     emit("piece", piece)
                 self.served += 1
@@ -190,7 +206,7 @@ class Engine:
 
 
 def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_tokens_limit: int | None = None) -> Any:
+               max_tokens_limit: int | None = None, allow_origins: list[str] | None = None, request_timeout: float | None = None) -> Any:
     """The FastAPI application; state lives on `app.state.engine`.
 
     `max_tokens_limit` (default: the larger of 4096 and the context) refuses a larger max_tokens with a 400 before
@@ -199,6 +215,10 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
     """
     token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
     app = FastAPI(title="sia-local", version="0.1.0")
+    if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers)
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     engine = Engine(steerer, model_id, max_queue)
     app.state.engine = engine
 
@@ -229,15 +249,15 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
     async def chat_completions(request: Request) -> Any:
         req = await _parse(request, ChatRequest, max_body_bytes)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await _respond(engine, req, messages, {}, chat=True)
+        return await _respond(request, engine, req, messages, {}, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = await _parse(request, CompletionRequest, max_body_bytes)
         prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
-        return await _respond(engine, req, prompt, {"raw": True}, chat=False)
+        return await _respond(request, engine, req, prompt, {"raw": True}, chat=False)
 
-    async def _respond(engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+    async def _respond(request: Request, engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
         options = {**extra, **_options(req)}
@@ -246,9 +266,11 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
                            param="max_tokens", code="context_length_exceeded")
         if req.n < 1 or req.n > 16:
             raise ApiError(400, f"n must be between 1 and 16, got {req.n}", param="n")
-        if req.n > 1:
-            return await _best_of(engine, req, prompt, options, chat)
         cancel = threading.Event()
+        if request_timeout:
+            asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
+        if req.n > 1:
+            return await _best_of(request, engine, req, prompt, options, chat, cancel)
         events = engine.run(prompt, options, cancel)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -256,6 +278,9 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
         if not req.stream:
             kind, item = first
             while kind == "piece":
+                if await request.is_disconnected():  # nobody will read the answer: free the model now
+                    await events.aclose()
+                    return Response(status_code=499)
                 kind, item = await events.__anext__()
             if kind == "error":
                 raise _as_api_error(item)
@@ -275,6 +300,10 @@ async def _parse(request: Any, model: type[_Request], max_body_bytes: int) -> An
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     try:
@@ -323,7 +352,8 @@ def _as_api_error(exc: BaseException) -> ApiError:
     return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
 
 
-async def _best_of(engine: Engine, req: _Request, prompt: Any, options: dict[str, Any], chat: bool) -> dict[str, Any]:
+async def _best_of(request: Any, engine: Engine, req: _Request, prompt: Any, options: dict[str, Any], chat: bool,
+                   cancel: threading.Event) -> Any:
     """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
     from .search import best_of_n
 
@@ -331,10 +361,18 @@ async def _best_of(engine: Engine, req: _Request, prompt: Any, options: dict[str
         raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
     if engine.steerer.reward is None:
         raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
+    job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer, prompt, req.n, cancel=cancel, **options)))
+    while not job.done():
+        await asyncio.wait([job], timeout=0.1)
+        if not job.done() and await request.is_disconnected():
+            cancel.set()  # the search stops at its next step
+            engine.cancelled += 1
     try:
-        result = await engine.call(lambda: best_of_n(engine.steerer, prompt, req.n, **options))
+        result = job.result()
     except SiaError as exc:
         raise _as_api_error(exc) from None
+    if cancel.is_set() and await request.is_disconnected():
+        return Response(status_code=499)
     ranked = sorted(result.candidates, key=lambda c: -c.score)
     choices = []
     for i, c in enumerate(ranked):
@@ -414,9 +452,10 @@ async def _sse(rid: str, created: int, model_id: str, first: tuple[str, Any], ev
 
 
 def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 8, api_key: str | None = None,
-          max_tokens_limit: int | None = None) -> None:
+          max_tokens_limit: int | None = None, allow_origins: list[str] | None = None, request_timeout: float | None = None) -> None:
     """Run the server until Ctrl-C."""
     import uvicorn
 
-    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit)
+    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit,
+                     allow_origins=allow_origins, request_timeout=request_timeout)
     uvicorn.run(app, host=host, port=port, log_level="warning")

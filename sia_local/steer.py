@@ -56,6 +56,7 @@ class Stats:
     tokens: int = 0
     junctions: int = 0
     ratio: float = 0.0  # junctions / tokens: the realised steering ratio
+    ratio_target: float | None = None  # the ratio asked for (entropy and random gates)
     changed: int = 0  # junctions where the reward changed the sampled token
     kl_per_token: float = 0.0  # mean KL(steered || base) per generated token, nats
     perplexity: float | None = None  # of the response under the base model (with config.logprobs)
@@ -64,6 +65,7 @@ class Stats:
     prefill_seconds: float = 0.0
     lm_seconds: float = 0.0  # llama.cpp decoding after the prompt
     reward_seconds: float = 0.0
+    logprob_seconds: float = 0.0  # spent on `logprobs` (a full-vocabulary pass per token); benchmarks subtract it
     seconds: float = 0.0  # wall time of the whole generation
     tokens_per_s: float = 0.0  # generated tokens / (seconds - prefill_seconds)
     tau: float | None = None
@@ -259,7 +261,7 @@ class SequenceState:
         self.gate = make_gate(cfg, tau, seed)
         self.stops = stops
         self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
-                           finish_reason="length")
+                           finish_reason="length", ratio_target=_asked_ratio(cfg))
         self.trace: list[TokenInfo] | None = [] if cfg.trace else None
         self.ids: list[int] = []
         self.done = False
@@ -281,8 +283,10 @@ class SequenceState:
         """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
         self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
         if self.cfg.logprobs:
+            t = time.perf_counter()
             top = float(self._z[0])
             self._lse = top + float(np.log(np.exp(logits.astype(np.float64) - top).sum()))
+            self.stats.logprob_seconds += time.perf_counter() - t
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)
         self._u = self.rng.random()
@@ -401,3 +405,11 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 def _to_stderr(message: str) -> None:
     print(f"sia: {message}", file=sys.stderr, flush=True)
+
+
+def _asked_ratio(cfg: SteerConfig) -> float | None:
+    """The junction share the user asked for, when the gate works from a ratio (not from a given tau)."""
+    spec = gate_spec(cfg.gate)
+    if spec is None or cfg.ratio is None or not (spec.uses_ratio or (spec.uses_tau and cfg.tau is None)):
+        return None
+    return cfg.ratio

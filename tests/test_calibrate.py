@@ -21,16 +21,37 @@ def test_tau_is_the_upper_quantile() -> None:
     assert tau_from_entropies(h, 1.0) == 0.0
 
 
-def test_ratio_is_realised_on_the_calibration_prompts(tiny_lm: LM, tiny_reward: Path) -> None:
+UNSEEN = ["Write a limerick about a cat.", "How do tides work?", "List three uses for a paperclip.", "Describe the smell of rain.",
+          "Why do onions make people cry?", "Give advice to a nervous public speaker."]
+
+
+def test_ratio_is_realised_on_unseen_prompts(tiny_lm: LM, tiny_reward: Path) -> None:
     steerer = Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=0.3, max_tokens=48))
     tau = steerer.resolve_tau(steerer.config)
+    assert not set(UNSEEN) & set(calibration_prompts())
     junctions = tokens = 0
-    for i, prompt in enumerate(calibration_prompts()):
+    for i, prompt in enumerate(UNSEEN):
         stats = steerer.generate(prompt, seed=i).stats
-        assert stats.tau == tau
+        assert stats.tau == tau and stats.ratio_target == 0.3
         junctions += stats.junctions
         tokens += stats.tokens
     assert junctions / tokens == pytest.approx(0.3, abs=0.1)
+
+
+def test_each_answer_realises_the_asked_ratio(tiny_lm: LM, tiny_reward: Path) -> None:
+    """The online-controlled entropy gate: every 128-token answer lands within 0.05 of the ratio asked."""
+    ratio = 0.3
+    steerer = Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=ratio, max_tokens=128, weight=3.0))
+    tau = steerer.resolve_tau(steerer.config)
+    fixed_errors = []
+    for i, prompt in enumerate(UNSEEN[:4]):
+        stats = steerer.generate(prompt, seed=100 + i, raw=True).stats
+        assert stats.tokens >= 100
+        assert abs(stats.ratio - ratio) <= 0.05, (prompt, stats.ratio)
+        fixed = steerer.generate(prompt, seed=100 + i, raw=True, tau=tau).stats  # the pure fixed-tau mode is kept
+        assert fixed.ratio_target is None and fixed.tau == tau
+        fixed_errors.append(abs(fixed.ratio - ratio))
+    assert max(fixed_errors) > 0.05  # without the control some answers miss: the control is doing the work
 
 
 def test_profile_is_cached_per_model(tiny_lm: LM) -> None:
