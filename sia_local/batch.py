@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .config import SteerConfig, settings
 from .errors import ConfigError, MissingPackageError, SiaError
 from .lm import physical_cores
 from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
+from .steer import Steerer
 
 ROW_OPTIONS = ("max_tokens", "seed", "temperature", "top_p", "stop")  # OpenAI-named fields a row may set
 
@@ -40,6 +42,8 @@ class Row:
     system: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)  # SteerConfig changes from the row
     error: str | None = None
+    best_of: int | None = None  # Best-of-N for this row (None: the run's --best-of)
+    detail: bool = False  # also return token ids, per-token entropies and the search's cost (sia bench uses these)
 
 
 @dataclass(frozen=True)
@@ -140,13 +144,15 @@ def finished_ids(out: str | os.PathLike[str]) -> set[str]:
 
 
 class Worker:
-    """Loads the model and scorer once; turns rows into result rows (errors included)."""
+    """Loads the model and scorer once (or wraps a steerer already loaded); turns rows into result rows (errors included)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, steerer: Steerer | None = None) -> None:
         self.spec = spec
-        lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer))
-        scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
-        self.steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
+        if steerer is None:
+            lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer))
+            scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
+            steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
+        self.steerer = steerer
 
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
         out: dict[str, Any] = {"id": row.id, "line": row.line}
@@ -156,16 +162,25 @@ class Worker:
 
         changes = {"seed": base_seed + row.line, **row.changes}
         system = row.system or self.spec.system
+        best_of = row.best_of or self.spec.best_of
         try:
             assert row.prompt is not None
-            if self.spec.best_of > 1:
-                result = best_of_n(self.steerer, row.prompt, self.spec.best_of, system=system, raw=self.spec.raw, **changes)
+            t = time.perf_counter()
+            if best_of > 1:
+                result = best_of_n(self.steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
                 generation = result.best
                 out["samples"] = [{"index": c.index, "score": c.score, "text": c.generation.text,
                                    "finish_reason": c.generation.stats.finish_reason} for c in result.candidates]
                 out["best_index"] = result.best_index
+                extra = {"generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
+                logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
             else:
                 generation = self.steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
+                extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
+                logprob_seconds = generation.stats.logprob_seconds
+            if row.detail:
+                out["detail"] = {"token_ids": generation.token_ids, "wall_seconds": time.perf_counter() - t - logprob_seconds, **extra,
+                                 "entropies": [round(x.entropy, 4) for x in generation.trace] if generation.trace is not None else None}
         except SiaError as exc:
             return {**out, "error": str(exc)}
         except TypeError as exc:  # e.g. a string where a number belongs, caught by no range check
@@ -200,16 +215,20 @@ def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> W
 
 
 def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address: str | None = None, use_ray: bool = False,
-        ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0) -> Iterator[dict[str, Any]]:
+        ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0,
+        here: Worker | None = None) -> Iterator[dict[str, Any]]:
     """Result rows for `rows`, as they finish (input order with `ordered`).
 
-    workers=1 without Ray runs in this process; more start worker processes, each loading the model
-    once; `use_ray` runs `workers` Ray actors instead (a dead actor's rows are retried on another).
+    workers=1 without Ray runs in this process (on `here` when given, else a new Worker); more start
+    worker processes, each loading the model once; `use_ray` runs `workers` Ray actors instead (a dead
+    actor's rows are retried on another).
     """
     todo = list(rows)
     if not todo:
         return iter(())
-    if use_ray:
+    if here is not None and workers <= 1 and not use_ray:
+        results: Iterator[dict[str, Any]] = (here.run(row, base_seed) for row in todo)
+    elif use_ray:
         results = run_on_ray(todo, split_threads(spec, workers), workers=workers, address=ray_address, runtime_env=ray_runtime_env,
                              base_seed=base_seed)
     elif workers <= 1:

@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -24,6 +24,9 @@ import numpy as np
 
 from .errors import ConfigError
 from .junction import gate_names
+from .batch import Row, Worker, WorkerSpec
+from .batch import run as batch_run
+from .runtime import LMSettings
 from .search import best_of_n
 from .scorer import Scorer
 from .steer import Generation, Steerer
@@ -158,6 +161,10 @@ def run_grid(
     progress: Callable[[int, int, str], None] | None = None,
     plots: bool = True,
     teacher: Scorer | None = None,
+    worker_spec: WorkerSpec | None = None,
+    workers: int = 1,
+    use_ray: bool = False,
+    ray_address: str | None = None,
 ) -> GridResult:
     """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
 
@@ -165,7 +172,9 @@ def run_grid(
     per prompt; a random arm takes, per prompt and seed, the ratio its SIA arm realised there. The
     `reward` column is the `teacher`'s score (default: the steering scorer), so a value head can be
     judged by the reward model it was distilled from. Wall time excludes the log-probabilities
-    computed for the KL and perplexity columns.
+    computed for the KL and perplexity columns. Rows are decoded by `batch` workers: this process by
+    default, or `workers` processes / Ray actors made from `worker_spec` (the settings that load the
+    same model and scorer); the teacher and the judge score here.
     """
     assert steerer.reward is not None
     teacher = teacher or steerer.reward
@@ -178,26 +187,41 @@ def run_grid(
     taus = {a.name: steerer.resolve_tau(base_cfg.updated(ratio=a.ratio)) for a in arms if a.gate == "entropy" and a.ratio is not None}
     total = len(arms) * len(prompts) * len(seeds)
     count = len(done)
+    raw = not steerer.lm.has_chat_template  # a GGUF without a chat template gets the prompt as plain text
+    here = Worker(WorkerSpec(LMSettings(), None, steerer.config, raw=raw), steerer)
+    spec = replace(worker_spec, raw=raw) if worker_spec is not None else None
     with results_file.open("a", encoding="utf-8") as out:
-        for arm in arms:
-            overrides = arm.overrides()
-            matched = {(r["prompt_index"], r["seed"]): r["ratio"] for r in rows if r["arm"] == arm.match}
-            if arm.match is not None and not matched:
-                raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
-            for i, prompt in enumerate(prompts):
-                for seed in seeds:
-                    if (arm.name, i, seed) in done:
-                        continue
-                    if arm.match is not None:
-                        overrides["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
-                    row = _run_row(steerer, judge, teacher, base_cfg, arm, overrides, prompt, i, seed)
-                    row["run"] = run_id
-                    rows.append(row)
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    out.flush()
-                    count += 1
-                    if progress:
-                        progress(count, total, arm.name)
+        for phase in ([a for a in arms if a.match is None], [a for a in arms if a.match is not None]):  # random arms follow SIA's
+            jobs: dict[str, tuple[Arm, int, int, dict[str, Any]]] = {}
+            todo: list[Row] = []
+            for arm in phase:
+                overrides = arm.overrides()
+                matched = {(r["prompt_index"], r["seed"]): r["ratio"] for r in rows if r["arm"] == arm.match}
+                if arm.match is not None and not matched:
+                    raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
+                for i, prompt in enumerate(prompts):
+                    for seed in seeds:
+                        if (arm.name, i, seed) in done:
+                            continue
+                        changes = dict(overrides)
+                        if arm.match is not None:
+                            changes["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
+                        key = f"{arm.name}|{i}|{seed}"
+                        jobs[key] = (arm, i, seed, changes)
+                        todo.append(Row(len(todo) + 1, key, prompt, best_of=arm.best_of, detail=True,
+                                        changes={**changes, "seed": row_seed(seed, i), "trace": True, "logprobs": True}))
+            results = batch_run(todo, spec or here.spec, workers=workers, use_ray=use_ray, ray_address=ray_address,
+                                here=None if spec is not None and (workers > 1 or use_ray) else here)
+            for result in results:
+                arm, i, seed, changes = jobs[result["id"]]
+                row = _bench_row(steerer, judge, teacher, arm, changes, prompts[i], i, seed, result)
+                row["run"] = run_id
+                rows.append(row)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+                count += 1
+                if progress:
+                    progress(count, total, arm.name)
     summary = summarise(rows, arms, taus)
     summary["setup"] = _setup(steerer, judge, prompts, seeds)
     summary["setup"]["teacher"] = getattr(teacher, "name", None)
@@ -216,39 +240,30 @@ def row_seed(seed: int, prompt_index: int) -> int:
     return seed * 1_000_003 + prompt_index
 
 
-def _run_row(steerer: Steerer, judge: Judge, teacher: Scorer, cfg: Any, arm: Arm, overrides: dict[str, Any], prompt: str, i: int,
-             seed: int) -> dict[str, Any]:
-    assert steerer.reward is not None
-    changes = {**overrides, "seed": row_seed(seed, i), "trace": cfg.trace, "logprobs": cfg.logprobs}
-    raw = not steerer.lm.has_chat_template  # a GGUF without a chat template gets the prompt as plain text
-    config = steerer.config_for(**changes)  # the steerer's own config is never changed
-    t = time.perf_counter()
-    if arm.best_of > 1:
-        result = best_of_n(steerer, prompt, arm.best_of, raw=raw, **changes)
-        logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
-        generation, extra = result.best, {"bon_scores": [c.score for c in result.candidates],
-                                          "generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
-    else:
-        generation = steerer.generate(prompt, raw=raw, **changes)
-        logprob_seconds = generation.stats.logprob_seconds
-        extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
-    wall = time.perf_counter() - t - logprob_seconds  # the KL / perplexity bookkeeping is not the method's cost
-    s = generation.stats
+def _bench_row(steerer: Steerer, judge: Judge, teacher: Scorer, arm: Arm, changes: dict[str, Any], prompt: str, i: int, seed: int,
+               result: dict[str, Any]) -> dict[str, Any]:
+    """One results.jsonl row from a worker's result: the teacher's reward and the judge are computed here."""
+    if result.get("error"):
+        raise ConfigError(f"arm {arm.name}, prompt {i}: {result['error']}", "fix the arm's settings")
+    s, detail = result["stats"], result["detail"]
     row: dict[str, Any] = {
-        "arm": arm.name, "prompt_index": i, "seed": seed, "gate": config.gate, "best_of": arm.best_of,
-        "tau": s.tau, "ratio_target": overrides.get("ratio"), "text": generation.text, "tokens": s.tokens,
-        "ratio": s.ratio, "junctions": s.junctions, "changed": s.changed, "wall_seconds": wall,
-        "reward": _final_reward(steerer, teacher, prompt, generation), "judge": judge(prompt, [generation.text])[0],
-        "kl_per_token": s.kl_per_token, "perplexity": s.perplexity, "finish_reason": s.finish_reason, **extra,
+        "arm": arm.name, "prompt_index": i, "seed": seed, "gate": s["gate"], "best_of": arm.best_of,
+        "tau": s["tau"], "ratio_target": changes.get("ratio"), "text": result["text"], "tokens": s["tokens"],
+        "ratio": s["ratio"], "junctions": s["junctions"], "changed": s["changed"], "wall_seconds": detail["wall_seconds"],
+        "reward": _final_reward(steerer, teacher, prompt, result["text"], detail["token_ids"]), "judge": judge(prompt, [result["text"]])[0],
+        "kl_per_token": s["kl_per_token"], "perplexity": s["perplexity"], "finish_reason": result["finish_reason"],
+        "generated_tokens": detail["generated_tokens"], "reward_calls": detail["reward_calls"],
     }
-    if arm.name == "base" and generation.trace is not None:
-        row["entropies"] = [round(t.entropy, 4) for t in generation.trace]
+    if "samples" in result:
+        row["bon_scores"] = [c["score"] for c in result["samples"]]
+    if arm.name == "base" and detail.get("entropies") is not None:
+        row["entropies"] = detail["entropies"]
     return row
 
 
-def _final_reward(steerer: Steerer, teacher: Scorer, prompt: str, generation: Generation) -> float:
+def _final_reward(steerer: Steerer, teacher: Scorer, prompt: str, text: str, token_ids: list[int]) -> float:
     prompt_ids = steerer.lm.render_chat([{"role": "user", "content": prompt}])[0] if steerer.lm.has_chat_template else steerer.lm.tokenize(prompt)
-    return float(teacher.score_responses(prompt, prompt_ids, [(generation.text, generation.token_ids)])[0])
+    return float(teacher.score_responses(prompt, prompt_ids, [(text, token_ids)])[0])
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

@@ -314,9 +314,12 @@ def calibrate(top_k: int, temperature: float, ratios: tuple[float, ...], as_json
 @click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
 @click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...) or any gate name [default: the whole grid].")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decode rows in N worker processes (as sia batch does).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, help="Decode rows on Ray actors (--ray alone: a local Ray; or an address).")
 @click.pass_context
 @_fail_cleanly
-def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seeds: int, judge: Path | None, arms: str | None, out_dir: Path, **opts: Any) -> None:
+def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seeds: int, judge: Path | None, arms: str | None, out_dir: Path,
+          workers: int, ray_address: str | None, **opts: Any) -> None:
     """Measure alignment vs cost over a grid of arms; writes results.jsonl, summary.json and plots.
 
     \b
@@ -335,8 +338,15 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
     grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
     the_judge = RewardJudge(OnnxReward(judge, provider=opts["reward_provider"])) if judge else VaderJudge()
     teacher = _load_scorer({**opts, "vm": None}, steerer.lm) if opts.get("vm") else None  # --vm steers; --reward (default) scores
+    spec = None
+    if workers > 1 or ray_address:
+        from .batch import WorkerSpec
+
+        spec = WorkerSpec(_lm_settings(opts), _scorer_settings(opts), steerer.config)
     with _progress("benchmark") as tick:
-        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher,
+        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher, worker_spec=spec,
+                          workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
+                          ray_address=None if ray_address in (None, "local") else ray_address,
                           progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
     click.echo(markdown_table(result.summary))
     click.echo(f"Pareto front (judge vs cost): {', '.join(result.summary['pareto_front'])}")

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import RewardModelError
+from .errors import ConfigError, RewardModelError
 from .lm import LM, file_fingerprint
 from .scorer import Junction, ScorerInfo
 
@@ -112,7 +112,8 @@ class _Head:
 
     def _one_sequence(self, junctions: Sequence[Junction]) -> Junction:
         if len(junctions) != 1 or junctions[0].key != 0:
-            raise RewardModelError("value heads on the LM steer one sequence at a time", "use --gate none for Best-of-N, or a reward folder")
+            raise ConfigError("value heads on the LM steer one sequence at a time, not Best-of-N", "use --best-of 1, or a reward folder",
+                              api_hint="use n = 1, or sia.gate \"none\"")
         return junctions[0]
 
 

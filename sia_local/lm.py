@@ -22,6 +22,22 @@ from .errors import ContextLengthError, ModelError, PromptError
 
 Message = dict[str, str]
 
+def _threads_that_yield() -> None:
+    """Make llama.cpp's OpenMP worker threads sleep, not spin, while they wait for each other.
+
+    Spinning is fastest on an idle machine, but when another program (a browser, a second model)
+    holds a core, the spinning thread burns the time its partner needs and every step stalls: on two
+    cores beside one busy process we measured a collapse to a fraction of a token per second. The
+    OpenMP runtime reads this when llama.cpp loads, so it is set at import; a policy the user set
+    (OMP_WAIT_POLICY, GOMP_SPINCOUNT) is kept, and SIA_THREAD_POLICY=keep leaves everything alone.
+    """
+    if os.environ.get("SIA_THREAD_POLICY") == "keep" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_threads_that_yield()
+
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=40)
 _LOG_STATE = {"verbose": False}
 _log_callback: Any = None  # keeps the ctypes callback alive

@@ -146,3 +146,23 @@ def test_ray_actors_give_the_same_rows_and_survive_a_kill(tmp_path: Path, tiny_g
         assert {r["id"]: r["text"] for r in seen} == local
     finally:
         ray.shutdown()
+
+
+def test_bench_grid_on_two_workers_equals_one(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    pytest.importorskip("vaderSentiment")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello there.\nTell me a story.\nWhy?\n")
+    base = ["bench", "-m", str(tiny_gguf), "-c", "512", "-r", str(tiny_reward), "--prompts", str(prompts), "-n", "10", "--tau", "1.2",
+            "--arms", "base,sia@0.4,random@0.4,dense,bon-2"]
+    one = CliRunner().invoke(main, base + ["-o", str(tmp_path / "one")])
+    two = CliRunner().invoke(main, base + ["-o", str(tmp_path / "two"), "--workers", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, (one.output, two.output)
+
+    def rows(d: str) -> dict:
+        out = {}
+        for line in (tmp_path / d / "results.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            out[(r["arm"], r["prompt_index"])] = (r["text"], r["junctions"], round(r["reward"], 6), r.get("bon_scores"))
+        return out
+
+    assert rows("one") == rows("two") and len(rows("one")) == 15

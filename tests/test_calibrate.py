@@ -43,15 +43,29 @@ def test_each_answer_realises_the_asked_ratio(tiny_lm: LM, tiny_reward: Path) ->
     ratio = 0.3
     steerer = Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=ratio, max_tokens=128, weight=3.0))
     tau = steerer.resolve_tau(steerer.config)
-    fixed_errors = []
     for i, prompt in enumerate(UNSEEN[:4]):
         stats = steerer.generate(prompt, seed=100 + i, raw=True).stats
         assert stats.tokens >= 100
         assert abs(stats.ratio - ratio) <= 0.05, (prompt, stats.ratio)
         fixed = steerer.generate(prompt, seed=100 + i, raw=True, tau=tau).stats  # the pure fixed-tau mode is kept
         assert fixed.ratio_target is None and fixed.tau == tau
-        fixed_errors.append(abs(fixed.ratio - ratio))
-    assert max(fixed_errors) > 0.05  # without the control some answers miss: the control is doing the work
+
+
+def test_control_holds_the_ratio_where_a_fixed_tau_drifts() -> None:
+    """Steered text runs hotter than the calibration set: a fixed tau over-steers, the controlled gate does not."""
+    from sia_local.junction import ControlledEntropyGate, EntropyGate
+
+    rng = np.random.default_rng(0)
+    calibration = rng.gamma(2.0, 0.5, size=5000)
+    tau = tau_from_entropies(calibration, 0.2)
+    for shift in (0.0, 0.4, -0.3):  # the answer's entropies sit higher (or lower) than calibration's
+        answer = rng.gamma(2.0, 0.5, size=128) + shift
+        fixed, controlled = EntropyGate(tau), ControlledEntropyGate(tau, 0.2)
+        share_fixed = np.mean([fixed(i, h) for i, h in enumerate(answer)])
+        share_controlled = np.mean([controlled(i, h) for i, h in enumerate(answer)])
+        assert abs(share_controlled - 0.2) <= 0.05, (shift, share_controlled)
+        if shift:
+            assert abs(share_fixed - 0.2) > 0.05, (shift, share_fixed)
 
 
 def test_profile_is_cached_per_model(tiny_lm: LM) -> None:

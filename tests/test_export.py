@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("onnxscript")
+_HOW = 'pip install "torch==2.13.0" && pip install -e ".[export]" (or WITH_EXPORT=1 bash scripts/install.sh)'
+torch = pytest.importorskip("torch", reason=_HOW)
+pytest.importorskip("transformers", reason=_HOW)
+pytest.importorskip("onnxscript", reason=_HOW)
 
 from click.testing import CliRunner  # noqa: E402
 

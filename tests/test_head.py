@@ -137,6 +137,6 @@ def test_gemma3_end_to_end(tmp_path: Path) -> None:
     assert card["n_vocab"] == lm.n_vocab and card["samples"] == len(PROMPTS) * 2
     for which in ("branch", "prefix"):
         head = load_head(tmp_path / "gemma-head" / f"{which}.npz", lm)
-        g = Steerer(lm, head, SteerConfig(gate="dense", max_tokens=8, seed=0)).generate("Say something kind.")
+        g = Steerer(lm, head, SteerConfig(gate="dense", max_tokens=8, seed=0)).generate("Say something kind.", raw=True)  # no chat template
         assert g.stats.tokens > 0 and g.stats.junctions == g.stats.tokens
     lm.track_hidden(False)

@@ -132,7 +132,7 @@ def test_cli_generate_with_vm_and_best_of(vm_dir: Path, tiny_gguf: Path) -> None
 
 
 def test_vm_export_from_hugging_face(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="pip install \"torch==2.13.0\" && pip install -e \".[export]\"")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
