@@ -6,8 +6,10 @@ Steering settings ride along as an extra body field, e.g. ``"sia": {"ratio": 0.2
 
 Concurrency: one llama.cpp context serves one generation at a time (an asyncio lock); up to
 `max_queue` requests wait behind it and any more get a 503 at once. A generation runs in a worker
-thread that checks a cancel flag at every token, so a client that disconnects frees the model
-after at most one more token.
+thread that checks a cancel flag at every token, so a streaming client that disconnects frees the
+model after at most one more token. Non-streaming and n > 1 requests poll `is_disconnected()`, but
+uvicorn does not report a closed socket while nothing is written, so in practice those run to the
+end (or to --request-timeout, which stops every kind of request).
 """
 
 from __future__ import annotations
