@@ -412,7 +412,7 @@ SPEED_PROMPT = "Once upon a time, in a small village by the sea, there lived an 
 
 
 def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float = 0.2, best_of: int = 8,
-          heads: dict[str, Any] | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+          heads: dict[str, Scorer] | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Side by side, interleaved: llama-cpp-python's create_completion, gate none, entropy@ratio, dense,
     and Best-of-N batched vs N sequential runs; with `heads` ({name: scorer on the same LM}), each head at
     entropy@ratio and dense too. Returns medians and the ratios the project tracks."""
@@ -426,22 +426,14 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
                                     min_p=0.0, repeat_penalty=1.0, seed=seed)
         return {"tokens": out["usage"]["completion_tokens"], "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
 
-    def sia(gate: str) -> Callable[[int], dict[str, float]]:
+    def sia(gate: str, scorer: Scorer | None = None) -> Callable[[int], dict[str, float]]:
+        """An arm of our loop; `scorer` replaces the steerer's own (a value head on the same LM)."""
+        runner = steerer if scorer is None else Steerer(lm, scorer, steerer.config)
+
         def run(seed: int) -> dict[str, float]:
             llm.reset()  # no prompt-cache advantage over create_completion
             t = time.perf_counter()
-            g = steerer.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
-            s = g.stats
-            return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
-        return run
-
-    def with_head(head: Any, gate: str) -> Callable[[int], dict[str, float]]:
-        other = Steerer(lm, head, steerer.config)
-
-        def run(seed: int) -> dict[str, float]:
-            llm.reset()
-            t = time.perf_counter()
-            g = other.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
+            g = runner.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
             s = g.stats
             return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
         return run
@@ -464,8 +456,8 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),
             f"bon-{best_of} batched": bon_batched, f"bon-{best_of} sequential": bon_sequential}
     for name, head in (heads or {}).items():
-        arms[f"{name}@{ratio:g}"] = with_head(head, "entropy")
-        arms[f"{name} dense"] = with_head(head, "dense")
+        arms[f"{name}@{ratio:g}"] = sia("entropy", head)
+        arms[f"{name} dense"] = sia("dense", head)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
     total, done = repeats * len(arms), 0
     for rep in range(repeats):

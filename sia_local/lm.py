@@ -219,10 +219,7 @@ class LM:
 
     def logits(self) -> np.ndarray:
         """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
-        import llama_cpp
-
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, self._logits_row)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return _compat_logits_view(self._ctx, self.n_vocab, self._logits_row)
 
     # -- hidden states and branches (value heads on the LM's own hidden state) ---------------------------
     def track_hidden(self, on: bool = True) -> None:
@@ -557,10 +554,11 @@ def _chat_formatter(llm: Any, lm: LM, chat_format: str | None, chat_template: st
 
 
 # -- llama-cpp-python version shims (names changed across 0.2.x / 0.3.x) --------------------------
-def _compat_logits_view(ctx: Any, n_vocab: int) -> np.ndarray:
+def _compat_logits_view(ctx: Any, n_vocab: int, row: int = -1) -> np.ndarray:
+    """Output row `row` of the last decode (-1: the last one); a branch decode has one row per candidate."""
     import llama_cpp
 
-    ptr = llama_cpp.llama_get_logits_ith(ctx, -1)
+    ptr = llama_cpp.llama_get_logits_ith(ctx, row)
     return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 
 

@@ -136,6 +136,7 @@ class Steerer:
         self.config = config or SteerConfig()
         self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
         self._taus: dict[tuple[int, float], float] = {}
+        self.calibration_seconds = 0.0  # what the last resolve_tau spent calibrating (0 when the profile was cached)
 
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Generation:
         """Generate one response. `prompt` is a user message, or a list of chat messages.
@@ -153,10 +154,9 @@ class Steerer:
         """Like `generate`, yielding `Piece`s as tokens are chosen."""
         config = self.config_for(**overrides)
         prepared = self.prepare(prompt, system, raw)
-        fresh = config.needs_tau() and not self.is_calibrated(config.top_k)
-        t = time.perf_counter()
+        self.calibration_seconds = 0.0
         tau = self.tau_for(config)
-        return Stream(self._decode(prepared, config, tau, time.perf_counter() - t if fresh else 0.0))
+        return Stream(self._decode(prepared, config, tau, self.calibration_seconds))
 
     def config_for(self, **overrides: Any) -> SteerConfig:
         """This steerer's config with per-call changes, checked against what is loaded."""
@@ -181,9 +181,13 @@ class Steerer:
         assert config.ratio is not None
         key = (config.top_k, config.ratio)
         if key not in self._taus:
-            if not self.is_calibrated(config.top_k):
+            fresh = not self.is_calibrated(config.top_k)
+            if fresh:
                 self.announce(f"calibrating tau for {self.lm.path.name} at k={config.top_k} (once per model and k; cached)")
+            t = time.perf_counter()
             self._taus[key] = tau_for_ratio(self.lm, config.ratio, top_k=config.top_k, progress=progress)
+            if fresh:
+                self.calibration_seconds = time.perf_counter() - t
         return self._taus[key]
 
     def is_calibrated(self, top_k: int) -> bool:
