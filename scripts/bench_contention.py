@@ -1,9 +1,11 @@
-"""Decoding speed alone and beside one busy process, for llama.cpp's OpenMP wait policies and thread counts.
+"""Decoding speed alone and beside one busy process: sia's adaptive thread count against fixed thread
+counts and llama.cpp's OpenMP wait policies.
 
 llama.cpp's worker threads wait for each other many times per token; when a waiting thread spins and
 another program holds the core its partner needs, every step stalls. Each configuration runs in its
 own process (the OpenMP runtime reads its settings when it loads), `sia`'s loop with --gate none,
-64 tokens, median of 3, first alone and then beside `python -c "while True: pass"`.
+64 tokens, median of 3 after a 64-token warm-up, first alone and then beside
+`python -c "while True: pass"`.
 
     python scripts/bench_contention.py --json docs/bench/contention.json
 """
@@ -24,7 +26,7 @@ from sia_local import runtime
 from sia_local.config import SteerConfig
 threads = int(sys.argv[1]) or None
 steerer = runtime.load(runtime.LMSettings(n_threads=threads), None, SteerConfig(gate="none", max_tokens=64))
-steerer.generate("Once upon a time", raw=True, seed=0)  # warm-up
+steerer.generate("Once upon a time, in a small village by the sea, there lived", raw=True, seed=99)  # warm-up
 runs = []
 for seed in range(3):
     g = steerer.generate("Once upon a time, in a small village by the sea, there lived", raw=True, seed=seed)
@@ -33,6 +35,7 @@ print(json.dumps({"tok_s": statistics.median(runs)}))
 """
 
 CONFIGS = {
+    "sia default: adaptive threads": ({}, 0),
     "default (OpenMP's own policy), -t 2": ({}, 2),
     "OMP_WAIT_POLICY=PASSIVE, -t 2": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
     "OMP_WAIT_POLICY=ACTIVE, -t 2": ({"OMP_WAIT_POLICY": "ACTIVE"}, 2),
@@ -43,8 +46,7 @@ CONFIGS = {
 
 def measure(env: dict[str, str], threads: int) -> float:
     full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SIA_THREAD_POLICY")}
-    full.update(env)
-    full["SIA_THREAD_POLICY"] = "keep"  # measure the raw policy, not sia's default
+    full.update(env)  # -t N (threads > 0) is a fixed count; 0 lets sia adapt it
     out = subprocess.run([sys.executable, "-c", CHILD, str(threads)], env=full, capture_output=True, text=True, timeout=600, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["tok_s"])
 

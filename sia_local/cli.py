@@ -51,6 +51,8 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-ngl", "--n-gpu-layers", "n_gpu_layers", type=int, default=0, show_default=True,
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
         click.option("--chat-format", default=None, help="llama-cpp-python chat format (e.g. chatml) instead of the GGUF's template."),
+        click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="Flash attention (auto: llama.cpp turns it on where the device has the kernel)."),
         click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's and onnxruntime's logs."),
     ]
     for option in reversed(options):
@@ -677,7 +679,7 @@ def _lm_settings(opts: dict[str, Any]) -> "LMSettings":
     from .runtime import LMSettings
 
     return LMSettings(model=opts["model"], n_ctx=opts["n_ctx"], n_threads=opts["n_threads"], n_gpu_layers=opts["n_gpu_layers"],
-                      chat_format=opts["chat_format"], verbose=opts["verbose"])
+                      chat_format=opts["chat_format"], verbose=opts["verbose"], flash_attn=opts.get("flash_attn", "auto"))
 
 
 def _scorer_settings(opts: dict[str, Any]) -> "ScorerSettings":

@@ -20,19 +20,44 @@ if TYPE_CHECKING:  # config imports this module for the gate names; the type is 
     from .config import SteerConfig
 
 
+_BLOCK = 256  # top_k's block size: a few hundred blocks for a 49k-262k vocabulary
+
+
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest logits, highest first.
+    """The k largest logits, highest first, without a selection pass over the whole vocabulary.
+
+    Exact: every one of the k largest values lives in a block whose maximum is among the k largest
+    block maxima (otherwise k larger values would exist). So one vectorised max per block of 256, a
+    selection over the block maxima and one over k blocks replace `argpartition` over all logits:
+    0.78 -> 0.18 ms at Gemma 3's 262k vocabulary on our 2-core test machine.
 
     Args:
         logits: (n_vocab,) float32, e.g. a view on llama.cpp's output buffer (not modified).
     Returns:
-        ids (k,) int64 and their logits z (k,) float64, sorted descending.
+        ids (k,) int64 and their logits z (k,) float64, sorted descending (ties: lower id first).
     """
-    k = min(k, logits.shape[0])
-    ids = np.argpartition(logits, -k)[-k:]  # (k,) unordered
+    n = logits.shape[0]
+    k = min(k, n)
+    full = n // _BLOCK * _BLOCK
+    if full // _BLOCK <= k:  # a small vocabulary: plain selection
+        pool = np.arange(n)
+    else:
+        block_max = logits[:full].reshape(-1, _BLOCK).max(axis=1)
+        best = np.argpartition(block_max, -k)[-k:]
+        pool = (best[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
+        if full < n:
+            pool = np.concatenate([pool, np.arange(full, n)])
+    values = logits[pool]
+    ids = pool[np.argpartition(values, -k)[-k:]] if len(pool) > k else pool
     z = logits[ids].astype(np.float64)
-    order = np.argsort(-z, kind="stable")
+    order = np.lexsort((ids, -z))
     return ids[order].astype(np.int64), z[order]
+
+
+def log_normaliser(logits: np.ndarray, top: float) -> float:
+    """log sum exp(logits), given their maximum `top`: exp in float32 (what llama.cpp's own softmax
+    uses), the sum in float64 -- half the time of a float64 pass at a 262k vocabulary."""
+    return top + float(np.log(np.exp(logits - np.float32(top)).sum(dtype=np.float64)))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

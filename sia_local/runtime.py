@@ -40,6 +40,7 @@ class LMSettings:
     n_gpu_layers: int = 0
     chat_format: str | None = None
     verbose: bool = False
+    flash_attn: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
 
     path = resolve_model(settings.model) if settings.model else default_model_path()
     return LM(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
-              chat_format=settings.chat_format, verbose=settings.verbose, hidden=hidden)
+              chat_format=settings.chat_format, verbose=settings.verbose, flash_attn=settings.flash_attn, hidden=hidden)
 
 
 def needs_hidden(scorer: ScorerSettings | None) -> bool:

@@ -7,9 +7,9 @@ Steering settings ride along as an extra body field, e.g. ``"sia": {"ratio": 0.2
 Concurrency: one llama.cpp context serves one generation at a time (an asyncio lock); up to
 `max_queue` requests wait behind it and any more get a 503 at once. A generation runs in a worker
 thread that checks a cancel flag at every token, so a streaming client that disconnects frees the
-model after at most one more token. Non-streaming and n > 1 requests poll `is_disconnected()`, but
-uvicorn does not report a closed socket while nothing is written, so in practice those run to the
-end (or to --request-timeout, which stops every kind of request).
+model after at most one more token; non-streaming and n > 1 requests poll `is_disconnected()` at
+every token / step (which is why the server's own checks are a plain ASGI middleware, see `_Guard`).
+--request-timeout stops every kind of request.
 """
 
 from __future__ import annotations
@@ -217,7 +217,8 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
     """
     token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
     app = FastAPI(title="sia-local", version="0.1.0")
-    if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers); outermost, so preflights pass
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
@@ -227,16 +228,6 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Any:
-        given = request.headers.get("authorization", "").encode()
-        if api_key and request.url.path.startswith("/v1/") and not hmac.compare_digest(given, f"Bearer {api_key}".encode()):  # constant time
-            return JSONResponse(ApiError(401, "missing or wrong API key", code="invalid_api_key").body(), status_code=401)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse(ApiError(413, f"the request body is over {max_body_bytes} bytes", code="request_too_large").body(), status_code=413)
-        return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -292,6 +283,32 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+class _Guard:
+    """The API key (compared in constant time) and the body-size limit, checked before any endpoint runs.
+
+    A plain ASGI middleware on purpose: Starlette's BaseHTTPMiddleware (what ``@app.middleware`` makes)
+    wraps `receive`, and behind it `request.is_disconnected()` never sees a client leave, so a
+    non-streaming request would hold the model to the end.
+    """
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            refusal: ApiError | None = None
+            if self.api_key and scope["path"].startswith("/v1/") and not hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode()):
+                refusal = ApiError(401, "missing or wrong API key", code="invalid_api_key")
+            length = headers.get(b"content-length", b"")
+            if refusal is None and length.isdigit() and int(length) > self.max_body_bytes:
+                refusal = ApiError(413, f"the request body is over {self.max_body_bytes} bytes", code="request_too_large")
+            if refusal is not None:
+                await JSONResponse(refusal.body(), status_code=refusal.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _parse(request: Any, model: type[_Request], max_body_bytes: int) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 from .calibrate import is_calibrated, tau_for_ratio
 from .config import SteerConfig
 from .errors import ConfigError, PromptError
-from .junction import entropy, gate_spec, make_gate, pick, top_k
+from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, top_k
 from .lm import LM, Message
 from .scorer import Junction, Scorer
 
@@ -288,8 +288,7 @@ class SequenceState:
         self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
         if self.cfg.logprobs:
             t = time.perf_counter()
-            top = float(self._z[0])
-            self._lse = top + float(np.log(np.exp(logits.astype(np.float64) - top).sum()))
+            self._lse = log_normaliser(logits, float(self._z[0]))
             self.stats.logprob_seconds += time.perf_counter() - t
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)

@@ -36,24 +36,34 @@ def head_dir(tmp_path_factory: pytest.TempPathFactory, hidden_lm: LM, tiny_rewar
     return out
 
 
-def test_branch_decode_equals_single_decodes(hidden_lm: LM, tiny_gguf: Path) -> None:
-    ref = LM(tiny_gguf, n_ctx=512, hidden=True)
-    prompt = hidden_lm.tokenize("Hello there, how are")
-    cand, _ = top_k(hidden_lm.prefill(prompt), 10)
-    hidden = hidden_lm.branch([int(c) for c in cand])  # (10, n_embd) from one decode
+@pytest.mark.parametrize("flash_attn, atol", [("off", 1e-4), ("auto", 1e-2)])
+def test_branch_decode_equals_single_decodes(tiny_gguf: Path, flash_attn: str, atol: float) -> None:
+    """Exact without flash attention. With it (the default, auto), llama.cpp's F16 attention sums in
+    an order that depends on where cells sit in the cache, so the kept branch and a plain decode agree
+    to ~3e-3 in the logits, not bit for bit."""
+    lm = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn=flash_attn)
+    ref = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn=flash_attn)
+    prompt = lm.tokenize("Hello there, how are")
+    cand, _ = top_k(lm.prefill(prompt), 10)
+    hidden = lm.branch([int(c) for c in cand])  # (10, n_embd) from one decode
     alone = np.stack([ref.hidden_states([*prompt, int(c)])[-1] for c in cand])
-    np.testing.assert_allclose(hidden, alone, atol=1e-4)
+    np.testing.assert_allclose(hidden, alone, atol=atol)
     chosen = int(cand[3])
-    kept = hidden_lm.step(chosen).copy()  # the kept branch: no decode, its logits
-    plain = LM(tiny_gguf, n_ctx=512)  # an LM that decoded the chosen token plainly
-    np.testing.assert_allclose(kept, plain.prefill([*prompt, chosen]), atol=1e-4)
-    assert hidden_lm.n_past == len(prompt) + 1
+    kept = lm.step(chosen).copy()  # the kept branch: no decode, its logits
+    plain = LM(tiny_gguf, n_ctx=512, flash_attn=flash_attn)  # an LM that decoded the chosen token plainly
+    np.testing.assert_allclose(kept, plain.prefill([*prompt, chosen]), atol=atol)
+    assert lm.n_past == len(prompt) + 1
     nxt = int(np.argmax(kept))
-    np.testing.assert_allclose(hidden_lm.step(nxt), plain.step(nxt), atol=1e-4)  # the context after the junction is the plain one
-    cand, _ = top_k(hidden_lm.logits(), 5)
-    hidden_lm.branch([int(c) for c in cand])
-    other = next(t for t in range(hidden_lm.n_vocab) if t not in set(cand.tolist()))
-    np.testing.assert_allclose(hidden_lm.step(other), plain.step(other), atol=1e-4)  # a token not branched: branches dropped, plain decode
+    np.testing.assert_allclose(lm.step(nxt), plain.step(nxt), atol=atol)  # the context after the junction is the plain one
+    cand, _ = top_k(lm.logits(), 5)
+    lm.branch([int(c) for c in cand])
+    other = next(t for t in range(lm.n_vocab) if t not in set(cand.tolist()))
+    np.testing.assert_allclose(lm.step(other), plain.step(other), atol=atol)  # a token not branched: branches dropped, plain decode
+
+
+def test_flash_attention_setting_is_checked(tiny_gguf: Path) -> None:
+    with pytest.raises(Exception, match="--flash-attn"):
+        LM(tiny_gguf, n_ctx=64, flash_attn="maybe")
 
 
 @pytest.mark.parametrize("which", ["branch", "prefix"])

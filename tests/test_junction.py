@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sia_local.config import SteerConfig
-from sia_local.junction import DenseGate, EntropyGate, FirstNGate, NoGate, RandomGate, entropy, make_gate, softmax, top_k
+from sia_local.junction import DenseGate, EntropyGate, FirstNGate, NoGate, RandomGate, entropy, log_normaliser, make_gate, softmax, top_k
 from sia_local.junction import pick as _pick
 from sia_local.steer import _held_back, _find_stop
 
@@ -40,6 +40,38 @@ def test_top_k_sorted_and_does_not_touch_logits() -> None:
     np.testing.assert_array_equal(logits, before)
     ids_all, _ = top_k(logits, 100)  # k larger than the vocabulary
     assert len(ids_all) == 6
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 40), st.integers(0, 2**32 - 1), st.booleans())
+def test_top_k_by_blocks_equals_a_full_sort(n: int, k: int, seed: int, ties: bool) -> None:
+    """The block-maximum shortcut returns exactly the k largest values, highest first, for any size
+    (below, at and across block boundaries) and with ties."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(n) * 4).astype(np.float32)
+    if ties:
+        logits = np.round(logits)
+    ids, z = top_k(logits, k)
+    want = np.sort(logits)[::-1][: min(k, n)]
+    np.testing.assert_array_equal(z.astype(np.float32), want)
+    np.testing.assert_array_equal(logits[ids], want)
+    assert len(set(ids.tolist())) == len(ids)
+
+
+def test_top_k_at_gemma_vocabulary_size() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal(262_144).astype(np.float32)
+    logits[[7, 100_000, 262_143]] = [9.0, 8.0, 10.0]  # the first, a middle and the last block
+    ids, z = top_k(logits, 10)
+    assert ids[:3].tolist() == [262_143, 7, 100_000]
+    np.testing.assert_array_equal(z, np.sort(logits.astype(np.float64))[::-1][:10])
+
+
+def test_log_normaliser_matches_float64() -> None:
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal(50_000) * 5).astype(np.float32)
+    want = np.log(np.exp(logits.astype(np.float64) - logits.max()).sum()) + logits.max()
+    assert log_normaliser(logits, float(logits.max())) == pytest.approx(want, abs=1e-6)
 
 
 @settings(max_examples=200, deadline=None)

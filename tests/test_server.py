@@ -151,11 +151,11 @@ def test_concurrent_clients_get_unmixed_answers_or_503(server: _Server, steerer:
                        json={"messages": [{"role": "user", "content": f"Client {i} here."}], "max_tokens": 24, "seed": i})
         return i, r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.json()["error"]["code"]
 
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(ask, range(20)))
+    with ThreadPoolExecutor(50) as pool:  # 50 at once against a queue of 4
+        results = list(pool.map(ask, range(50)))
     ok = [(i, text) for i, code, text in results if code == 200]
     busy = [i for i, code, text in results if code == 503]
-    assert len(ok) + len(busy) == 20 and ok
+    assert len(ok) + len(busy) == 50 and ok and busy
     assert all(text == "server_busy" for i, code, text in results if code == 503)
     for i, text in ok:  # each answer is exactly what that request alone produces
         assert text == steerer.generate([{"role": "user", "content": f"Client {i} here."}], max_tokens=24, seed=i).text
@@ -169,15 +169,30 @@ def test_disconnect_mid_stream_frees_the_model(server: _Server, client) -> None:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in got)
+    _wait_until_freed(server, before)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert r.choices[0].message.content is not None
+
+
+def _wait_until_freed(server: _Server, before: int) -> dict:
     deadline = time.time() + 30
     while True:
         health = httpx.get(server.url + "/health").json()
         if health["active"] == 0 and health["cancelled"] > before:
-            break
+            return health
         assert time.time() < deadline, health
         time.sleep(0.05)
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
-    assert r.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_disconnect_without_streaming_frees_the_model(server: _Server, n: int) -> None:
+    """A client that stops waiting for a non-streamed answer (or a Best-of-N one) is noticed at the next token / step."""
+    before = httpx.get(server.url + "/health").json()
+    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "n": n, "sia": {"gate": "dense"}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+    health = _wait_until_freed(server, before["cancelled"])
+    assert health["served"] == before["served"]  # stopped, not finished
 
 
 def test_api_key(steerer: Steerer) -> None:
