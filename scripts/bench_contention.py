@@ -5,7 +5,7 @@ llama.cpp's worker threads wait for each other many times per token; when a wait
 another program holds the core its partner needs, every step stalls. Each configuration runs in its
 own process (the OpenMP runtime reads its settings when it loads), `sia`'s loop with --gate none,
 64 tokens, median of 3 after a 64-token warm-up, first alone and then beside
-`python -c "while True: pass"`.
+`python -c "while True: pass"`; configurations interleaved over --rounds, medians reported.
 
     python scripts/bench_contention.py --json docs/bench/contention.json
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -54,17 +55,24 @@ def measure(env: dict[str, str], threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (interleaved; medians reported)")
     args = ap.parse_args()
+    runs: dict[str, dict[str, list[float]]] = {name: {"alone": [], "busy": []} for name in CONFIGS}
+    for r in range(args.rounds):  # interleaved, because a shared VM's speed drifts by 20 % from minute to minute
+        for name, (env, threads) in CONFIGS.items():
+            runs[name]["alone"].append(measure(env, threads))
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)
+            try:
+                runs[name]["busy"].append(measure(env, threads))
+            finally:
+                hog.kill()
+                hog.wait()
+            print(f"round {r + 1}: {name:38} alone {runs[name]['alone'][-1]:6.1f}  busy {runs[name]['busy'][-1]:6.1f}", flush=True)
     result = {}
-    for name, (env, threads) in CONFIGS.items():
-        alone = measure(env, threads)
-        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        time.sleep(0.5)
-        try:
-            busy = measure(env, threads)
-        finally:
-            hog.kill()
-        result[name] = {"alone_tok_s": alone, "beside_busy_tok_s": busy, "busy_over_alone": busy / alone}
+    for name, rs in runs.items():
+        alone, busy = statistics.median(rs["alone"]), statistics.median(rs["busy"])
+        result[name] = {"alone_tok_s": alone, "beside_busy_tok_s": busy, "busy_over_alone": busy / alone, "runs": rs}
         print(f"{name:38} alone {alone:6.1f} tok/s   beside a busy process {busy:6.1f} tok/s   ({busy / alone:.2f}x)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
