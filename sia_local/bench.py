@@ -284,16 +284,42 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return m, se
 
 
+def _prompt_mean_se(rows: Sequence[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Mean of `key` and its standard error with prompts as the unit: seeds of one prompt are averaged
+    first, since they share the prompt and are not independent samples."""
+    per_prompt: dict[int, list[float]] = {}
+    for r in rows:
+        per_prompt.setdefault(r["prompt_index"], []).append(r[key])
+    return _mean_se([statistics.fmean(v) for v in per_prompt.values()])
+
+
+def paired(rows: Sequence[dict[str, Any]], arm: str, other: str, key: str) -> dict[str, float] | None:
+    """arm − other on `key` over the (prompt, seed) pairs both have: mean difference, its standard error
+    over prompts, and the share of prompts where `arm` is ahead. None when they share no pair."""
+    a = {(r["prompt_index"], r["seed"]): r[key] for r in rows if r["arm"] == arm}
+    b = {(r["prompt_index"], r["seed"]): r[key] for r in rows if r["arm"] == other}
+    both = sorted(set(a) & set(b))
+    if not both:
+        return None
+    per_prompt: dict[int, list[float]] = {}
+    for pair in both:
+        per_prompt.setdefault(pair[0], []).append(a[pair] - b[pair])
+    diffs = [statistics.fmean(v) for v in per_prompt.values()]
+    mean, se = _mean_se(diffs)
+    return {"mean_diff": mean, "se": se, "prompts": len(diffs), "pairs": len(both), "prompts_ahead": sum(d > 0 for d in diffs) / len(diffs)}
+
+
 def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[str, float]) -> dict[str, Any]:
-    """Per-arm means (with standard errors), cost relative to base, and the Pareto front of judge vs cost."""
+    """Per-arm means (standard errors over prompts), cost relative to base, the Pareto front of judge vs
+    cost, and paired differences of each SIA arm against the random arm matched to its realised ratio."""
     by_arm: dict[str, dict[str, Any]] = {}
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm.name]
         if not rs:
             continue
         out_tokens = sum(r["tokens"] for r in rs) or 1
-        reward, reward_se = _mean_se([r["reward"] for r in rs])
-        judge, judge_se = _mean_se([r["judge"] for r in rs])
+        reward, reward_se = _prompt_mean_se(rs, "reward")
+        judge, judge_se = _prompt_mean_se(rs, "judge")
         logppl = [math.log(r["perplexity"]) * r["tokens"] for r in rs if r.get("perplexity")]
         by_arm[arm.name] = {
             "n": len(rs), "gate": arm.gate, "best_of": arm.best_of, "tau": taus.get(arm.name),
@@ -313,7 +339,9 @@ def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[st
     front = [name for name, v in by_arm.items()
              if not any(o["judge"] >= v["judge"] and o["seconds_per_token"] <= v["seconds_per_token"] and
                         (o["judge"] > v["judge"] or o["seconds_per_token"] < v["seconds_per_token"]) for o in by_arm.values())]
-    return {"arms": by_arm, "pareto_front": front}
+    comparisons = {f"{arm.match} vs {arm.name}": {key: paired(rows, arm.match, arm.name, key) for key in ("judge", "reward")}
+                   for arm in arms if arm.match is not None and arm.match in by_arm and arm.name in by_arm}
+    return {"arms": by_arm, "pareto_front": front, "paired": comparisons}
 
 
 def _setup(steerer: Steerer, judge: Judge, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:

@@ -352,6 +352,10 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
                           progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
     click.echo(markdown_table(result.summary))
     click.echo(f"Pareto front (judge vs cost): {', '.join(result.summary['pareto_front'])}")
+    for pair, by_key in result.summary.get("paired", {}).items():
+        parts = [f"{key} {d['mean_diff']:+.3f} ± {d['se']:.3f} (ahead on {d['prompts_ahead']:.0%} of {d['prompts']} prompts)"
+                 for key, d in by_key.items() if d]
+        click.echo(f"paired, {pair}: " + "; ".join(parts))
     click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
 
 

@@ -110,17 +110,20 @@ class _Head:
         data = np.load(self.folder / "branch.npz")
         return np.asarray(data["w"], dtype=np.float64), float(data["b"])
 
-    def _one_sequence(self, junctions: Sequence[Junction]) -> Junction:
-        if len(junctions) != 1 or junctions[0].key != 0:
-            raise ConfigError("value heads on the LM steer one sequence at a time, not Best-of-N", "use --best-of 1, or a reward folder",
-                              api_hint="use n = 1, or sia.gate \"none\"")
-        return junctions[0]
+    @staticmethod
+    def _decoder(junctions: Sequence[Junction], lm: LM) -> Any:
+        """Where the junctions' sequences live: the LM (one sequence) or Best-of-N's batched context."""
+        decoders = {id(j.decoder) for j in junctions}
+        if len(decoders) > 1:
+            raise ConfigError("junctions from different contexts cannot be scored together", "score each context's junctions on their own")
+        return junctions[0].decoder if junctions and junctions[0].decoder is not None else lm
 
 
 class BranchHead(_Head):
     """V = w·h(prefix + c) + b, with h from one k-branch decode of the candidates."""
 
     kind = "branch"
+    lm_state = "branches"
 
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)
@@ -128,15 +131,16 @@ class BranchHead(_Head):
         self.b = float(self.weights["b"])
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
-        j = self._one_sequence(junctions)
-        hidden = self.lm.branch([int(c) for c in j.candidates])  # (k, n_embd); the chosen branch is kept by the LM
-        return [(hidden @ self.w + self.b).astype(np.float64)]
+        decoder = self._decoder(junctions, self.lm)
+        hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})  # one decode; chosen branches are kept
+        return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
 
 
 class PrefixHead(_Head):
     """Q(h, c) = a·h + u[c] + (A h)·L[c] + b from the prefix's hidden state: no decode at a junction."""
 
     kind = "prefix"
+    lm_state = "hidden"
 
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)
@@ -148,7 +152,10 @@ class PrefixHead(_Head):
         lm.track_hidden()
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
-        j = self._one_sequence(junctions)
-        h = self.lm.last_hidden()  # (n_embd,)
-        c = np.asarray(j.candidates, dtype=np.int64)
-        return [(float(self.a @ h) + self.b + self.u[c] + self.L[c] @ (self.A @ h)).astype(np.float64)]
+        decoder = self._decoder(junctions, self.lm)
+        out = []
+        for j in junctions:
+            h = decoder.hidden_of(j.key)  # (n_embd,)
+            c = np.asarray(j.candidates, dtype=np.int64)
+            out.append((float(self.a @ h) + self.b + self.u[c] + self.L[c] @ (self.A @ h)).astype(np.float64))
+        return out

@@ -292,6 +292,16 @@ class LM:
         self._n_branches = k
         return hidden
 
+    def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """`branch` in the form Best-of-N's `BatchContext.branches` has: {0: candidates} -> {0: (k, n_embd)}."""
+        if set(requests) != {0}:
+            raise ModelError(f"this context holds one sequence (0), asked to branch {sorted(requests)}", "use a BatchContext for several sequences")
+        return {0: self.branch(requests[0])}
+
+    def hidden_of(self, seq: int = 0) -> np.ndarray:
+        """`last_hidden` in the form `BatchContext.hidden_of` has (one sequence: 0)."""
+        return self.last_hidden()
+
     def hidden_states(self, tokens: Sequence[int], chunk: int = 64) -> np.ndarray:
         """(T, n_embd) final hidden states of every token of `tokens`, decoded from the start of the context.
 
@@ -372,18 +382,28 @@ class BatchContext:
     prompt is at least as long as the answers, one unified KV buffer holds it once (the copy is
     bookkeeping); otherwise each sequence gets its own buffer, so attention skips the other
     sequences' cells (measured ~4 % faster for BoN-8 on SmolLM2 at 128 tokens).
+
+    With `branches` = k (value heads on the LM's hidden state), each sequence also has k branch
+    sequences: `branches()` decodes the candidates of every steered sequence in one `llama_decode`,
+    and `step` keeps a sequence's chosen branch instead of decoding its token again, as `LM` does
+    for one sequence. `track_hidden` keeps every sequence's last hidden state (prefix heads).
     """
 
-    def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int) -> None:
+    def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int, *, branches: int = 0, track_hidden: bool = False) -> None:
         import llama_cpp
 
         limit = int(llama_cpp.llama_max_parallel_sequences()) if hasattr(llama_cpp, "llama_max_parallel_sequences") else 64
-        if not 1 <= n_seq <= limit:
-            raise PromptError(f"Best-of-N needs 1..{limit} sequences, got {n_seq}", f"use --best-of {min(max(n_seq, 1), limit)}")
+        if not 1 <= n_seq * (1 + branches) <= limit:
+            hint = f"use --best-of {max(1, min(n_seq, limit // (1 + branches)))}" + (" or a lower --top-k" if branches else "")
+            raise PromptError(f"Best-of-N needs 1..{limit} sequences, got {n_seq}" + (f" with {branches} branches each" if branches else ""), hint)
+        if (branches or track_hidden) and not lm.hidden:
+            raise ModelError(f"{lm.path.name} was loaded without hidden states", "load it with LM(..., hidden=True) (runtime does this for head folders)")
         self.lm = lm
         self.n_seq = n_seq
-        unified = prompt_tokens >= max_tokens
-        n_ctx = prompt_tokens + n_seq * (max_tokens + 1) + 8 if unified else n_seq * (prompt_tokens + max_tokens + 8)
+        self.k = branches
+        self.track_hidden = track_hidden
+        unified = prompt_tokens >= max_tokens or branches > 0  # branch sequences share their parent's cells
+        n_ctx = prompt_tokens + n_seq * (max_tokens + 1 + branches) + 8 if unified else n_seq * (prompt_tokens + max_tokens + 8)
         self.n_ctx = n_ctx if unified else n_ctx // n_seq  # the room each sequence has
         self.n_batch = 512
         base = lm._llm.context_params  # the same settings as the single-sequence context (flash attention, KV types, ...)
@@ -391,9 +411,9 @@ class BatchContext:
         params.n_ctx = n_ctx
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = n_seq
+        params.n_seq_max = n_seq * (1 + branches)
         params.n_threads = params.n_threads_batch = lm.n_threads
-        params.embeddings = False  # an LM loaded with hidden states: Best-of-N needs logits only
+        params.embeddings = bool(branches or track_hidden)  # pooling none, as the LM's own context; switched on per decode
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
         from llama_cpp._internals import LlamaContext
@@ -403,10 +423,14 @@ class BatchContext:
         except ValueError:
             raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens") from None
         self._ctx = self._context.ctx
-        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq), 0, n_seq)
+        if params.embeddings:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+        self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
         self.pos = [0] * n_seq
         self.decode_calls = 0
         self.tokens_decoded = 0
+        self._branched: dict[int, dict[int, int]] = {}  # seq -> {candidate token: output row of the last branch decode}
+        self._hidden: dict[int, np.ndarray] = {}  # seq -> hidden state of its last token (track_hidden)
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode the prompt once on sequence 0, share it with every sequence; the next-token logits (copied)."""
@@ -416,26 +440,91 @@ class BatchContext:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
-            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)])
+            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)], hidden=last and self.track_hidden)
         logits = _compat_logits_view(self._ctx, self.lm.n_vocab).copy()
+        if self.track_hidden:
+            h = self._embedding(-1)
+            self._hidden = {s: h for s in range(self.n_seq)}
         for seq in range(1, self.n_seq):
             _compat_seq_cp(self._context, 0, seq)
         self.pos = [len(tokens)] * self.n_seq
         return logits
 
+    def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """{seq: candidates} -> {seq: (k, n_embd) hidden states of seq + c}, all from ONE llama_decode.
+
+        Branch j of sequence s is sequence n_seq + s·k + j, sharing s's cells; the branches stay until
+        the next `step`, which keeps each sequence's chosen one."""
+        self._drop_branches()
+        rows: list[tuple[int, int, int, bool]] = []
+        for s in sorted(requests):
+            cands = [int(c) for c in requests[s]]
+            if not 1 <= len(cands) <= self.k:
+                raise ModelError(f"{len(cands)} branches asked, this context holds {self.k} per sequence", "lower --top-k")
+            self._branched[s] = {}
+            for j, c in enumerate(cands):
+                sid = self.n_seq + s * self.k + j
+                _compat_seq_cp(self._context, s, sid)
+                self._branched[s][c] = len(rows)
+                rows.append((c, self.pos[s], sid, True))
+        self._decode(rows, hidden=True)
+        out: dict[int, np.ndarray] = {}
+        for s in sorted(requests):
+            out[s] = np.stack([self._embedding(self._branched[s][int(c)]) for c in requests[s]])
+        return out
+
+    def hidden_of(self, seq: int) -> np.ndarray:
+        """(n_embd,) final hidden state of `seq`'s last token (needs track_hidden)."""
+        if not self.track_hidden:
+            raise ModelError("this Best-of-N context does not keep hidden states", "make it with track_hidden=True")
+        return self._hidden[seq]
+
     def step(self, tokens: dict[int, int]) -> dict[int, np.ndarray]:
-        """Append one token to each given sequence in one decode; their next-token logits (views)."""
-        order = sorted(tokens)
-        self._decode([(tokens[s], self.pos[s], s, True) for s in order])
-        for s in order:
-            self.pos[s] += 1
+        """Append one token to each given sequence; their next-token logits.
+
+        A sequence whose token is one of its branches keeps that branch (its logits and hidden state
+        are taken before anything else is decoded); the others are decoded together in one call."""
         import llama_cpp
 
-        return {s: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i), shape=(self.lm.n_vocab,)) for i, s in enumerate(order)}
+        out: dict[int, np.ndarray] = {}
+        for s, token in tokens.items():
+            row = self._branched.get(s, {}).get(int(token))
+            if row is None:
+                continue
+            out[s] = _compat_logits_view(self._ctx, self.lm.n_vocab, row).copy()
+            if self.track_hidden:
+                self._hidden[s] = self._embedding(row)
+            sid = self.n_seq + s * self.k + list(self._branched[s]).index(int(token))
+            self._context.kv_cache_seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
+        self._drop_branches()
+        order = sorted(s for s in tokens if s not in out)
+        if order:
+            self._decode([(tokens[s], self.pos[s], s, True) for s in order], hidden=self.track_hidden)
+            for i, s in enumerate(order):
+                out[s] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i), shape=(self.lm.n_vocab,))
+                if self.track_hidden:
+                    self._hidden[s] = self._embedding(i)
+        for s in tokens:
+            self.pos[s] += 1
+        return out
 
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells."""
         _compat_seq_rm(self._context, seq)
+
+    def _drop_branches(self) -> None:
+        for s, cands in self._branched.items():
+            for j in range(len(cands)):
+                _compat_seq_rm(self._context, self.n_seq + s * self.k + j)
+        self._branched = {}
+
+    def _embedding(self, row: int) -> np.ndarray:
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, row)
+        if not ptr:
+            raise ModelError("llama.cpp returned no hidden state for a Best-of-N sequence", "report this with the model name")
+        return np.ctypeslib.as_array(ptr, shape=(self.lm.n_embd,)).copy()
 
     def close(self) -> None:
         import llama_cpp
@@ -445,7 +534,18 @@ class BatchContext:
             self._batch = None
         self._context.close()
 
-    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+    def _decode(self, rows: list[tuple[int, int, int, bool]], hidden: bool = False) -> None:
+        import llama_cpp
+
+        if hidden:
+            llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            self._decode_rows(rows)
+        finally:
+            if hidden:
+                llama_cpp.llama_set_embeddings(self._ctx, False)
+
+    def _decode_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
         import llama_cpp
 
         b = self._batch

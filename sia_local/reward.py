@@ -56,6 +56,8 @@ class OnnxReward:
         input_mode: overrides sia.json's "input" (what text is scored; see module docstring).
     """
 
+    lm_state: str | None = None  # runs on text, outside the LM
+
     def __init__(
         self,
         folder: str | os.PathLike[str],

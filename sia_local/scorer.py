@@ -23,6 +23,7 @@ class Junction:
     candidates: np.ndarray  # (k,) candidate token ids
     texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
     key: int = 0  # which sequence (Best-of-N): stateful scorers keep per-sequence state under this key
+    decoder: Any = None  # where the sequence's KV lives (the `LM`, or Best-of-N's `BatchContext`): heads on the LM's hidden state branch there
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Scorer(Protocol):
 
     name: str
     provider: str
+    lm_state: str | None  # what it needs from the LM's context: None, "branches" (k-branch decodes) or "hidden" (last hidden states)
 
     @property
     def objective(self) -> str | None:

@@ -93,7 +93,8 @@ def best_of_n(
     stops = list(cfg.stop) + prepared.stops
 
     start = time.perf_counter()
-    ctx = BatchContext(lm, n, len(prepared.ids), cfg.max_tokens)
+    needs = getattr(reward, "lm_state", None) if cfg.steers() else None  # value heads on the LM: branch / keep hidden states per sequence
+    ctx = BatchContext(lm, n, len(prepared.ids), cfg.max_tokens, branches=cfg.top_k if needs == "branches" else 0, track_hidden=needs == "hidden")
     reward_seconds = lm_seconds = 0.0
     reward_calls = 0
     try:
@@ -114,7 +115,7 @@ def best_of_n(
             shares: dict[int, float] = {}
             if steered:
                 t = time.perf_counter()
-                scored = reward.score_junctions([seqs[i].scoring_request(prepared.reward_prompt, prepared.ids, key=i) for i in steered])
+                scored = reward.score_junctions([seqs[i].scoring_request(prepared.reward_prompt, prepared.ids, key=i, decoder=ctx) for i in steered])
                 dt = time.perf_counter() - t
                 reward_seconds += dt
                 reward_calls += 1

@@ -295,9 +295,9 @@ class SequenceState:
         self._u = self.rng.random()
         self._base = pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
 
-    def scoring_request(self, prompt: str, prompt_ids: Sequence[int], key: int = 0) -> Junction:
-        """This step's candidates, for the scorer."""
-        return Junction(prompt, prompt_ids, self.ids, self._cand, self.candidate_texts, key)
+    def scoring_request(self, prompt: str, prompt_ids: Sequence[int], key: int = 0, decoder: Any = None) -> Junction:
+        """This step's candidates, for the scorer; `decoder` holds the sequence's KV (default: the LM)."""
+        return Junction(prompt, prompt_ids, self.ids, self._cand, self.candidate_texts, key, decoder if decoder is not None else self.lm)
 
     def candidate_texts(self) -> list[str]:
         """The response so far with each candidate appended (a partial UTF-8 character is dropped)."""

@@ -44,6 +44,8 @@ class ValueModel:
         cached: False runs the uncached reference path (k full passes per junction).
     """
 
+    lm_state: str | None = None  # its own KV cache in onnxruntime, not the LM's
+
     def __init__(self, folder: str | Path, lm: LM | None = None, *, provider: str = "auto", threads: int | None = None,
                  cached: bool = True, verbose: bool = False) -> None:
         path = Path(folder)

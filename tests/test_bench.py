@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 
@@ -75,7 +77,26 @@ def test_prompt_files_and_helpers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="prompt"):
         load_prompts(bad)
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-    assert summarise([], [Arm("base")], {}) == {"arms": {}, "pareto_front": []}
+    assert summarise([], [Arm("base")], {}) == {"arms": {}, "pareto_front": [], "paired": {}}
+
+
+def test_paired_comparison_and_prompt_level_errors() -> None:
+    """Seeds of one prompt are averaged before the standard error; SIA is paired with its matched random arm."""
+    def row(arm: str, prompt: int, seed: int, judge: float) -> dict:
+        return {"arm": arm, "prompt_index": prompt, "seed": seed, "judge": judge, "reward": 2 * judge, "ratio": 0.2, "tokens": 10,
+                "reward_calls": 2, "wall_seconds": 1.0, "generated_tokens": 10, "kl_per_token": 0.0, "perplexity": None, "text": "a b"}
+    rows = [row("sia@0.2", p, s, 1.0 + p + 0.1 * s) for p in range(3) for s in range(2)]
+    rows += [row("random@0.2", p, s, 0.5 + p + (0.2 if p == 0 else 0.0)) for p in range(3) for s in range(2)]
+    rows.append(row("random@0.2", 9, 0, 7.0))  # no SIA row to pair with: left out of the comparison
+    summary = summarise(rows, [Arm("sia@0.2", "entropy", ratio=0.2), Arm("random@0.2", "random", match="sia@0.2")], {})
+    sia = summary["arms"]["sia@0.2"]
+    assert sia["judge"] == pytest.approx(2.05)  # per-prompt means 1.05, 2.05, 3.05
+    assert sia["judge_se"] == pytest.approx(1.0 / math.sqrt(3))  # sd of the three prompt means is 1
+    d = summary["paired"]["sia@0.2 vs random@0.2"]["judge"]
+    assert d["pairs"] == 6 and d["prompts"] == 3
+    assert d["mean_diff"] == pytest.approx((0.35 + 0.55 + 0.55) / 3)
+    assert d["prompts_ahead"] == 1.0
+    assert summary["paired"]["sia@0.2 vs random@0.2"]["reward"]["mean_diff"] == pytest.approx(2 * d["mean_diff"])
 
 
 def test_speed_table(tiny_gguf: Path, tiny_reward: Path) -> None:

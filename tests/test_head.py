@@ -77,6 +77,29 @@ def test_weight_zero_changes_nothing_but_cost(which: str, hidden_lm: LM, head_di
     hidden_lm.track_hidden(False)
 
 
+@pytest.mark.parametrize("which", ["branch", "prefix"])
+def test_best_of_n_with_heads(which: str, tiny_gguf: Path, head_dir: Path) -> None:
+    """Best-of-N with a head: each sequence branches (or reads its hidden state) inside the batched
+    context; weight 0 changes nothing but cost, and each steered sample is the single-sequence run
+    with its seed (flash attention off: bit-exact comparisons)."""
+    from sia_local.search import best_of_n
+
+    lm = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn="off")
+    head = load_head(head_dir / f"{which}.npz", lm)
+    steerer = Steerer(lm, head, SteerConfig(gate="dense", weight=0.0, max_tokens=12, seed=7))
+    zero = best_of_n(steerer, "Tell me a story.", 3)
+    plain = best_of_n(steerer, "Tell me a story.", 3, gate="none")
+    assert [c.generation.token_ids for c in zero.candidates] == [c.generation.token_ids for c in plain.candidates]
+    assert zero.stats.reward_calls == max(c.generation.stats.tokens for c in zero.candidates)  # all sequences' junctions of a step: one call
+    steered = best_of_n(steerer, "Tell me a story.", 3, weight=8.0)
+    for i, c in enumerate(steered.candidates):
+        alone = steerer.generate("Tell me a story.", weight=8.0, seed=7 + i)
+        assert c.generation.token_ids == alone.token_ids
+        assert c.generation.stats.junctions == alone.stats.junctions
+    assert steered.best_index == int(np.argmax([c.score for c in steered.candidates]))
+    lm.track_hidden(False)
+
+
 def test_head_steers_towards_higher_values(hidden_lm: LM, head_dir: Path) -> None:
     head = load_head(head_dir, hidden_lm)
     seeds = range(4)
@@ -129,8 +152,10 @@ def test_generate_with_a_head_folder(head_dir: Path, tiny_gguf: Path) -> None:
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert data["reward"]["kind"] == "lm-head" and data["stats"]["reward_calls"] == data["stats"]["junctions"] > 0
-    bon = CliRunner().invoke(main, ["generate", "Hello", "-m", str(tiny_gguf), "-c", "512", "--vm", str(head_dir), "--best-of", "2", "-n", "4"])
-    assert bon.exit_code != 0 and "one sequence at a time" in bon.output
+    bon = CliRunner().invoke(main, ["generate", "Hello", "-m", str(tiny_gguf), "-c", "512", "--vm", str(head_dir), "--best-of", "2", "-n", "4",
+                                    "--tau", "1.0", "--json"])
+    assert bon.exit_code == 0, bon.output
+    assert len(json.loads(bon.stdout)["candidates"]) == 2
 
 
 @pytest.mark.slow
