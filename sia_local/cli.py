@@ -380,7 +380,7 @@ def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, j
     if head_dir is not None:
         opts["_hidden"] = True
     steerer, config = build_steerer(opts, need_reward=True)
-    heads = None
+    heads: "dict[str, Scorer] | None" = None
     if head_dir is not None:
         from .head import BranchHead, PrefixHead
 

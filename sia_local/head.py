@@ -123,7 +123,7 @@ class BranchHead(_Head):
     """V = w·h(prefix + c) + b, with h from one k-branch decode of the candidates."""
 
     kind = "branch"
-    lm_state = "branches"
+    lm_state: str | None = "branches"
 
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)
@@ -140,7 +140,7 @@ class PrefixHead(_Head):
     """Q(h, c) = a·h + u[c] + (A h)·L[c] + b from the prefix's hidden state: no decode at a junction."""
 
     kind = "prefix"
-    lm_state = "hidden"
+    lm_state: str | None = "hidden"
 
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)

@@ -76,6 +76,10 @@ def test_corrupted_model_file(tmp_path: Path) -> None:
 def test_provider_choice_is_honest(tiny_reward: Path) -> None:
     """Asking for a provider that does not load is an error; `auto` says what it fell back to."""
     rm = OnnxReward(tiny_reward, provider="auto")
+    assert rm.provider in available_providers()
+    cpu = OnnxReward(tiny_reward, provider="cpu")
+    assert cpu.provider == "CPUExecutionProvider" and cpu.provider_note is None  # asked for CPU: no note
+    np.testing.assert_allclose(cpu.score("", ["abc", "eee"]), rm.score("", ["abc", "eee"]), atol=1e-4)
     if rm.provider == "CPUExecutionProvider" and "CUDAExecutionProvider" in available_providers():
         assert rm.provider_note and "did not load" in rm.provider_note
         with pytest.raises(RewardModelError, match="did not load"):

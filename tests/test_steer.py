@@ -162,3 +162,26 @@ def test_kl_and_logprobs(tiny_lm: LM, reward: OnnxReward) -> None:
     assert g.stats.perplexity == pytest.approx(float(np.exp(-np.mean([t.logprob for t in g.trace]))))
     zero = s.generate(PROMPT, weight=0.0)
     assert zero.stats.kl_per_token == 0.0
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.6])
+def test_loop_samples_at_the_temperature_but_measures_entropy_at_one(tiny_lm: LM, temperature: float) -> None:
+    """At T not in {0, 1} the loop draws from softmax(z / T) over the top k, while the gate's entropy stays that of softmax(z)."""
+    import numpy as np
+
+    from sia_local.junction import entropy, softmax, top_k
+    from sia_local.steer import SequenceState
+
+    logits = tiny_lm.prefill(tiny_lm.tokenize("Hello there, how are")).copy()
+    ids, z = top_k(logits, 10)
+    seq = SequenceState(tiny_lm, SteerConfig(gate="none", top_k=10, temperature=temperature, max_tokens=10**6), None, 3, 1, [])
+    draws = 6000
+    for _ in range(draws):
+        seq.propose(logits)
+        assert seq._h == pytest.approx(entropy(z))
+        seq.commit(None)
+    counts = np.array([sum(t == int(i) for t in seq.ids) for i in ids]) / draws
+    want = softmax(z / temperature)
+    assert np.abs(counts - want).max() < 4 * np.sqrt(want.max() * (1 - want.max()) / draws) + 1e-3
+    assert np.abs(counts - softmax(z)).max() > 0.02  # and not from the T = 1 distribution
+

@@ -34,6 +34,7 @@ def test_graph_matches_llama_cpp(tmp_path: Path, tiny_gguf: Path, tiny_lm: LM) -
     import onnxruntime as ort
 
     arch, weights = read_gguf(tiny_gguf)
+    assert arch.n_kv < arch.n_head  # grouped-query attention: K/V heads shared, as in SmolLM2 and Gemma
     save(build_graph(arch, weights, with_logits=True), tmp_path / "g.onnx")
     session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
     ids = tiny_lm.tokenize("Hello there, how are you today?")

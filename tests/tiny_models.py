@@ -36,10 +36,13 @@ def vocabulary() -> list[str]:
     return byte_alphabet() + ["".join(m) for m in MERGES] + SPECIALS
 
 
-def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_ff: int = 64,
+def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 64,
                     n_ctx: int = 512, seed: int = 0, logit_scale: float = 0.7, chat_template: str | None = CHATML,
                     pad_vocab_to: int = 0, dtype: type = np.float32) -> Path:
     """A random-weight llama with a byte-level BPE vocabulary and a ChatML template.
+
+    Grouped-query attention by default (`n_head_kv` < `n_head`, as SmolLM2, Gemma and most current
+    models have), so parity tests with llama.cpp cover the K/V head sharing.
 
     `pad_vocab_to` adds unreachable tokens (a realistic output-layer size for speed checks);
     `dtype=np.float16` writes F16 matrices (norms stay F32).
@@ -58,7 +61,7 @@ def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: i
     writer.add_block_count(n_layer)
     writer.add_feed_forward_length(n_ff)
     writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head)
+    writer.add_head_count_kv(n_head_kv)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_file_type(0)
@@ -85,8 +88,8 @@ def write_tiny_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: i
     for i in range(n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_q.weight", t(n_embd, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", t(n_embd, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", t(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", t(n_head_kv * (n_embd // n_head), n_embd))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", t(n_head_kv * (n_embd // n_head), n_embd))
         writer.add_tensor(f"blk.{i}.attn_output.weight", t(n_embd, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", t(n_ff, n_embd))
