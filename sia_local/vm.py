@@ -13,6 +13,7 @@ distill`, `sia vm export`) lives in `distill.py`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,16 @@ class ValueModel:
         folder: a VM folder (model.onnx + vm.json).
         lm: the language model it steers; its vocabulary must match (checked at load).
         cached: False runs the uncached reference path (k full passes per junction).
+        max_cache_mib: bound on all sequences' KV caches together (default: SIA_VM_CACHE_MIB or 1024).
+            Best-of-N keeps one cache per sequence (~46 KB a token in fp32 for SmolLM2); past the
+            bound the least recently used sequence's cache is dropped and rebuilt when next needed,
+            so a large n x max_tokens costs time, never unbounded memory.
     """
 
     lm_state: str | None = None  # its own KV cache in onnxruntime, not the LM's
 
     def __init__(self, folder: str | Path, lm: LM | None = None, *, provider: str = "auto", threads: int | None = None,
-                 cached: bool = True, verbose: bool = False) -> None:
+                 cached: bool = True, verbose: bool = False, max_cache_mib: float | None = None) -> None:
         path = Path(folder)
         card_file = path / "vm.json"
         if not (path / "model.onnx").exists() or not card_file.exists():
@@ -60,8 +65,10 @@ class ValueModel:
         self._session, self.provider, self.provider_note = open_session(path / "model.onnx", provider, threads, verbose)
         if "values" not in [o.name for o in self._session.get_outputs()]:
             raise RewardModelError(f"{path / 'model.onnx'} has no value head (output `values`)", "distill one with `sia vm distill`")
-        self._caches: dict[int, _Cache] = {}
+        self._caches: dict[int, _Cache] = {}  # in order of last use
+        self.max_cache_bytes = int((max_cache_mib if max_cache_mib is not None else float(os.environ.get("SIA_VM_CACHE_MIB", 1024))) * 2**20)
         self.tokens_run = 0  # tokens through the VM (a cost measure)
+        self.evictions = 0
         if lm is not None:
             self.check_vocab(lm)
 
@@ -102,9 +109,10 @@ class ValueModel:
         """V(prefix + c) for each candidate c, (k,) float64."""
         if not self.cached:
             return self._full_pass(list(prefix), [int(c) for c in candidates])
-        cache = self._caches.get(key)
+        cache = self._caches.pop(key, None)
         if cache is None:
-            cache = self._caches[key] = _Cache([], [self._empty() for _ in range(2 * self.arch.n_layer)])
+            cache = _Cache([], [self._empty() for _ in range(2 * self.arch.n_layer)])
+        self._caches[key] = cache  # most recently used last
         keep = 0
         limit = min(len(cache.ids), len(prefix))
         while keep < limit and cache.ids[keep] == prefix[keep]:
@@ -116,7 +124,19 @@ class ValueModel:
         values, present = self._run(feeds(self.arch, [*delta, *(int(c) for c in candidates)], len(delta), cache.past))
         cache.ids = [*cache.ids, *delta]
         cache.past = present  # exactly the cache + the accepted tokens: kept as is, no copy
+        self._bound(key)
         return values[len(delta):].astype(np.float64)
+
+    def cache_bytes(self) -> int:
+        """Bytes held by all sequences' KV caches."""
+        return sum(int(p.nbytes) for c in self._caches.values() for p in c.past)
+
+    def _bound(self, current: int) -> None:
+        """Drop least recently used caches (never the current sequence's) while over the bound."""
+        while len(self._caches) > 1 and self.cache_bytes() > self.max_cache_bytes:
+            oldest = next(k for k in self._caches if k != current)
+            del self._caches[oldest]
+            self.evictions += 1
 
     def reset(self) -> None:
         """Free every sequence's KV cache (the steering loop calls this when a generation ends)."""

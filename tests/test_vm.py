@@ -104,6 +104,22 @@ def test_cached_scores_equal_uncached_over_a_generation(vm_dir: Path, tiny_lm: L
     assert cached.tokens_run - before == 2 + 10
 
 
+def test_caches_are_bounded(vm_dir: Path, tiny_lm: LM) -> None:
+    """Over the memory bound the least recently used sequence's cache goes; scores do not change."""
+    per_token = 2 * 2 * 2 * 8 * 4  # 2 layers x (K, V) x 2 KV heads x head_dim 8 x fp32
+    bounded = ValueModel(vm_dir, tiny_lm, provider="cpu", max_cache_mib=60 * per_token / 2**20)  # room for ~60 tokens
+    free = ValueModel(vm_dir, tiny_lm, provider="cpu")
+    rng = np.random.default_rng(0)
+    prefixes = {key: rng.integers(0, tiny_lm.n_vocab, size=25).tolist() for key in range(4)}
+    cands = np.arange(10)
+    for step in range(3):
+        for key, prefix in prefixes.items():
+            ids = prefix + list(range(step))
+            np.testing.assert_allclose(bounded.score_ids(ids, cands, key=key), free.score_ids(ids, cands, key=key), atol=1e-5)
+            assert bounded.cache_bytes() <= bounded.max_cache_bytes
+    assert bounded.evictions > 0 and free.evictions == 0 and len(free._caches) == 4
+
+
 def test_vocabulary_mismatch_is_refused(tmp_path: Path, vm_dir: Path) -> None:
     other = LM(write_tiny_gguf(tmp_path / "bigger.gguf", pad_vocab_to=300), n_ctx=256)
     with pytest.raises(RewardModelError, match="vocabulary of 265 tokens"):
