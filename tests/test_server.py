@@ -195,6 +195,18 @@ def test_disconnect_without_streaming_frees_the_model(server: _Server, n: int) -
     assert health["served"] == before["served"]  # stopped, not finished
 
 
+def test_client_that_leaves_while_queued_is_never_run(server: _Server) -> None:
+    """A request whose client gives up while it waits behind another is dropped when its turn comes."""
+    before = httpx.get(server.url + "/health").json()
+    long = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "sia": {"gate": "dense"}}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**long, "stream": True}, timeout=60) as first:
+        next(first.iter_lines())  # the model is busy with this one
+        with pytest.raises(httpx.ReadTimeout):  # this one queues behind it, then its client leaves
+            httpx.post(server.url + "/v1/chat/completions", json=long, timeout=httpx.Timeout(60, read=0.3))
+    health = _wait_until_freed(server, before["cancelled"] + 1)
+    assert health["cancelled"] >= before["cancelled"] + 2 and health["served"] == before["served"]
+
+
 def test_api_key(steerer: Steerer) -> None:
     app = create_app(steerer, model_id=MODEL, api_key="s3cret")
     with _Server(app, _free_port()) as s:
