@@ -14,14 +14,10 @@ import argparse
 import importlib.util
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
-import numpy as np
-
 from sia_local.defaults import default_model_path
-from sia_local.junction import top_k
+from sia_local.head import junction_cost
 from sia_local.lm import LM
 
 TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. "
@@ -37,53 +33,18 @@ def models() -> dict[str, Path]:
     return out
 
 
-def median_ms(fn, repeats: int) -> float:
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(runs)
-
-
 def measure(path: Path, contexts: list[int], ks: list[int], repeats: int, threads: int | None) -> dict:
     lm = LM(path, n_ctx=max(contexts) + 64, n_threads=threads, hidden=True)
     plain = LM(path, n_ctx=max(contexts) + 64, n_threads=threads)
     ids = lm.tokenize(TEXT * 400, add_special=False)
     out: dict = {"n_vocab": lm.n_vocab, "n_embd": lm.n_embd, "threads": lm.n_threads, "contexts": {}}
-    for n in contexts:
-        prefix = ids[:n]
-        row: dict = {}
-        for name, model in (("plain", plain), ("hidden", lm)):
-            logits = model.prefill(prefix)
-            token = int(np.argmax(logits))
-            steps = []
-            for _ in range(repeats):
-                model.prefill(prefix)  # back to n tokens (re-decodes the last one)
-                t = time.perf_counter()
-                model.step(token)
-                steps.append((time.perf_counter() - t) * 1e3)
-            row[f"step_ms_{name}_lm"] = statistics.median(steps)
-        step = row["step_ms_plain_lm"]
+    on_plain = junction_cost(plain, ids, contexts, (), repeats=repeats, with_heads=False)  # the unit: a step of an LM without hidden states
+    for n, row in junction_cost(lm, ids, contexts, ks, repeats=repeats).items():
+        row["step_ms_hidden_lm"] = row["step_ms"]
+        row["step_ms_plain_lm"] = step = on_plain[n]["step_ms"]
         for k in ks:
-            cand, _ = top_k(lm.prefill(prefix), k)
-            runs = []
-            for _ in range(repeats):
-                lm.prefill(prefix)
-                t = time.perf_counter()
-                lm.branch([int(c) for c in cand])
-                runs.append((time.perf_counter() - t) * 1e3)
-            b = statistics.median(runs)
-            row[f"k{k}"] = {"branch_ms": b, "branch_in_steps": b / step}
-        lm.track_hidden(True)
-        lm.prefill(prefix)
-        h = lm.last_hidden()
-        rng = np.random.default_rng(0)
-        A, L, u = rng.normal(size=(4, lm.n_embd)).astype(np.float32), rng.normal(size=(lm.n_vocab, 4)).astype(np.float32), rng.normal(size=lm.n_vocab).astype(np.float32)
-        cand, _ = top_k(lm.logits(), 10)
-        row["prefix_head_ms_k10"] = median_ms(lambda: u[cand] + L[cand] @ (A @ lm.last_hidden()), repeats)
-        lm.track_hidden(False)
-        out["contexts"][str(n)] = row
+            row[f"k{k}"]["branch_in_steps"] = row[f"k{k}"]["branch_ms"] / step
+        out["contexts"][n] = row
         print(f"{path.name} @ {n}: step {step:.2f} ms (hidden LM {row['step_ms_hidden_lm']:.2f}); "
               + ", ".join(f"k={k}: {row[f'k{k}']['branch_ms']:.1f} ms = {row[f'k{k}']['branch_in_steps']:.2f} steps" for k in ks)
               + f"; prefix head {row['prefix_head_ms_k10']:.3f} ms", flush=True)

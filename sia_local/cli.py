@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from .config import Setting, SteerConfig, setting_default, settings
-from .errors import SiaError
+from .errors import ConfigError, SiaError
 from .junction import gate_names, gate_spec
 
 if TYPE_CHECKING:  # the CLI imports its heavy parts lazily, so `sia --help` stays quick
@@ -588,9 +588,28 @@ def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 @_fail_cleanly
 def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path | None, **opts: Any) -> None:
-    """Junction latency (k=10) of a value model at several context lengths, cached vs uncached."""
+    """Junction latency (k=10) of a value model at several context lengths, cached vs uncached; for a
+    head folder, a junction's cost in plain decode steps (k = 5 and 10 branches, the prefix head)."""
+    from .head import head_file, junction_cost
     from .vm import ValueModel, junction_latency
 
+    if head_file(folder) is not None:
+        opts["_hidden"] = True
+        lm = _load_lm(opts)
+        sizes = [int(x) for x in lengths.split(",")]
+        if max(sizes) + 1 >= lm.n_ctx:
+            raise ConfigError(f"--lengths up to {max(sizes)} do not fit the context of {lm.n_ctx}", "raise --ctx-size or lower --lengths")
+        from .bench import load_prompts
+
+        text = " ".join(load_prompts()) * 50
+        with _progress("timing junctions") as tick:
+            cost = junction_cost(lm, lm.tokenize(text, add_special=False), sizes, progress=lambda m: tick(0, 0, m))
+        click.echo(f"{'context':>8} {'step ms':>8} {'k=5 steps':>10} {'k=10 steps':>11} {'prefix head ms':>15}")
+        for n, row in cost.items():
+            click.echo(f"{n:>8} {row['step_ms']:8.1f} {row['k5']['branch_in_steps']:10.1f} {row['k10']['branch_in_steps']:11.1f} {row['prefix_head_ms_k10']:15.3f}")
+        if json_out:
+            json_out.write_text(json.dumps(cost, indent=1))
+        return
     lm = _load_lm(opts)
     model = ValueModel(folder, lm, verbose=opts["verbose"])
     with _progress("timing junctions") as tick:

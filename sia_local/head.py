@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -159,3 +159,49 @@ class PrefixHead(_Head):
             c = np.asarray(j.candidates, dtype=np.int64)
             out.append((float(self.a @ h) + self.b + self.u[c] + self.L[c] @ (self.A @ h)).astype(np.float64))
         return out
+
+
+def junction_cost(lm: LM, tokens: Sequence[int], lengths: Sequence[int], ks: Sequence[int] = (5, 10), *, repeats: int = 15,
+                  with_heads: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """What a junction costs with a head on `lm` (loaded with hidden states), per context length: the
+    median ms of a plain one-token step, of a k-branch decode (`LM.branch`, the branch head) for each k
+    and of the prefix head's k = 10 dot products; the branch decode also in plain steps, the unit that
+    matters. `tokens` supplies the contexts (at least max(lengths) + 1 of them). `with_heads=False`:
+    plain steps only (an LM loaded without hidden states)."""
+    import statistics
+    import time
+
+    from .junction import top_k
+
+    def median_ms(fn: Callable[[], Any], before: Callable[[], Any]) -> float:
+        runs = []
+        for _ in range(repeats):
+            before()
+            t = time.perf_counter()
+            fn()
+            runs.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(runs)
+
+    out: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(0)
+    A, L = rng.normal(size=(4, lm.n_embd)).astype(np.float32), rng.normal(size=(lm.n_vocab, 4)).astype(np.float32)
+    for n in lengths:
+        prefix = list(tokens[:n])
+        token = int(np.argmax(lm.prefill(prefix)))
+        row: dict[str, Any] = {"step_ms": median_ms(lambda: lm.step(token), lambda: lm.prefill(prefix))}  # prefill: back to n tokens
+        for k in ks if with_heads else ():
+            cand = [int(c) for c in top_k(lm.prefill(prefix), k)[0]]
+            ms = median_ms(lambda: lm.branch(cand), lambda: lm.prefill(prefix))
+            row[f"k{k}"] = {"branch_ms": ms, "branch_in_steps": ms / row["step_ms"]}
+        out[str(n)] = row
+        if not with_heads:
+            continue
+        lm.track_hidden(True)
+        lm.prefill(prefix)
+        cand10 = top_k(lm.logits(), 10)[0]
+        row["prefix_head_ms_k10"] = median_ms(lambda: L[cand10] @ (A @ lm.last_hidden()), lambda: None)
+        lm.track_hidden(False)
+        if progress:
+            progress(f"{n} tokens: step {row['step_ms']:.1f} ms, " + ", ".join(f"k={k} {row[f'k{k}']['branch_in_steps']:.1f} steps" for k in ks))
+    return out
+

