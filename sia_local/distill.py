@@ -352,9 +352,10 @@ def distill_head(
     h_resp, h_prev, next_tok, pair_owner = [], [], [], []
     for n, row in enumerate(rows):
         p, r = row["prompt_ids"], row["response_ids"]
-        hidden = lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])])  # the stop token, as the paper
-        h_resp.append(hidden[len(p):] if len(hidden) > len(p) else hidden[-1:])
-        h_prev.append(hidden[len(p) - 1 : len(p) - 1 + len(r)])  # the state each response token was chosen from
+        # from the prompt's last token on (the prompt itself is decoded once per prompt); the stop token too, as the paper
+        hidden = lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])], first=len(p) - 1)
+        h_resp.append(hidden[1:] if len(hidden) > 1 else hidden[-1:])
+        h_prev.append(hidden[: len(r)])  # the state each response token was chosen from
         next_tok += r
         pair_owner += [n] * len(r)
         if progress and n % 16 == 0:

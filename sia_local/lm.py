@@ -302,28 +302,41 @@ class LM:
         """`last_hidden` in the form `BatchContext.hidden_of` has (one sequence: 0)."""
         return self.last_hidden()
 
-    def hidden_states(self, tokens: Sequence[int], chunk: int = 64) -> np.ndarray:
-        """(T, n_embd) final hidden states of every token of `tokens`, decoded from the start of the context.
+    def hidden_states(self, tokens: Sequence[int], chunk: int = 64, *, first: int = 0) -> np.ndarray:
+        """(T - first, n_embd) final hidden states of tokens[first:], as decoded after tokens[:first].
 
-        Replaces what the context held (the next `prefill` reuses these tokens as a shared prefix).
-        Chunks of `chunk` tokens bound the memory of the logits llama.cpp computes for every output.
+        What the context already holds of tokens[:first] is kept (the samples of one prompt share the
+        prompt: it is decoded once, not once per sample); the rest is decoded with embeddings on, in
+        chunks of `chunk` tokens that bound the memory llama.cpp spends on outputs. The next `prefill`
+        reuses these tokens as a shared prefix.
         """
         import llama_cpp
 
         self._need_hidden()
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}", "raise --ctx-size")
+        if not 0 <= first < len(tokens):
+            raise ValueError(f"first={first} is outside the {len(tokens)} tokens")
         self._drop_branches()
         self._logits_row = -1
-        self._llm.n_tokens = 0
-        out = np.empty((len(tokens), self.n_embd), dtype=np.float32)
+        keep = 0
+        if not self._recurrent:
+            held = self._llm.input_ids[: self._llm.n_tokens]
+            limit = min(len(held), first)
+            while keep < limit and held[keep] == tokens[keep]:
+                keep += 1
+        self._llm.n_tokens = keep
+        out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
         llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
-            for start in range(0, len(tokens), chunk):
+            for start in range(keep, len(tokens), chunk):
                 part = list(tokens[start : start + chunk])
                 self._eval(part)
                 ptr = llama_cpp.llama_get_embeddings(self._ctx)
-                out[start : start + len(part)] = np.ctypeslib.as_array(ptr, shape=(len(part) * self.n_embd,)).reshape(len(part), self.n_embd)
+                rows = np.ctypeslib.as_array(ptr, shape=(len(part) * self.n_embd,)).reshape(len(part), self.n_embd)
+                lo = max(start, first)
+                if lo < start + len(part):
+                    out[lo - first : start + len(part) - first] = rows[lo - start :]
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         return out

@@ -61,6 +61,17 @@ def test_branch_decode_equals_single_decodes(tiny_gguf: Path, flash_attn: str, a
     np.testing.assert_allclose(lm.step(other), plain.step(other), atol=atol)  # a token not branched: branches dropped, plain decode
 
 
+def test_hidden_states_reuse_the_shared_prompt(tiny_gguf: Path) -> None:
+    lm = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn="off")
+    prompt, a, b = lm.tokenize("Tell me about rain."), lm.tokenize(" It falls."), lm.tokenize(" Clouds make it.")
+    full_b = lm.hidden_states([*prompt, *b])  # from scratch
+    lm.hidden_states([*prompt, *a])  # the context now holds the prompt + a
+    n0 = lm._llm.n_tokens
+    part_b = lm.hidden_states([*prompt, *b], first=len(prompt) - 1)  # only the prompt's last token and b are decoded
+    np.testing.assert_allclose(part_b, full_b[len(prompt) - 1 :], atol=1e-5)
+    assert n0 == len(prompt) + len(a) and lm._llm.n_tokens == len(prompt) + len(b)
+
+
 def test_flash_attention_setting_is_checked(tiny_gguf: Path) -> None:
     with pytest.raises(Exception, match="--flash-attn"):
         LM(tiny_gguf, n_ctx=64, flash_attn="maybe")
