@@ -57,12 +57,20 @@ def test_prompt_is_decoded_once(steerer: Steerer) -> None:
 
 
 def test_sequences_may_finish_at_different_times(steerer: Steerer) -> None:
-    result = best_of_n(steerer, PROMPT, 4, gate="none", stop=(" the",), max_tokens=60)
+    free = [c.generation.text for c in best_of_n(steerer, PROMPT, 4, gate="none", max_tokens=60).candidates]
+
+    def first_at(ch: str) -> set[int]:
+        return {t.index(ch) if ch in t else len(t) for t in free}
+
+    # a printable character the samples reach at different places: they stop at different steps
+    stop = next(ch for ch in sorted(set("".join(free))) if ch.isascii() and ch.isprintable() and len(first_at(ch)) > 1)
+    result = best_of_n(steerer, PROMPT, 4, gate="none", stop=(stop,), max_tokens=60)
     lengths = {c.generation.stats.tokens for c in result.candidates}
     reasons = {c.generation.stats.finish_reason for c in result.candidates}
     assert len(lengths) > 1 and "stop" in reasons
-    for c in result.candidates:
-        assert " the" not in c.generation.text
+    for c, text in zip(result.candidates, free):
+        assert stop not in c.generation.text
+        assert c.generation.text == (text[: text.index(stop)] if stop in text else text)
 
 
 def test_junctions_of_a_step_share_one_reward_run(steerer: Steerer) -> None:

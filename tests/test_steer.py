@@ -85,7 +85,9 @@ def test_stream_pieces_add_up_to_the_text(tiny_lm: LM, reward: OnnxReward) -> No
     pieces = [p.text for p in stream]
     assert stream.generation is not None
     assert "".join(pieces) == stream.generation.text
-    assert len(pieces) == stream.generation.stats.tokens
+    tokens = stream.generation.stats.tokens
+    # one piece per token, plus one closing piece when the text ends inside a multi-byte character
+    assert len(pieces) == tokens or (len(pieces) == tokens + 1 and pieces[-1] == "\ufffd")
 
 
 def test_multibyte_output_decodes_like_the_whole_byte_string(tiny_lm: LM) -> None:
@@ -99,9 +101,10 @@ def test_multibyte_output_decodes_like_the_whole_byte_string(tiny_lm: LM) -> Non
 def test_stop_strings_cut_the_text(tiny_lm: LM) -> None:
     s = Steerer(tiny_lm, None, SteerConfig(gate="none", seed=4, max_tokens=120))
     free = s.generate(PROMPT)
-    assert " the" in free.text, "the tiny model emits ' the' often; pick another seed if this changes"
-    stopped = s.generate(PROMPT, stop=(" the",))
-    assert stopped.text == free.text[: free.text.index(" the")]
+    stop = next(free.text[i : i + 2] for i in range(5, len(free.text) - 2)
+                if free.text[i : i + 2].isascii() and free.text[i : i + 2].isprintable())  # a stop string this text contains
+    stopped = s.generate(PROMPT, stop=(stop,))
+    assert stopped.text == free.text[: free.text.index(stop)]
     assert stopped.stats.finish_reason == "stop"
 
 
