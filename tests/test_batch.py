@@ -98,7 +98,7 @@ def test_cli_batch_writes_every_row_and_counts_failures(tmp_path: Path, tiny_ggu
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_resume_after_interrupt(sig: int, tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
-    prompts = _prompts(tmp_path, 40)
+    prompts = _prompts(tmp_path, 120)  # long enough that a loaded machine cannot finish it before the signal lands
     full, cut = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
     cmd = [sys.executable, "-m", "sia_local.cli", "batch", str(prompts), "-m", str(tiny_gguf), "-c", "512", "-t", "1", "-r", str(tiny_reward),
            "--reward-threads", "1", "--tau", "1.2", "-n", "48"]
@@ -106,12 +106,12 @@ def test_resume_after_interrupt(sig: int, tmp_path: Path, tiny_gguf: Path, tiny_
     subprocess.run(cmd + ["-o", str(full)], check=True, env=env, capture_output=True, timeout=600)
     proc = subprocess.Popen(cmd + ["-o", str(cut)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and (not cut.exists() or cut.read_text().count("\n") < 3):
+    while time.time() < deadline and (not cut.exists() or cut.read_text().count("\n") < 1):
         time.sleep(0.005)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     written = cut.read_text().count("\n")
-    assert 3 <= written < 40, "the run was stopped part-way"
+    assert 1 <= written < 120, "the run was stopped part-way"
     subprocess.run(cmd + ["-o", str(cut)], check=True, env=env, capture_output=True, timeout=600)
     assert _comparable(cut) == _comparable(full)
 
