@@ -104,7 +104,9 @@ def test_resume_after_interrupt(sig: int, tmp_path: Path, tiny_gguf: Path, tiny_
            "--reward-threads", "1", "--tau", "1.2", "-n", "48"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd + ["-o", str(full)], check=True, env=env, capture_output=True, timeout=600)
-    proc = subprocess.Popen(cmd + ["-o", str(cut)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a shell without job control starts background jobs with SIGINT ignored, and children inherit that: give the run the default
+    proc = subprocess.Popen(cmd + ["-o", str(cut)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and (not cut.exists() or cut.read_text().count("\n") < 1):
         time.sleep(0.005)
