@@ -105,7 +105,7 @@ class LM:
                 "the file may be truncated or of an architecture this llama-cpp-python does not know; "
                 "re-download it or upgrade llama-cpp-python",
             ) from None
-        self.flash_attn = flash_attn
+        self.flash_attn = flash_attn  # as asked; llama.cpp resolves auto per device
         self._vocab = self._llm._model.vocab
         self._ctx = self._llm._ctx.ctx
         self.n_vocab: int = self._llm.n_vocab()
@@ -187,15 +187,7 @@ class LM:
                 f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
                 "shorten the prompt or raise --ctx-size", api_hint="shorten the messages",
             )
-        keep = 0
-        if not self._recurrent:
-            held = self._llm.input_ids[: self._llm.n_tokens]
-            limit = min(len(held), len(tokens) - 1)  # always decode >= 1 token to get fresh logits
-            while keep < limit and held[keep] == tokens[keep]:
-                keep += 1
-        else:
-            self._llm.reset()
-        self._llm.n_tokens = keep  # eval() drops sequence 0's KV cells from here on
+        keep = self._keep_shared_prefix(tokens, len(tokens) - 1)  # always decode >= 1 token to get fresh logits
         self._drop_branches()  # branch sequences go entirely (llama.cpp's "any sequence" removal leaves them)
         self._logits_row = -1
         rest = list(tokens[keep:])
@@ -319,13 +311,7 @@ class LM:
             raise ValueError(f"first={first} is outside the {len(tokens)} tokens")
         self._drop_branches()
         self._logits_row = -1
-        keep = 0
-        if not self._recurrent:
-            held = self._llm.input_ids[: self._llm.n_tokens]
-            limit = min(len(held), first)
-            while keep < limit and held[keep] == tokens[keep]:
-                keep += 1
-        self._llm.n_tokens = keep
+        keep = self._keep_shared_prefix(tokens, first)
         out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
         llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
@@ -340,6 +326,20 @@ class LM:
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         return out
+
+    def _keep_shared_prefix(self, tokens: Sequence[int], limit: int) -> int:
+        """Keep the longest prefix (at most `limit` tokens) the context already holds of `tokens`; return
+        its length. A recurrent model's state cannot be rolled back, so it starts over."""
+        keep = 0
+        if self._recurrent:
+            self._llm.reset()
+        else:
+            held = self._llm.input_ids[: self._llm.n_tokens]
+            limit = min(len(held), limit)
+            while keep < limit and held[keep] == tokens[keep]:
+                keep += 1
+        self._llm.n_tokens = keep  # eval() drops sequence 0's KV cells from here on
+        return keep
 
     def _adopt(self, row: int, token: int) -> None:
         """Make branch `row` the sequence: its cell at the branch position joins sequence 0, the branches go."""
@@ -442,7 +442,7 @@ class BatchContext:
         self.pos = [0] * n_seq
         self.decode_calls = 0
         self.tokens_decoded = 0
-        self._branched: dict[int, dict[int, int]] = {}  # seq -> {candidate token: output row of the last branch decode}
+        self._branched: dict[int, dict[int, tuple[int, int]]] = {}  # seq -> {candidate: (output row of the last branch decode, its sequence id)}
         self._hidden: dict[int, np.ndarray] = {}  # seq -> hidden state of its last token (track_hidden)
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
@@ -478,13 +478,10 @@ class BatchContext:
             for j, c in enumerate(cands):
                 sid = self.n_seq + s * self.k + j
                 _compat_seq_cp(self._context, s, sid)
-                self._branched[s][c] = len(rows)
+                self._branched[s][c] = (len(rows), sid)
                 rows.append((c, self.pos[s], sid, True))
         self._decode(rows, hidden=True)
-        out: dict[int, np.ndarray] = {}
-        for s in sorted(requests):
-            out[s] = np.stack([self._embedding(self._branched[s][int(c)]) for c in requests[s]])
-        return out
+        return {s: np.stack([self._embedding(self._branched[s][int(c)][0]) for c in requests[s]]) for s in sorted(requests)}
 
     def hidden_of(self, seq: int) -> np.ndarray:
         """(n_embd,) final hidden state of `seq`'s last token (needs track_hidden)."""
@@ -501,13 +498,13 @@ class BatchContext:
 
         out: dict[int, np.ndarray] = {}
         for s, token in tokens.items():
-            row = self._branched.get(s, {}).get(int(token))
-            if row is None:
+            kept = self._branched.get(s, {}).get(int(token))
+            if kept is None:
                 continue
+            row, sid = kept
             out[s] = _compat_logits_view(self._ctx, self.lm.n_vocab, row).copy()
             if self.track_hidden:
                 self._hidden[s] = self._embedding(row)
-            sid = self.n_seq + s * self.k + list(self._branched[s]).index(int(token))
             self._context.kv_cache_seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
         self._drop_branches()
         order = sorted(s for s in tokens if s not in out)
@@ -526,9 +523,9 @@ class BatchContext:
         _compat_seq_rm(self._context, seq)
 
     def _drop_branches(self) -> None:
-        for s, cands in self._branched.items():
-            for j in range(len(cands)):
-                _compat_seq_rm(self._context, self.n_seq + s * self.k + j)
+        for kept in self._branched.values():
+            for _, sid in kept.values():
+                _compat_seq_rm(self._context, sid)
         self._branched = {}
 
     def _embedding(self, row: int) -> np.ndarray:
