@@ -512,8 +512,8 @@ def vm() -> None:
 @click.option("--reward-label", default=None)
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="JSONL or text prompts [default: the 304 shipped distillation prompts, disjoint from the bench's].")
-@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=48, show_default=True)
 @click.option("--limit", type=click.IntRange(min=4), default=None, help="Use only the first N prompts.")
 @click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the prefix head's bilinear term.")
 @click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
@@ -525,7 +525,7 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
     """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit value heads on the LM's hidden state.
 
     \b
-    sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 8 samples (~20 min on 2 cores)
+    sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 7 samples x 48 tokens (~20 min on 2 cores)
     sia generate "..." --vm head-smollm2 --ratio 0.2   # the branch head (k-branch decode at a junction)
     sia generate "..." --vm head-smollm2/prefix.npz    # the prefix head (no decode at a junction)
     Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl.

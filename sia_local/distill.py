@@ -40,12 +40,14 @@ def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
 
 
 def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: Path, *, samples_per_prompt: int, max_tokens: int,
-                    seed: int = 0, progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
+                    seed: int = 0, hidden_dir: Path | None = None, progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
     """On-policy samples of `lm` (T = 1, top-k 10, no steering), each labelled with the teacher's reward.
 
     The samples of one prompt are decoded together (Best-of-N's batched context: the prompt once, one
     decode per step for all of them); sample s of prompt i uses seed + 1000 i + s. Rows are appended to
-    `data_file` as they are made, so a rerun resumes where the last one stopped.
+    `data_file` as they are made, so a rerun resumes where the last one stopped. With `hidden_dir` (an
+    LM with hidden states) the final hidden states the sampling decodes produce are kept too, one
+    float16 file per prompt (`hidden_file`), each row saying how many rows of it are its own.
     """
     from .search import best_of_n
 
@@ -69,16 +71,48 @@ def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: 
         for i, prompt in enumerate(prompts):
             if i in done:
                 continue
-            result = best_of_n(sampler, prompt, samples_per_prompt, raw=raw, seed=seed + 1000 * i)
+            result = best_of_n(sampler, prompt, samples_per_prompt, raw=raw, seed=seed + 1000 * i, keep_hidden=hidden_dir is not None)
             ids = lm.tokenize(prompt) if raw else lm.render_chat([{"role": "user", "content": prompt}])[0]
+            if hidden_dir is not None:  # written before the rows: a prompt whose rows are in data_file has its hidden states
+                hidden_dir.mkdir(parents=True, exist_ok=True)
+                np.save(hidden_file(hidden_dir, i), np.concatenate([c.hidden for c in result.candidates]).astype(np.float16))
             for c in result.candidates:
                 row = {"prompt_index": i, "sample": c.index, "prompt_ids": ids, "response_ids": c.generation.token_ids, "reward": c.score}
+                if c.hidden is not None:
+                    row["hidden_rows"] = len(c.hidden)
                 rows.append(row)
                 f.write(json.dumps(row) + "\n")
             f.flush()
             if progress:
                 progress(len(rows), total, "sampling")
     return rows
+
+
+def hidden_file(folder: Path, prompt_index: int) -> Path:
+    """Where `sample_labelled` keeps the hidden states of one prompt's samples."""
+    return folder / f"p{prompt_index:05d}.npy"
+
+
+def sampled_hidden(lm: LM, rows: list[dict[str, Any]], hidden_dir: Path, max_tokens: int,
+                   progress: Callable[[int, int, str], None] | None = None) -> list[np.ndarray]:
+    """Per row: (1 + len(response) [+ 1], n_embd) final hidden states of the prompt's last token, each
+    response token and the stop token (when it stopped on one). Kept from sampling when `hidden_dir`
+    has them; otherwise (data from an older run) decoded again, the prompt once for its samples."""
+    out: list[np.ndarray] = []
+    loaded: dict[int, tuple[np.ndarray, int]] = {}  # prompt -> (its file, rows used so far)
+    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
+    for n, row in enumerate(rows):
+        i, file = row["prompt_index"], hidden_file(hidden_dir, row["prompt_index"])
+        if "hidden_rows" in row and (i in loaded or file.exists()):
+            table, used = loaded.get(i) or (np.load(file), 0)
+            out.append(table[used : used + row["hidden_rows"]].astype(np.float32))
+            loaded[i] = (table, used + row["hidden_rows"])
+            continue
+        p, r = row["prompt_ids"], row["response_ids"]
+        out.append(lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])], first=len(p) - 1))
+        if progress and n % 16 == 0:
+            progress(n + 1, len(rows), "hidden states")
+    return out
 
 
 def distill(
@@ -324,8 +358,8 @@ def distill_head(
     prompts: Sequence[str],
     out: Path,
     *,
-    samples_per_prompt: int = 8,
-    max_tokens: int = 64,
+    samples_per_prompt: int = 7,
+    max_tokens: int = 48,
     val_share: float = 0.1,
     rank: int = 4,
     seed: int = 0,
@@ -334,8 +368,8 @@ def distill_head(
     """On-policy distillation of value heads on `lm`'s own hidden state into the head folder `out`.
 
     Samples come from the runtime (resumable, out/data.jsonl), labels from the teacher, hidden states
-    from llama.cpp (one decode with embeddings per sample: no ONNX graph). Writes branch.npz (the
-    better of the two closed-form objectives), prefix.npz and head.json.
+    from the very llama.cpp decodes that sampled them (out/hidden/, float16; no ONNX graph, no second
+    pass). Writes branch.npz (the better of the two closed-form objectives), prefix.npz and head.json.
     """
     from .head import CARD
 
@@ -346,20 +380,16 @@ def distill_head(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = sample_labelled(lm, teacher, prompts, out / "data.jsonl", samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                           seed=seed, progress=progress)
+                           seed=seed, hidden_dir=out / "hidden", progress=progress)
     sampled = time.perf_counter()
-    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
     h_resp, h_prev, next_tok, pair_owner = [], [], [], []
-    for n, row in enumerate(rows):
-        p, r = row["prompt_ids"], row["response_ids"]
-        # from the prompt's last token on (the prompt itself is decoded once per prompt); the stop token too, as the paper
-        hidden = lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])], first=len(p) - 1)
+    # from the prompt's last token on; the stop token too, as the paper
+    for n, (row, hidden) in enumerate(zip(rows, sampled_hidden(lm, rows, out / "hidden", max_tokens, progress))):
+        r = row["response_ids"]
         h_resp.append(hidden[1:] if len(hidden) > 1 else hidden[-1:])
         h_prev.append(hidden[: len(r)])  # the state each response token was chosen from
         next_tok += r
         pair_owner += [n] * len(r)
-        if progress and n % 16 == 0:
-            progress(n + 1, len(rows), "hidden states")
     n_prompts = len(prompts)
     val_prompts = set(range(n_prompts - max(2, round(n_prompts * val_share)), n_prompts))
     is_val = np.array([r["prompt_index"] in val_prompts for r in rows])

@@ -518,6 +518,21 @@ class BatchContext:
             self.pos[s] += 1
         return out
 
+    def extend(self, tails: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """{seq: tokens} -> {seq: (len, n_embd) final hidden states of those tokens appended to seq}, in
+        one decode (distillation reads a finished sample's last tokens this way); no logits are kept."""
+        self._drop_branches()
+        rows = [(int(t), self.pos[s] + j, s, True) for s in sorted(tails) for j, t in enumerate(tails[s])]
+        if not rows:
+            return {}
+        self._decode(rows, hidden=True)
+        out, i = {}, 0
+        for s in sorted(tails):
+            out[s] = np.stack([self._embedding(i + j) for j in range(len(tails[s]))])
+            i += len(tails[s])
+            self.pos[s] += len(tails[s])
+        return out
+
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells."""
         _compat_seq_rm(self._context, seq)

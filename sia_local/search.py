@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,6 +29,7 @@ class Candidate:
     index: int
     score: float
     generation: Generation
+    hidden: np.ndarray | None = field(default=None, repr=False, compare=False)  # keep_hidden: see `best_of_n`
 
 
 @dataclass
@@ -56,7 +57,10 @@ class BestOfN:
     stats: SearchStats
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for c in out["candidates"]:
+            c.pop("hidden", None)  # arrays for distillation, not for JSON
+        return out
 
 
 def best_of_n(
@@ -68,6 +72,7 @@ def best_of_n(
     raw: bool = False,
     on_piece: Callable[[int, Piece], None] | None = None,
     cancel: threading.Event | None = None,
+    keep_hidden: bool = False,
     **overrides: Any,
 ) -> BestOfN:
     """Decode `n` samples of `prompt` together and keep the one the reward model scores highest.
@@ -75,6 +80,10 @@ def best_of_n(
     Each sample is steered as `steerer.config` (plus `overrides`) says; ``gate="none"`` gives plain
     Best-of-N. `on_piece(i, piece)` sees every sequence's text as it is generated. Setting `cancel`
     stops the search at the next step (raises `Cancelled`): the server uses it when a client leaves.
+    `keep_hidden` (an LM loaded with hidden states): each candidate also gets `hidden`, the final
+    hidden states of the prompt's last token, of every response token and of the end-of-generation
+    token it stopped on, if any: read from the decodes that sampled it, plus one small decode of each
+    sequence's tail, so distillation needs no second pass over the samples.
     """
     if steerer.reward is None:
         raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
@@ -94,7 +103,8 @@ def best_of_n(
 
     start = time.perf_counter()
     needs = getattr(reward, "lm_state", None) if cfg.steers() else None  # value heads on the LM: branch / keep hidden states per sequence
-    ctx = BatchContext(lm, n, len(prepared.ids), cfg.max_tokens, branches=cfg.top_k if needs == "branches" else 0, track_hidden=needs == "hidden")
+    ctx = BatchContext(lm, n, len(prepared.ids), cfg.max_tokens, branches=cfg.top_k if needs == "branches" else 0,
+                       track_hidden=needs == "hidden" or keep_hidden)
     reward_seconds = lm_seconds = 0.0
     reward_calls = 0
     try:
@@ -104,6 +114,7 @@ def best_of_n(
         for s in seqs:
             s.stats.prefill_seconds = prefill_seconds
         logits: dict[int, np.ndarray] = {i: first for i in range(n)}
+        hidden: dict[int, list[np.ndarray]] = {i: [ctx.hidden_of(i)] for i in range(n)} if keep_hidden else {}
         live = list(range(n))
         while live:
             if cancel is not None and cancel.is_set():
@@ -128,6 +139,11 @@ def best_of_n(
                     on_piece(i, piece)
                 if not seqs[i].done and ctx.pos[i] + 1 >= min(lm.n_ctx, ctx.n_ctx):
                     seqs[i].end("context")
+            if keep_hidden:  # the tokens a finished sequence never decoded: its last one and the stop token
+                tails = {i: seqs[i].ids[len(hidden[i]) - 1 :] + ([seqs[i].stop_token] if seqs[i].stop_token is not None else [])
+                         for i in live if seqs[i].done}
+                for i, h in ctx.extend({i: t for i, t in tails.items() if t}).items():
+                    hidden[i].extend(h)
             for i in live:
                 if seqs[i].done:
                     ctx.drop(i)
@@ -139,6 +155,8 @@ def best_of_n(
                 lm_seconds += step_seconds
                 for i in live:
                     seqs[i].stats.lm_seconds += step_seconds
+                    if keep_hidden:
+                        hidden[i].append(ctx.hidden_of(i))
         generations = []
         for i, s in enumerate(seqs):
             tail = s.close()
@@ -157,5 +175,5 @@ def best_of_n(
     stats = SearchStats(n=n, prompt_tokens=len(prepared.ids), tokens=tokens, decode_calls=ctx.decode_calls, tokens_decoded=ctx.tokens_decoded,
                         reward_calls=reward_calls, seconds=seconds, prefill_seconds=prefill_seconds, lm_seconds=lm_seconds,
                         reward_seconds=reward_seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
-    candidates = [Candidate(i, float(final[i]), g) for i, g in enumerate(generations)]
+    candidates = [Candidate(i, float(final[i]), g, np.stack(hidden[i]) if keep_hidden else None) for i, g in enumerate(generations)]
     return BestOfN(best=generations[best], best_index=best, candidates=candidates, stats=stats)

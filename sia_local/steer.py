@@ -271,6 +271,7 @@ class SequenceState:
         self.done = False
         self.junction = False
         self.last_token = -1
+        self.stop_token: int | None = None  # the end-of-generation token it stopped on (never appended to ids)
         self._bytes = bytearray()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text, self._emitted = "", 0
@@ -319,6 +320,7 @@ class SequenceState:
             kl = _kl(steered, self._z, cfg.temperature)
         token = int(self._cand[choice])
         if self.lm.is_eog(token):
+            self.stop_token = token
             self.end("stop")
             return None
         stats.junctions += self.junction

@@ -111,6 +111,41 @@ def test_best_of_n_with_heads(which: str, tiny_gguf: Path, head_dir: Path) -> No
     lm.track_hidden(False)
 
 
+def test_sampling_keeps_the_hidden_states_distillation_needs(tiny_gguf: Path, tiny_reward: Path) -> None:
+    """keep_hidden: each sample's hidden states (prompt's last token, every response token, the stop
+    token) come from the decodes that sampled it and equal decoding the finished text again."""
+    from sia_local.search import best_of_n
+
+    lm = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn="off")
+    ref = LM(tiny_gguf, n_ctx=512, hidden=True, flash_attn="off")
+    steerer = Steerer(lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(gate="none", max_tokens=16, seed=3))
+    prompt = lm.render_chat([{"role": "user", "content": "Tell me a story."}])[0]
+    result = best_of_n(steerer, "Tell me a story.", 4, keep_hidden=True)
+    plain = best_of_n(steerer, "Tell me a story.", 4)
+    assert [c.generation.token_ids for c in result.candidates] == [c.generation.token_ids for c in plain.candidates]  # sampling unchanged
+    for c in result.candidates:
+        ids = c.generation.token_ids
+        assert c.hidden is not None and c.hidden.shape[1] == lm.n_embd
+        assert len(c.hidden) == 1 + len(ids) + (c.generation.stats.finish_reason == "stop")  # + the stop token it ended on
+        want = ref.hidden_states([*prompt, *ids], first=len(prompt) - 1)
+        np.testing.assert_allclose(c.hidden[: 1 + len(ids)], want, atol=2e-3)
+    assert "hidden" not in json.dumps(result.to_dict())
+
+
+def test_distillation_resumes_data_without_kept_hidden_states(head_dir: Path, hidden_lm: LM) -> None:
+    """Rows sampled by an older run (no hidden states kept) get theirs by decoding again: same values."""
+    from sia_local.distill import sampled_hidden
+
+    rows = [json.loads(line) for line in (head_dir / "data.jsonl").read_text().splitlines()]
+    assert all("hidden_rows" in r for r in rows) and len(list((head_dir / "hidden").glob("p*.npy"))) == len(PROMPTS)
+    kept = sampled_hidden(hidden_lm, rows, head_dir / "hidden", 12)
+    again = sampled_hidden(hidden_lm, [{k: v for k, v in r.items() if k != "hidden_rows"} for r in rows], head_dir / "hidden", 12)
+    for r, a, b in zip(rows, kept, again):
+        n = 1 + len(r["response_ids"])
+        assert len(a) == r["hidden_rows"] and len(a) == len(b)
+        np.testing.assert_allclose(a[:n], b[:n], atol=2e-2)  # float16 storage; flash attention may be on
+
+
 def test_head_steers_towards_higher_values(hidden_lm: LM, head_dir: Path) -> None:
     head = load_head(head_dir, hidden_lm)
     seeds = range(4)
