@@ -440,10 +440,12 @@ SPEED_PROMPT = "Once upon a time, in a small village by the sea, there lived an 
 
 
 def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float = 0.2, best_of: int = 8,
-          heads: dict[str, Scorer] | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+          heads: dict[str, Scorer] | None = None, head_ks: Sequence[int] = (), progress: Callable[[int, int, str], None] | None = None,
+          ) -> dict[str, Any]:
     """Side by side, interleaved: llama-cpp-python's create_completion, gate none, entropy@ratio, dense,
     and Best-of-N batched vs N sequential runs; with `heads` ({name: scorer on the same LM}), each head at
-    entropy@ratio and dense too. Returns medians and the ratios the project tracks."""
+    entropy@ratio and dense too, and branch heads also with each k of `head_ks` candidates (a junction
+    costs a k-token decode; tau is calibrated for that k). Returns medians and the ratios the project tracks."""
     lm = steerer.lm
     llm = lm._llm  # the same model and context, driven by llama-cpp-python's own loop
     tau = steerer.resolve_tau(steerer.config.updated(ratio=ratio))
@@ -455,14 +457,16 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
                                     min_p=0.0, repeat_penalty=1.0, seed=seed)
         return {"tokens": out["usage"]["completion_tokens"], "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
 
-    def sia(gate: str, scorer: Scorer | None = None) -> Callable[[int], dict[str, float]]:
-        """An arm of our loop; `scorer` replaces the steerer's own (a value head on the same LM)."""
-        runner = steerer if scorer is None else Steerer(lm, scorer, steerer.config)
+    def sia(gate: str, scorer: Scorer | None = None, k: int | None = None) -> Callable[[int], dict[str, float]]:
+        """An arm of our loop; `scorer` replaces the steerer's own (a value head on the same LM); `k` candidates instead of top_k."""
+        config = steerer.config if k is None else steerer.config.updated(top_k=k)
+        runner = steerer if scorer is None and k is None else Steerer(lm, scorer if scorer is not None else steerer.reward, config)
+        arm_tau = tau if k is None else steerer.resolve_tau(config.updated(ratio=ratio))  # calibrated before any timing
 
         def run(seed: int) -> dict[str, float]:
             llm.reset()  # same start as the llama-cpp-python arm: an empty context
             t = time.perf_counter()
-            g = runner.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=tau if gate == "entropy" else None, max_tokens=tokens)
+            g = runner.generate(SPEED_PROMPT, raw=True, gate=gate, seed=seed, tau=arm_tau if gate == "entropy" else None, max_tokens=tokens)
             s = g.stats
             return {"tokens": s.tokens, "wall": time.perf_counter() - t, "reward_calls": s.reward_calls, "reward_s": s.reward_seconds, "ratio": s.ratio}
         return run
@@ -484,9 +488,13 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
 
     arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),
             f"bon-{best_of} batched": bon_batched, f"bon-{best_of} sequential": bon_sequential}
+    head_arms = []
     for name, head in (heads or {}).items():
-        arms[f"{name}@{ratio:g}"] = sia("entropy", head)
-        arms[f"{name} dense"] = sia("dense", head)
+        for k in [None, *(k for k in head_ks if k != steerer.config.top_k and getattr(head, "lm_state", None) == "branches")]:
+            label = name if k is None else f"{name} k{k}"
+            arms[f"{label}@{ratio:g}"] = sia("entropy", head, k)
+            arms[f"{label} dense"] = sia("dense", head, k)
+            head_arms += [f"{label}@{ratio:g}", f"{label} dense"]
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
     total, done = repeats * len(arms), 0
     for rep in range(repeats):
@@ -513,8 +521,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
         "bon_batched_vs_sequential_tok_s": table[f"bon-{best_of} batched"]["tok_s"] / table[f"bon-{best_of} sequential"]["tok_s"],
         f"{e}_vs_none_time": table[e]["seconds_per_token"] / table["none"]["seconds_per_token"],
     }
-    for name in heads or {}:
-        for arm in (f"{name}@{ratio:g}", f"{name} dense"):
-            ratios[f"{arm}_vs_none_time"] = table[arm]["seconds_per_token"] / table["none"]["seconds_per_token"]
+    for arm in head_arms:
+        ratios[f"{arm}_vs_none_time"] = table[arm]["seconds_per_token"] / table["none"]["seconds_per_token"]
     return {"tau": tau, "tokens": tokens, "repeats": repeats, "table": table, "ratios": ratios, "runs": runs,
             "model": str(lm.path), "reward_provider": getattr(steerer.reward, "provider", None)}

@@ -366,14 +366,17 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the full result as JSON.")
 @click.option("--head", "head_dir", type=click.Path(path_type=Path), default=None,
               help="A head folder (sia vm distill): adds its branch and prefix heads at the ratio and dense.")
+@click.option("--head-k", "head_ks", default="", metavar="K[,K...]",
+              help="Also run the branch head with these candidate counts (e.g. 5): a junction decodes k tokens.")
 @click.pass_obj
 @_fail_cleanly
-def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, json_out: Path | None, head_dir: Path | None) -> None:
+def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, json_out: Path | None, head_dir: Path | None, head_ks: str) -> None:
     """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, BoN batched vs sequential, and value heads.
 
     \b
     sia bench speed
     sia bench speed --head head-smollm2            # + head-branch / head-prefix at the ratio and dense
+    sia bench speed --head head-smollm2 --head-k 5 # + the branch head with 5 candidates
     """
     from .bench import speed
 
@@ -388,7 +391,7 @@ def bench_speed(opts: dict[str, Any], tokens: int, repeats: int, best_of: int, j
     ratio = config.ratio if config.ratio is not None else 0.2
     with _progress("speed") as tick:
         result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, heads=heads,
-                       progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
+                       head_ks=_int_list(head_ks, "--head-k"), progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
     click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
     click.echo(f"{'arm':22} {'tok/s':>8} {'tokens':>7} {'ratio':>6} {'rm calls':>8} {'rm s':>7}")
     for name, v in result["table"].items():
@@ -596,7 +599,7 @@ def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path |
     if head_file(folder) is not None:
         opts["_hidden"] = True
         lm = _load_lm(opts)
-        sizes = [int(x) for x in lengths.split(",")]
+        sizes = _int_list(lengths, "--lengths")
         if max(sizes) + 1 >= lm.n_ctx:
             raise ConfigError(f"--lengths up to {max(sizes)} do not fit the context of {lm.n_ctx}", "raise --ctx-size or lower --lengths")
         from .bench import load_prompts
@@ -613,7 +616,7 @@ def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path |
     lm = _load_lm(opts)
     model = ValueModel(folder, lm, verbose=opts["verbose"])
     with _progress("timing junctions") as tick:
-        table = junction_latency(model, [int(x) for x in lengths.split(",")], uncached_up_to=uncached_up_to, progress=lambda m: tick(0, 0, m))
+        table = junction_latency(model, _int_list(lengths, "--lengths"), uncached_up_to=uncached_up_to, progress=lambda m: tick(0, 0, m))
     click.echo(f"{'context':>8} {'cached ms':>10} {'uncached ms':>12} {'speed-up':>9}")
     for n, row in table.items():
         u, c = row["uncached_ms"], row["cached_ms"]
@@ -723,6 +726,14 @@ def _load_scorer(opts: dict[str, Any], lm: "LM | None" = None) -> "Scorer":
 
     with _progress("building the default reward model (once)") as tick:
         return load_scorer(_scorer_settings(opts), lm, progress=tick, note=_note)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    """'5,10' -> [5, 10]; an empty string -> []."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of whole numbers", f"write e.g. {flag} 5,10") from None
 
 
 def _note(message: str) -> None:

