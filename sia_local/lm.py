@@ -629,21 +629,26 @@ def _check_gguf_file(path: Path) -> None:
 
 
 def _gguf_context_length(path: Path) -> int | None:
-    """The training context from the GGUF header, read with the `gguf` package if it is installed."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
+    """The training context from the GGUF's metadata, as llama.cpp reads it with the vocabulary only
+    (~0.1 s; the `gguf` package's reader parses every field in Python: ~2.5 s for SmolLM2 on 2 cores)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
+    if not model:  # a broken file: llama.cpp says why when the model itself is loaded
         return None
+    def meta(key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode("utf-8"), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
     try:
-        reader = GGUFReader(str(path))
-        arch_field = reader.fields.get("general.architecture")
-        if arch_field is None:
-            return None
-        arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-        ctx_field = reader.fields.get(f"{arch}.context_length")
-        return int(ctx_field.parts[ctx_field.data[0]][0]) if ctx_field else None
-    except Exception:  # a broken header is reported by llama.cpp itself, with its own words
-        return None
+        arch = meta("general.architecture")
+        value = meta(f"{arch}.context_length") if arch else None
+        return int(value) if value and value.isdigit() else None
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 def _install_log_callback(verbose: bool) -> None:
