@@ -188,3 +188,13 @@ def test_loop_samples_at_the_temperature_but_measures_entropy_at_one(tiny_lm: LM
     assert np.abs(counts - want).max() < 4 * np.sqrt(want.max() * (1 - want.max()) / draws) + 1e-3
     assert np.abs(counts - softmax(z)).max() > 0.02  # and not from the T = 1 distribution
 
+
+
+def test_context_is_capped_at_the_training_context(tmp_path: Path) -> None:
+    """The training context comes from the GGUF's metadata (llama.cpp, vocabulary-only load)."""
+    from tiny_models import write_tiny_gguf
+
+    short = write_tiny_gguf(tmp_path / "short.gguf", n_ctx=256)
+    assert LM(short, n_ctx=4096).n_ctx == 256
+    assert LM(short, n_ctx=0).n_ctx == 256  # 0 = the model's own
+    assert LM(write_tiny_gguf(tmp_path / "long.gguf", n_ctx=2048), n_ctx=0).n_ctx == 2048
