@@ -8,7 +8,7 @@ in closed form on the *within-junction centred* values, which is all a junction 
 the junctions of training prompts and scored on those of the held-out prompts (Kendall tau with the
 branch head, correlation, top-1 agreement), next to the shipped prefix head.
 
-    python scripts/prefix_head_ceiling.py HEAD_DIR --per-prompt 1 --json docs/bench/prefix_ceiling.json
+    python scripts/prefix_head_ceiling.py HEAD_DIR --junctions junctions.npz --json docs/bench/prefix_ceiling.json
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--min-entropy", type=float, default=0.8)
     ap.add_argument("--share", type=float, default=0.6)
+    ap.add_argument("--junctions", type=Path, default=None, help="an .npz of collected junctions: read if it exists, else written")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     card = json.loads((args.head / "head.json").read_text())
@@ -68,9 +69,13 @@ def main() -> None:
     n_prompts = card["prompts"]
     val_from = n_prompts - card["validation_prompts"]
     model = args.model or default_model_path()
-    lm = LM(model, n_ctx=1024, hidden=True)
     t = time.perf_counter()
-    d = collect(lm, rows, args.k, args.min_entropy, args.share, 0)
+    if args.junctions is not None and args.junctions.exists():
+        d = dict(np.load(args.junctions))
+    else:
+        d = collect(LM(model, n_ctx=1024, hidden=True), rows, args.k, args.min_entropy, args.share, 0)
+        if args.junctions is not None:
+            np.savez(args.junctions, **d)
     seconds = time.perf_counter() - t
     branch = np.load(args.head / "branch.npz")
     v = d["hb"].astype(np.float64) @ branch["w"].astype(np.float64) + float(branch["b"])
