@@ -2,7 +2,9 @@
 
 Builds a ~1B-parameter random-weight llama (F16) with the test builder, then decodes the same prompt
 with all layers on the CPU and all on the GPU, side by side, through sia's loop (gate none, entropy,
-dense with the tiny reward). Also reports which onnxruntime providers really load.
+dense with the tiny reward), and what a junction of a value head on the LM costs there (one k-branch
+decode in one-token steps, k = 5 and 10, at 64 and 512 tokens of context). Also reports which
+onnxruntime providers really load.
 Run (after installing a CUDA build of llama-cpp-python):  python scripts/gpu_check.py [--out FILE]
 """
 
@@ -21,6 +23,7 @@ from tiny_models import write_reward_folder, write_tiny_gguf  # noqa: E402
 
 from sia_local import LM, OnnxReward, SteerConfig, Steerer  # noqa: E402
 from sia_local.calibrate import tau_from_entropies  # noqa: E402
+from sia_local.head import junction_cost  # noqa: E402
 from sia_local.info import loadable_providers  # noqa: E402
 from sia_local.lm import gpu_offload_supported, system_info  # noqa: E402
 
@@ -70,6 +73,13 @@ def main() -> None:
             print(f"ngl={ngl:2d} gate={gate:8s} {st.tokens} tok {st.tokens_per_s:8.1f} tok/s  prefill {st.prefill_seconds:.3f}s "
                   f"ratio {st.ratio:.2f} reward {st.reward_seconds:.3f}s", flush=True)
         del s, lm
+        print(f"value-head junction cost with n_gpu_layers={ngl}", flush=True)
+        lm = LM(gguf, n_ctx=2048, n_gpu_layers=ngl, hidden=True)
+        ids = lm.tokenize(PROMPT * 80, add_special=False)
+        cost = junction_cost(lm, ids, [64, 512], (5, 10), repeats=9, progress=lambda m: print(f"  {m}", flush=True))
+        report.setdefault("junction_cost_in_steps", {})[f"ngl={ngl}"] = {
+            n: {"step_ms": round(r["step_ms"], 2), **{f"k{k}": round(r[f"k{k}"]["branch_in_steps"], 2) for k in (5, 10)}} for n, r in cost.items()}
+        del lm
         if args.out:
             Path(args.out).write_text(json.dumps({**report, "arms": arms}, indent=1))
     report["arms"] = arms
