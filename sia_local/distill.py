@@ -100,7 +100,7 @@ def sampled_hidden(lm: LM, rows: list[dict[str, Any]], hidden_dir: Path, max_tok
     has them; otherwise (data from an older run) decoded again, the prompt once for its samples."""
     out: list[np.ndarray] = []
     loaded: dict[int, tuple[np.ndarray, int]] = {}  # prompt -> (its file, rows used so far)
-    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
+    eos: list[int] | None = None  # the stop token older rows are decoded with (found only if one is needed)
     for n, row in enumerate(rows):
         i, file = row["prompt_index"], hidden_file(hidden_dir, row["prompt_index"])
         if "hidden_rows" in row and (i in loaded or file.exists()):
@@ -109,10 +109,16 @@ def sampled_hidden(lm: LM, rows: list[dict[str, Any]], hidden_dir: Path, max_tok
             loaded[i] = (table, used + row["hidden_rows"])
             continue
         p, r = row["prompt_ids"], row["response_ids"]
-        out.append(lm.hidden_states([*p, *r, *([eos] if eos is not None and len(r) < max_tokens else [])], first=len(p) - 1))
+        eos = _stop_token(lm) if eos is None else eos
+        out.append(lm.hidden_states([*p, *r, *(eos if len(r) < max_tokens else [])], first=len(p) - 1))
         if progress and n % 16 == 0:
             progress(n + 1, len(rows), "hidden states")
     return out
+
+
+def _stop_token(lm: LM) -> list[int]:
+    """[the first end-of-generation token id], or [] for a vocabulary without one."""
+    return next(([t] for t in range(lm.n_vocab) if lm.is_eog(t)), [])
 
 
 def distill(
@@ -144,10 +150,10 @@ def distill(
             progress(len(rows), total, "building the backbone graph")
         save(build_graph(arch, weights), backbone)
     session = ort.InferenceSession(str(backbone), providers=["CPUExecutionProvider"])
-    eos = next((t for t in range(lm.n_vocab) if lm.is_eog(t)), None)
+    eos = _stop_token(lm)
     feats = []
     for n, row in enumerate(rows):  # mean hidden state over the response positions (+ a stop token, as the paper does)
-        response = row["response_ids"] + ([eos] if eos is not None else [])
+        response = row["response_ids"] + eos
         h = hidden_states(session, arch, row["prompt_ids"] + response)
         feats.append(h[len(row["prompt_ids"]):].mean(axis=0) if response else h[-1])
         if progress and n % 8 == 0:

@@ -638,6 +638,7 @@ def _gguf_context_length(path: Path) -> int | None:
     model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if not model:  # a broken file: llama.cpp says why when the model itself is loaded
         return None
+
     def meta(key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
         n = llama_cpp.llama_model_meta_val_str(model, key.encode("utf-8"), buf, len(buf))
