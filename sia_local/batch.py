@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -56,14 +56,18 @@ class WorkerSpec:
     best_of: int = 1
     raw: bool = False
     system: str | None = None
+    verbose: bool = False  # a row's unexpected error also logs its traceback to stderr
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[Row]:
     """Rows of a JSONL or text file; malformed lines become error rows naming their line number."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"input file not found: {p}", "pass a JSONL or text file of prompts")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    if not p.is_file():
+        raise ConfigError(f"input file not found: {p}" if not p.exists() else f"{p} is not a file", "pass a JSONL or text file of prompts")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason})", "save it as UTF-8, e.g. iconv -t UTF-8") from None
     jsonl = p.suffix in (".jsonl", ".json") or any(line.lstrip().startswith("{") for line in lines[:5] if line.strip())
     rows: list[Row] = []
     for n, line in enumerate(lines, 1):
@@ -89,14 +93,20 @@ def _parse_json_row(line: str, n: int, path: Path) -> Row:
     row = Row(n, data.get("id", n))
     if "messages" in data:
         messages = data["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-            row.error = f"{path}:{n}: \"messages\" must be a list of {{\"role\", \"content\"}} objects"
+        if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
+            row.error = f"{path}:{n}: \"messages\" must be a list of {{\"role\": string, \"content\": string}} objects"
             return row
-        row.prompt = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+        row.prompt = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
     elif "prompt" in data:
-        row.prompt = str(data["prompt"])
+        if not isinstance(data["prompt"], str):
+            row.error = f"{path}:{n}: \"prompt\" must be a string, got {type(data['prompt']).__name__}"
+            return row
+        row.prompt = data["prompt"]
     else:
         row.error = f"{path}:{n} has neither \"prompt\" nor \"messages\""
+        return row
+    if data.get("system") is not None and not isinstance(data["system"], str):
+        row.error = f"{path}:{n}: \"system\" must be a string, got {type(data['system']).__name__}"
         return row
     row.system = data.get("system")
     sia = data.get("sia") or {}
@@ -108,11 +118,17 @@ def _parse_json_row(line: str, n: int, path: Path) -> Row:
         row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} in \"sia\", or {', '.join(ROW_OPTIONS)}"
         return row
     row.changes = {**sia, **{k: data[k] for k in ROW_OPTIONS if k in data}}
-    if isinstance(row.changes.get("stop"), str):
-        row.changes["stop"] = (row.changes["stop"],)
-    elif row.changes.get("stop") is not None:
-        row.changes["stop"] = tuple(row.changes["stop"])
+    try:  # every type and range, checked now by SteerConfig itself (the same checks as the CLI and the server)
+        SteerConfig().updated(**row.changes)
+    except ConfigError as exc:
+        row.error = f"{path}:{n}: {exc.message}"
+    except (TypeError, ValueError) as exc:
+        row.error = f"{path}:{n}: a setting has the wrong type ({exc})"
     return row
+
+
+def _is_message(m: Any) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("role"), str) and (m.get("content") is None or isinstance(m.get("content"), str))
 
 
 def _key(row_id: Any) -> str:
@@ -157,7 +173,7 @@ class Worker:
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
         out: dict[str, Any] = {"id": row.id, "line": row.line}
         if row.error is not None:
-            return {**out, "error": row.error}
+            return error_row(row, row.error)
         from .search import best_of_n
 
         changes = {"seed": base_seed + row.line, **row.changes}
@@ -182,26 +198,25 @@ class Worker:
                 out["detail"] = {"token_ids": generation.token_ids, "wall_seconds": time.perf_counter() - t - logprob_seconds, **extra,
                                  "entropies": [round(x.entropy, 4) for x in generation.trace] if generation.trace is not None else None}
         except SiaError as exc:
-            return {**out, "error": str(exc)}
-        except TypeError as exc:  # e.g. a string where a number belongs, caught by no range check
-            return {**out, "error": f"line {row.line}: a setting has the wrong type: {exc}"}
+            return error_row(row, str(exc))
+        except Exception as exc:  # never let one row stop the batch: it becomes an error row, the run goes on
+            if self.spec.verbose:
+                import traceback
+
+                traceback.print_exc()
+            return error_row(row, f"line {row.line}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}")
         s = generation.stats
         stats = {k: v for k, v in asdict(s).items() if k not in ("finish_reason",)}
         return {**out, "text": generation.text, "finish_reason": s.finish_reason, "stats": stats, "error": None}
 
 
+def error_row(row: Row, message: str) -> dict[str, Any]:
+    """A row that could not run: the same keys as a result row, with `error` set and nothing generated."""
+    return {"id": row.id, "line": row.line, "text": None, "finish_reason": "error", "stats": None, "error": message}
+
+
 # -- running -----------------------------------------------------------------------------------------
-_WORKER: Worker | None = None
-
-
-def _init_process(spec: WorkerSpec) -> None:
-    global _WORKER
-    _WORKER = Worker(spec)
-
-
-def _run_in_process(job: tuple[Row, int]) -> dict[str, Any]:
-    assert _WORKER is not None
-    return _WORKER.run(*job)
+MAX_TRIES = 3  # a row whose worker (process or Ray actor) died this many times becomes an error row
 
 
 def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> WorkerSpec:
@@ -211,12 +226,12 @@ def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> W
     scorer = spec.scorer
     if scorer is not None and not scorer.threads:
         scorer = ScorerSettings(**{**asdict(scorer), "threads": share})
-    return WorkerSpec(lm, scorer, spec.config, spec.best_of, spec.raw, spec.system)
+    return replace(spec, lm=lm, scorer=scorer)
 
 
 def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address: str | None = None, use_ray: bool = False,
         ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0,
-        here: Worker | None = None) -> Iterator[dict[str, Any]]:
+        here: Worker | None = None, on_dispatch: Callable[[int, Row], None] | None = None) -> Iterator[dict[str, Any]]:
     """Result rows for `rows`, as they finish (input order with `ordered`).
 
     workers=1 without Ray runs in this process (on `here` when given, else a new Worker); more start
@@ -234,7 +249,7 @@ def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address:
     elif workers <= 1:
         results = _run_here(todo, spec, base_seed)
     else:
-        results = _run_processes(todo, split_threads(spec, workers), workers, base_seed)
+        results = _run_processes(todo, split_threads(spec, workers), workers, base_seed, on_dispatch)
     return _in_input_order(results, todo) if ordered else results
 
 
@@ -244,25 +259,147 @@ def _run_here(rows: Sequence[Row], spec: WorkerSpec, base_seed: int) -> Iterator
         yield worker.run(row, base_seed)
 
 
-def _run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed: int) -> Iterator[dict[str, Any]]:
+def _run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed: int,
+                   on_dispatch: Callable[[int, Row], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows on `workers` supervised worker processes, one row in flight per worker.
+
+    Unlike a `multiprocessing.Pool` (which restarts a worker whose start-up fails without end, and
+    waits forever for the row of a worker that died), the parent watches every worker: a worker that
+    cannot load its model or scorer ends the run with its one-line reason; a worker that dies mid-row
+    (out of memory, an abort inside llama.cpp, a kill) is replaced and its row retried, and after
+    MAX_TRIES deaths the row becomes an error row (`worker died: ...`) and the run goes on.
+    `on_dispatch(pid, row)` is called just before a row is handed to a worker.
+    """
     import multiprocessing
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")  # llama.cpp and onnxruntime hold threads: never fork them
-    pool = ctx.Pool(min(workers, len(rows)), initializer=_init_process, initargs=(spec,))
+    pending: deque[tuple[Row, int]] = deque((row, 0) for row in rows)
+    procs: dict[Any, tuple[Any, Any]] = {}  # parent's connection -> (process, the (row, tries) in flight or None)
+    ready: set[Any] = set()
+    start_deaths = 0
+
+    def start() -> None:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(spec, child), daemon=True, name="sia-batch-worker")
+        proc.start()
+        child.close()
+        procs[parent] = (proc, None)
+
+    def dispatch(conn: Any) -> None:
+        row, tries = pending.popleft()
+        proc, _ = procs[conn]
+        procs[conn] = (proc, (row, tries))
+        if on_dispatch is not None:
+            on_dispatch(proc.pid, row)
+        try:
+            conn.send((row, base_seed))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            pass  # it died already: its sentinel says so next
+
     try:
-        yield from pool.imap_unordered(_run_in_process, [(row, base_seed) for row in rows], chunksize=1)
-        pool.close()
+        for _ in range(min(workers, len(rows))):
+            start()
+        while pending or any(job is not None for _, job in procs.values()):
+            for conn in [c for c in procs if c in ready and procs[c][1] is None]:
+                if pending:
+                    dispatch(conn)
+            watch = {**{c: c for c in procs}, **{procs[c][0].sentinel: c for c in procs}}
+            for signalled in wait(list(watch)):
+                conn = watch[signalled]
+                if conn not in procs:
+                    continue
+                proc, job = procs[conn]
+                message = _receive(conn)
+                if message is not None and message is not _GONE and message[0] == "ready":
+                    ready.add(conn)
+                elif message is not None and message[0] == "failed":
+                    raise SiaError(f"a batch worker could not start: {message[1]}", "check --model and --reward")
+                elif message is not None and message[0] == "result":
+                    procs[conn] = (proc, None)
+                    yield message[1]
+                elif message is _GONE or signalled == proc.sentinel:
+                    proc.join(timeout=5)
+                    del procs[conn]
+                    was_ready = conn in ready
+                    ready.discard(conn)
+                    conn.close()
+                    cause = _exit_cause(proc.exitcode)
+                    if job is None and not was_ready:  # died while loading, before it could say why
+                        start_deaths += 1
+                        if start_deaths >= MAX_TRIES:
+                            raise SiaError(f"batch workers died {start_deaths} times while loading the model ({cause})",
+                                           "run `sia generate` with the same --model / --reward to see why")
+                    else:
+                        row, tries = job
+                        if tries + 1 >= MAX_TRIES:
+                            yield error_row(row, f"line {row.line}: worker died: {MAX_TRIES} workers died on this row ({cause})")
+                        else:
+                            pending.appendleft((row, tries + 1))
+                    if pending or any(j is not None for _, j in procs.values()):
+                        start()
     finally:
-        pool.terminate()
-        pool.join()
+        for conn, (proc, _) in procs.items():
+            try:
+                conn.send(None)
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                pass
+        for conn, (proc, _) in procs.items():
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+            conn.close()
+
+
+_GONE = ("gone",)  # what `_receive` says when the worker's end of the pipe has closed
+
+
+def _receive(conn: Any) -> Any:
+    """The worker's next message; None when there is none yet; `_GONE` when its end of the pipe is closed (it died)."""
+    try:
+        if conn.poll():
+            return conn.recv()
+    except (EOFError, ConnectionResetError, OSError):
+        return _GONE
+    return None
+
+
+def _exit_cause(code: int | None) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _worker_main(spec: WorkerSpec, conn: Any) -> None:
+    """A worker process: load once, say so (or say why not), then answer rows until told to stop."""
+    try:
+        worker = Worker(spec)
+    except BaseException as exc:  # noqa: BLE001 - whatever stops the load is the run's one-line reason
+        conn.send(("failed", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+        return
+    conn.send(("ready",))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        conn.send(("result", worker.run(*job)))
 
 
 def _in_input_order(results: Iterable[dict[str, Any]], rows: Sequence[Row]) -> Iterator[dict[str, Any]]:
-    order = [_key(r.id) for r in rows]
-    held: dict[str, dict[str, Any]] = {}
+    order = [r.line for r in rows]  # by line number: ids may repeat (the repeats are error rows)
+    held: dict[int, dict[str, Any]] = {}
     next_index = 0
     for result in results:
-        held[_key(result["id"])] = result
+        held[result["line"]] = result
         while next_index < len(order) and order[next_index] in held:
             yield held.pop(order[next_index])
             next_index += 1
@@ -313,7 +450,6 @@ def _drop_error_rows(out: Path) -> None:
 # --ray-runtime-env). Rows go to idle actors one at a time; results stream back to the driver, which
 # alone writes the output. An actor that dies (a lost node, ray.kill) has its row retried on a fresh one.
 NAMESPACE = "sia-batch"
-MAX_TRIES = 3  # a row whose actor died this many times becomes an error row
 
 
 def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: str | None = None,
@@ -365,13 +501,13 @@ def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: 
             except ray.exceptions.RayActorError as exc:
                 actors[slot] = new_actor()  # replace the dead actor; its row goes back to the front of the queue
                 if tries + 1 >= MAX_TRIES:
-                    result = {"id": row.id, "line": row.line, "error": f"line {row.line}: {MAX_TRIES} Ray actors died on this row ({_cause(exc)})"}
+                    result = error_row(row, f"line {row.line}: worker died: {MAX_TRIES} Ray actors died on this row ({_cause(exc)})")
                 else:
                     pending.appendleft((row, tries + 1))
                     idle.append(slot)
                     continue
             except ray.exceptions.RayTaskError as exc:
-                result = {"id": row.id, "line": row.line, "error": f"line {row.line}: {_cause(exc)}"}
+                result = error_row(row, f"line {row.line}: {_cause(exc)}")
             idle.append(slot)
             yield result
     finally:

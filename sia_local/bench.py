@@ -451,6 +451,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     tau = steerer.resolve_tau(steerer.config.updated(ratio=ratio))
 
     def llama_cpp(seed: int) -> dict[str, float]:
+        lm.use_all_threads()  # llama-cpp-python's loop is not governed: give it every thread, not what the last arm left
         llm.reset()  # both arms prefill the prompt (create_completion would otherwise reuse it from our last arm)
         t = time.perf_counter()
         out: Any = llm.create_completion(SPEED_PROMPT, max_tokens=tokens, temperature=1.0, top_k=steerer.config.top_k, top_p=1.0,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .config import Setting, SteerConfig, setting_default, settings
+from .config import MAX_TOP_K, Setting, SteerConfig, setting_default, settings
 from .errors import ConfigError, SiaError
 from .junction import gate_names, gate_spec
 
@@ -211,9 +211,13 @@ def chat(system: str | None, highlight: bool, **opts: Any) -> None:
 @click.option("--allow-origin", "allow_origins", multiple=True, help="Send CORS headers for this browser origin (repeatable); none by default.")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a request may hold the model; then it stops and the client gets a 504 (or an error chunk).")
+@click.option("--max-top-k", type=click.IntRange(1, MAX_TOP_K), default=None,
+              help=f"Largest sia.top_k a request may ask; more gets a 400 [default: {MAX_TOP_K}].")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
+              help="Largest n x (prompt + max_tokens) a Best-of-N request may ask; more gets a 400 [default: what a quarter of free memory holds].")
 @_fail_cleanly
 def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_limit: int | None, allow_origins: tuple[str, ...],
-          request_timeout: float | None, **opts: Any) -> None:
+          request_timeout: float | None, max_top_k: int | None, max_batch_tokens: int | None, **opts: Any) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     \b
@@ -226,7 +230,7 @@ def serve(host: str, port: int, max_queue: int, api_key: str | None, max_tokens_
     model_id = steerer.lm.path.stem
     click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.reward, 'name', 'none')}); Ctrl-C stops", err=True)
     run_server(steerer, model_id=model_id, host=host, port=port, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit,
-               allow_origins=list(allow_origins) or None, request_timeout=request_timeout)
+               allow_origins=list(allow_origins) or None, request_timeout=request_timeout, max_top_k=max_top_k, max_batch_tokens=max_batch_tokens)
 
 
 @main.command()
@@ -260,8 +264,16 @@ def batch(input_file: Path, output: Path, system: str | None, raw: bool, best_of
 
     config = config_from(opts)
     base_seed = config.seed or 0
+    if output.is_dir():
+        raise click.UsageError(f"-o {output} is a directory; pass a file path such as {output / 'answers.jsonl'}")
+    try:
+        env = json.loads(ray_runtime_env) if ray_runtime_env else None
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--ray-runtime-env is not valid JSON ({exc.msg} at character {exc.pos}); pass an object such as '{{\"working_dir\": \".\"}}'")
+    if env is not None and not isinstance(env, dict):
+        raise click.UsageError("--ray-runtime-env must be a JSON object such as '{\"working_dir\": \".\"}'")
     spec = WorkerSpec(_lm_settings(opts), _scorer_settings(opts) if (config.steers() or best_of > 1) else None, config.replace(seed=None),
-                      best_of=best_of, raw=raw, system=system)
+                      best_of=best_of, raw=raw, system=system, verbose=bool(opts.get("verbose")))
     if spec.scorer is not None and spec.scorer.path is None:
         _load_scorer(opts)  # build the default reward once, here, before workers race to build it
     if config.needs_tau():  # calibrate once, here, so workers find tau in the cache
@@ -271,7 +283,6 @@ def batch(input_file: Path, output: Path, system: str | None, raw: bool, best_of
         with _progress("calibrating tau (once per model)") as tick:
             tau_for_ratio(lm, config.ratio or 0.0, top_k=config.top_k, progress=tick)
         del lm
-    env = json.loads(ray_runtime_env) if ray_runtime_env else None
     n_workers = workers or (2 if ray_address else 1)
     with _rows_progress() as tick:
         summary = run_file(input_file, output, spec, workers=n_workers, use_ray=ray_address is not None,

@@ -18,6 +18,9 @@ from .errors import ConfigError
 from .junction import gate_names, gate_spec
 
 
+MAX_TOP_K = 64  # candidates per step: more is no longer "sparse" (a branch head has 63 branch sequences at most)
+
+
 @dataclass(frozen=True)
 class Setting:
     """How one `SteerConfig` field appears to users.
@@ -27,6 +30,7 @@ class Setting:
         kind: the value's type: int, float, str, bool or "strs" (a repeatable string).
         flag: the CLI long flag; `short` its one-letter form; `aliases` more long forms.
         lo, hi: the allowed range (inclusive; `lo_open` makes the lower bound exclusive).
+        max_items, max_len: for "strs", how many strings and how long each (OpenAI's limits for `stop`).
         api: where HTTP requests set it: "sia" (the `sia` extension object), "openai" (an OpenAI field of
             the same meaning, declared by the server), or None.
         chat: slash-command names in `sia chat` (first is the main one).
@@ -40,6 +44,8 @@ class Setting:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
+    max_items: int | None = None  # "strs": at most this many strings ...
+    max_len: int | None = None  # ... each at most this many characters
     api: str | None = None
     chat: tuple[str, ...] = ()
 
@@ -68,26 +74,32 @@ class SteerConfig:
     """
 
     gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
-    top_k: int = _s(10, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, api="sia",
+    top_k: int = _s(10, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, hi=MAX_TOP_K, api="sia",
                                 chat=("top-k", "topk", "k")))
-    weight: float = _s(1.0, Setting("w in s = z + w*r", float, "--weight", "-w", api="sia", chat=("weight",)))
+    weight: float = _s(1.0, Setting("w in s = z + w*r", float, "--weight", "-w", lo=-1000.0, hi=1000.0, api="sia", chat=("weight",)))
     temperature: float = _s(1.0, Setting("sampling temperature (0 = greedy); the entropy always uses T = 1", float, "--temperature",
-                                         aliases=("--temp",), lo=0.0, api="openai", chat=("temp", "temperature")))
+                                         aliases=("--temp",), lo=0.0, hi=2.0, api="openai", chat=("temp", "temperature")))
     top_p: float = _s(1.0, Setting("nucleus sampling inside the k candidates (1 = off)", float, "--top-p", lo=0.0, hi=1.0, lo_open=True,
                                    api="openai", chat=("top-p",)))
     tau: float | None = _s(None, Setting("entropy threshold in nats (wins over --ratio)", float, "--tau", lo=0.0, api="sia", chat=("tau",)))
-    ratio: float | None = _s(0.2, Setting("target share of junction steps; tau is calibrated per model", float, "--ratio", lo=0.0, hi=1.0,
-                                          api="sia", chat=("ratio",)))
+    ratio: float | None = _s(0.2, Setting("target share of junction steps; tau is calibrated per model (use --gate none for no steering)",
+                                          float, "--ratio", lo=0.0, hi=1.0, lo_open=True, api="sia", chat=("ratio",)))
     first_n: int = _s(32, Setting("steered steps for the first-n gate", int, "--first-n", lo=0, api="sia", chat=("first-n",)))
     max_tokens: int = _s(256, Setting("most tokens to generate", int, "--max-tokens", "-n", lo=1, api="openai", chat=("max-tokens",)))
-    seed: int | None = _s(None, Setting("sampler seed (the same seed gives the same text)", int, "--seed", api="openai", chat=("seed",)))
+    seed: int | None = _s(None, Setting("sampler seed (the same seed gives the same text)", int, "--seed", lo=0, api="openai",
+                                        chat=("seed",)))
     normalize: bool = _s(False, Setting("standardise the k rewards at each junction before weighting", bool, "--normalize", api="sia",
                                         chat=("normalize",)))
-    stop: tuple[str, ...] = _s((), Setting("stop string (repeatable)", "strs", "--stop", api="openai"))
+    stop: tuple[str, ...] = _s((), Setting("stop string (repeatable, at most 4 of at most 64 characters)", "strs", "--stop", max_items=4,
+                                           max_len=64, api="openai"))
     trace: bool = False
     logprobs: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, or a list of them (JSON has no tuples)
+            object.__setattr__(self, "stop", (self.stop,))
+        elif isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
         for name, setting in settings():
             _check(name, setting, getattr(self, name))
         if self.gate not in gate_names():
@@ -165,10 +177,23 @@ def parse_value(name: str, text: str) -> Any:
 
 
 def _check(name: str, setting: Setting, value: Any) -> None:
-    if value is None or setting.kind in (str, "strs"):
+    if value is None:
         return
     api = f"`sia.{name}`" if setting.api == "sia" else f"`{name}`"
     hint, api_hint = f"fix {setting.flag}", f"fix {api} in the request"
+    if setting.kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{name}` must be a string, got {value!r}", hint, api_hint=api_hint)
+        return
+    if setting.kind == "strs":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"`{name}` must be a string or a list of strings, got {value!r}", hint, api_hint=api_hint)
+        if setting.max_items is not None and len(value) > setting.max_items:
+            raise ConfigError(f"`{name}` has {len(value)} strings; at most {setting.max_items} are allowed", hint, api_hint=api_hint)
+        long = [v for v in value if setting.max_len is not None and len(v) > setting.max_len]
+        if long:
+            raise ConfigError(f"`{name}` has a string of {len(long[0])} characters; at most {setting.max_len} are allowed", hint, api_hint=api_hint)
+        return
     if setting.kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"`{name}` must be true or false, got {value!r}", hint, api_hint=api_hint)

@@ -36,8 +36,7 @@ def head_file(path: str | Path) -> tuple[Path, str] | None:
     """(folder, kind) when `path` is a head folder or one of its .npz files; None otherwise."""
     p = Path(path)
     if p.is_dir() and (p / CARD).exists():
-        card = json.loads((p / CARD).read_text())
-        return p, str(card.get("default", "branch"))
+        return p, str(read_card(p).get("default", "branch"))
     if p.suffix == ".npz" and p.stem in KINDS and (p.parent / CARD).exists():
         return p.parent, p.stem
     return None
@@ -52,13 +51,54 @@ def load_head(path: str | Path, lm: LM) -> "BranchHead | PrefixHead":
     return BranchHead(folder, lm) if kind == "branch" else PrefixHead(folder, lm)
 
 
+CARD_KEYS = ("n_embd", "n_vocab")
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The folder's head.json, or one line that says what is wrong with it."""
+    where = folder / CARD
+    try:
+        card = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RewardModelError(f"{where} is not readable JSON ({exc})", "rerun `sia vm distill` to write the folder again") from None
+    if not isinstance(card, dict):
+        raise RewardModelError(f"{where} must be a JSON object", "rerun `sia vm distill` to write the folder again")
+    missing = [k for k in CARD_KEYS if not isinstance(card.get(k), int)]
+    if missing:
+        raise RewardModelError(f"{where} lacks {', '.join(missing)} (an integer each)", "rerun `sia vm distill` to write the folder again")
+    if not isinstance(card.get("vocab_sample", {}), dict):
+        raise RewardModelError(f"{where}: vocab_sample must be an object of token id -> text", "rerun `sia vm distill`")
+    return card
+
+
+def _load_weights(file: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The arrays of a head's .npz, each checked against its expected shape (-1: any length), at load."""
+    import zipfile
+
+    try:
+        with np.load(file) as data:
+            weights = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise RewardModelError(f"{file} is not a readable .npz ({exc})", "rerun `sia vm distill` to write it again") from None
+    for key, shape in shapes.items():
+        if key not in weights:
+            raise RewardModelError(f"{file} has no array {key!r}", "rerun `sia vm distill` to write it again")
+        got = weights[key].shape
+        if len(got) != len(shape) or any(want not in (-1, have) for want, have in zip(shape, got)):
+            raise RewardModelError(f"{file}: {key} has shape {got}, expected {tuple('any' if n == -1 else n for n in shape)}",
+                                   "rerun `sia vm distill` for this model")
+        if weights[key].dtype.kind not in "fiu" or not np.all(np.isfinite(weights[key])):
+            raise RewardModelError(f"{file}: {key} holds non-numbers or non-finite values", "rerun `sia vm distill`")
+    return weights
+
+
 class _Head:
     kind = ""
 
     def __init__(self, folder: Path, lm: LM) -> None:
         self.folder = folder
         self.lm = lm
-        self.card: dict[str, Any] = json.loads((folder / CARD).read_text())
+        self.card: dict[str, Any] = read_card(folder)
         self.name = f"{folder.name}/{self.kind}"
         self.provider = "llama.cpp"
         self.note: str | None = None
@@ -68,7 +108,7 @@ class _Head:
         file = folder / f"{self.kind}.npz"
         if not file.exists():
             raise RewardModelError(f"{folder} has no {self.kind}.npz", f"use {folder} (its default head) or rerun `sia vm distill`")
-        self.weights = {k: np.asarray(v) for k, v in np.load(file).items()}
+        self.weights = _load_weights(file, self.shapes(lm))
 
     def _check(self, lm: LM) -> None:
         card, where = self.card, self.folder / CARD
@@ -77,6 +117,8 @@ class _Head:
                                    f"but {lm.path.name} has {lm.n_embd} and {lm.n_vocab}",
                                    "use a head distilled for this model (sia vm distill -m MODEL)")
         for tid, text in card.get("vocab_sample", {}).items():
+            if not str(tid).isdigit() or not 0 <= int(tid) < lm.n_vocab:
+                raise RewardModelError(f"{where}: vocab_sample has token id {tid!r}, outside this vocabulary", "rerun `sia vm distill`")
             if lm.token_text(int(tid)) != text:
                 raise RewardModelError(f"{where} and {lm.path.name} disagree on token {tid} ({text!r} vs {lm.token_text(int(tid))!r})",
                                        "use a head distilled for this model")
@@ -106,8 +148,12 @@ class _Head:
             out.append(float(self.lm.hidden_states(full)[-1] @ w + b))
         return np.asarray(out, dtype=np.float64)
 
+    def shapes(self, lm: LM) -> dict[str, tuple[int, ...]]:
+        """The arrays this kind's .npz must hold, with their shapes."""
+        raise NotImplementedError
+
     def _value_head(self) -> tuple[np.ndarray, float]:
-        data = np.load(self.folder / "branch.npz")
+        data = _load_weights(self.folder / "branch.npz", {"w": (self.lm.n_embd,), "b": ()})
         return np.asarray(data["w"], dtype=np.float64), float(data["b"])
 
     @staticmethod
@@ -124,6 +170,9 @@ class BranchHead(_Head):
 
     kind = "branch"
     lm_state: str | None = "branches"
+
+    def shapes(self, lm: LM) -> dict[str, tuple[int, ...]]:
+        return {"w": (lm.n_embd,), "b": ()}
 
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)
@@ -142,6 +191,9 @@ class PrefixHead(_Head):
     kind = "prefix"
     lm_state: str | None = "hidden"
 
+    def shapes(self, lm: LM) -> dict[str, tuple[int, ...]]:
+        return {"a": (lm.n_embd,), "b": (), "A": (-1, lm.n_embd), "tok_u": (lm.n_vocab,), "tok_L": (lm.n_vocab, -1)}
+
     def __init__(self, folder: Path, lm: LM) -> None:
         super().__init__(folder, lm)
         w = self.weights
@@ -149,6 +201,8 @@ class PrefixHead(_Head):
         self.A = w["A"].astype(np.float32)  # (r, n_embd)
         self.u = w["tok_u"].astype(np.float32)  # (n_vocab,): u·e_c for every token
         self.L = w["tok_L"].astype(np.float32)  # (n_vocab, r): B e_c for every token
+        if self.A.shape[0] != self.L.shape[1]:
+            raise RewardModelError(f"{folder / 'prefix.npz'}: A has rank {self.A.shape[0]} but tok_L has {self.L.shape[1]}", "rerun `sia vm distill`")
         lm.track_hidden()
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:

@@ -109,24 +109,49 @@ class EntropyGate:
         return h >= self.tau
 
 
+def certain_entropy(k: int, p1: float = 0.99) -> float:
+    """The largest entropy (nats) a top-k distribution whose favourite has probability `p1` can have.
+
+    Entropy over k candidates with top-1 mass p1 is largest when the rest is spread evenly, and that
+    maximum falls as p1 grows: a step whose top-1 probability is above p1 has an entropy below this.
+    """
+    if k < 2:
+        return 0.0
+    rest = (1.0 - p1) / (k - 1)
+    return float(-(p1 * np.log(p1) + (k - 1) * rest * np.log(rest)))
+
+
 class ControlledEntropyGate:
-    """H >= tau_t, with tau_t = tau + gain * (junctions so far - ratio * steps so far).
+    """H >= tau_t, with tau_t = tau + gain * e, e the junction surplus (junctions - ratio * steps), bounded.
 
     The paper's rule with the threshold steered online: tau (calibrated on unsteered samples of other
     prompts) is only the start. Steered text and real prompts run at higher entropy than the calibration
     set, so a fixed tau over-steers; each junction above the target share raises the threshold and each
     step below it lowers it, so an answer realises the asked ratio while still steering at its own
-    highest-entropy steps. `gain` is in nats per junction of surplus.
+    highest-entropy steps.
+
+    Two bounds keep it from winding up (a plain integral did: ~90 near-certain steps of a code block
+    drove tau_t below zero and every later step became a junction until the backlog was paid):
+    e stays within +-`bound` junctions, so a stretch where steering is impossible leaves at most
+    `bound` junctions of debt (or credit); and tau_t stays within [certain_entropy(k), ln k), so a step
+    whose top-1 probability is above 0.99 is never steered and the threshold never rises past every
+    possible entropy. `gain` is in nats per junction of surplus.
     """
 
-    def __init__(self, tau: float, ratio: float, gain: float = 0.1) -> None:
-        self.tau, self.ratio, self.gain = tau, ratio, gain
+    def __init__(self, tau: float, ratio: float, gain: float = 0.7, bound: float = 1.2, k: int = 10) -> None:
+        self.tau, self.ratio, self.gain, self.bound = tau, ratio, gain, bound
+        self.floor = certain_entropy(k)
+        self.ceiling = 0.98 * float(np.log(max(k, 2)))
+        self.error = 0.0
         self.junctions = 0
         self.steps = 0
 
+    def threshold(self) -> float:
+        return min(max(self.tau + self.gain * self.error, self.floor), self.ceiling)
+
     def __call__(self, step: int, h: float) -> bool:
-        threshold = self.tau + self.gain * (self.junctions - self.ratio * self.steps)
-        hit = h >= threshold
+        hit = h >= self.threshold()
+        self.error = min(max(self.error + hit - self.ratio, -self.bound), self.bound)
         self.junctions += hit
         self.steps += 1
         return hit
@@ -232,7 +257,7 @@ def _entropy(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
     assert tau is not None
     if config.tau is not None or config.ratio is None or config.ratio in (0.0, 1.0):
         return EntropyGate(tau)  # a tau given by the user is kept fixed
-    return ControlledEntropyGate(tau, config.ratio)
+    return ControlledEntropyGate(tau, config.ratio, k=config.top_k)
 
 
 register_gate("entropy", _entropy, help="H >= tau (the paper); with --ratio, tau starts calibrated and is steered online to realise the ratio",

@@ -109,11 +109,14 @@ class LM:
         self._vocab = self._llm._model.vocab
         self._ctx = self._llm._ctx.ctx
         self.n_vocab: int = self._llm.n_vocab()
-        self.n_ctx: int = self._llm.n_ctx()
+        # llama.cpp may round the context up (to 256 cells); llama-cpp-python's token buffer keeps the size
+        # asked for, and that is the real limit (past it, the buffer overflows)
+        self.n_ctx: int = min(self._llm.n_ctx(), len(self._llm.input_ids))
         self._pieces: dict[int, bytes] = {}
         self._recurrent = bool(getattr(self._llm, "_is_recurrent", False) or getattr(self._llm, "_is_hybrid", False))
         self._chat = _chat_formatter(self._llm, self, chat_format, chat_template)
         self.n_threads = self._llm.n_threads
+        self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
         adaptive = n_threads is None and os.environ.get("SIA_THREAD_POLICY", "adaptive") not in ("fixed", "keep")
         self.governor = ThreadGovernor(self.n_threads) if adaptive and self.n_threads >= 2 else None
         self.n_gpu_layers = n_gpu_layers
@@ -220,8 +223,18 @@ class LM:
         if n != self.n_threads:
             import llama_cpp
 
-            llama_cpp.llama_set_n_threads(self._ctx, n, n)
+            llama_cpp.llama_set_n_threads(self._ctx, n, self.max_threads)  # the governor's count is for one-token steps only
             self.n_threads = n
+
+    @property
+    def settled_threads(self) -> int:
+        """The thread count the governor settled on (not a probe's count in flight); the given count without one."""
+        return self.governor.settled if self.governor is not None else self.n_threads
+
+    def use_all_threads(self) -> None:
+        """Decode with every thread given, e.g. before code that drives llama-cpp-python's own loop (the governor
+        takes over again at this LM's next step)."""
+        self._use_threads(self.max_threads)
 
     def logits(self) -> np.ndarray:
         """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
@@ -386,6 +399,22 @@ class LM:
     def metadata(self) -> dict[str, str]:
         return dict(self._llm.metadata)
 
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes (f16 keys and values in every layer), from the GGUF's metadata:
+        what sizes a Best-of-N budget."""
+        meta = self.metadata
+        arch = meta.get("general.architecture", "")
+
+        def number(key: str, default: int) -> int:
+            try:
+                return int(meta.get(f"{arch}.{key}", default))
+            except (TypeError, ValueError):
+                return default
+
+        heads = max(number("attention.head_count", 1), 1)
+        kv_heads = number("attention.head_count_kv", heads)
+        return 2 * 2 * number("block_count", 1) * self.n_embd * kv_heads // heads
+
 
 class BatchContext:
     """A second llama.cpp context over the same weights that decodes several sequences at once.
@@ -425,7 +454,8 @@ class BatchContext:
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         params.n_seq_max = n_seq * (1 + branches)
-        params.n_threads = params.n_threads_batch = lm.n_threads
+        params.n_threads = lm.settled_threads  # never a probe's count that happened to be current
+        params.n_threads_batch = lm.max_threads
         params.embeddings = bool(branches or track_hidden)  # pooling none, as the LM's own context; switched on per decode
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
@@ -450,10 +480,13 @@ class BatchContext:
         if len(tokens) + 1 >= self.n_ctx:
             raise ContextLengthError(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}", "shorten the prompt",
                                      api_hint="shorten the messages or lower max_tokens")
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            last = start + len(chunk) == len(tokens)
-            self._decode([(t, start + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)], hidden=last and self.track_hidden)
+        head = list(tokens[:-1])
+        for start in range(0, len(head), self.n_batch):  # every token but the last, without outputs
+            chunk = head[start : start + self.n_batch]
+            self._decode([(t, start + i, 0, False) for i, t in enumerate(chunk)], hidden=False)
+        # the last token on its own, as LM.prefill does: embeddings on for one output row, not for a whole
+        # chunk (llama.cpp gives every token of an embeddings decode a row: ~0.5 GB at a 262k vocabulary)
+        self._decode([(tokens[-1], len(tokens) - 1, 0, True)], hidden=self.track_hidden)
         logits = _compat_logits_view(self._ctx, self.lm.n_vocab).copy()
         if self.track_hidden:
             h = self._embedding(-1)

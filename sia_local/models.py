@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
 
+_DIGEST = re.compile(r"sha256[:-][0-9a-f]{64}")
 _QUANT = re.compile(r"(?i)(?:^|[-_.])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|F32|BF16)(?=[-_.]|$)")
 
 
@@ -66,7 +68,10 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
         return path  # a path (LM reports a missing file with its own message)
     models = find_models()
     exact = [m for m in models if m.name.lower() == text.lower() or m.name.lower() == f"{text.lower()}:latest"]
-    if len(exact) >= 1:
+    if len({m.path.resolve() for m in exact}) > 1:  # the same name in two stores: say so, never pick by sort order
+        where = ", ".join(f"{m.source}: {m.path}" for m in exact)
+        raise ModelError(f"--model {text!r} names {len(exact)} different files ({where})", "pass the path of the one you mean")
+    if exact:
         return exact[0].path
     partial = [m for m in models if text.lower() in m.name.lower()]
     if len(partial) == 1:
@@ -106,11 +111,19 @@ def _ollama(roots: list[Path]) -> list[FoundModel]:
             if len(parts) < 4:
                 continue
             try:
-                layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
-            except (OSError, ValueError):
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+                layers = data.get("layers", []) if isinstance(data, dict) else None
+                if not isinstance(layers, list):
+                    raise ValueError("no list of layers")
+                digest = next((layer.get("digest") for layer in layers
+                               if isinstance(layer, dict) and layer.get("mediaType") == "application/vnd.ollama.image.model"), None)
+            except (OSError, ValueError) as exc:
+                _skip(manifest, f"not an Ollama manifest ({exc})")
                 continue
-            digest = next((layer.get("digest") for layer in layers if layer.get("mediaType") == "application/vnd.ollama.image.model"), None)
             if not digest:
+                continue
+            if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):  # never joined into a path unchecked (`..` would leave blobs/)
+                _skip(manifest, f"its model layer's digest {str(digest)[:80]!r} is not sha256:<64 hex>")
                 continue
             blob = root / "blobs" / digest.replace(":", "-")
             if not _is_gguf(blob):
@@ -119,6 +132,10 @@ def _ollama(roots: list[Path]) -> list[FoundModel]:
             name = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
             out.append(FoundModel(name, blob, "ollama", blob.stat().st_size, quant_of(tag)))
     return out
+
+
+def _skip(where: Path, why: str) -> None:
+    print(f"sia: skipping {where}: {why}", file=sys.stderr)
 
 
 def _lmstudio(roots: list[Path]) -> list[FoundModel]:
@@ -140,13 +157,18 @@ def _huggingface(roots: list[Path]) -> list[FoundModel]:
         for repo in root.glob("models--*"):
             org_repo = repo.name[len("models--"):].replace("--", "/")
             seen: set[str] = set()
-            snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)  # newest revision first
+            snapshots = sorted((p for p in (repo / "snapshots").glob("*") if p.exists()), key=lambda p: p.stat().st_mtime, reverse=True)  # newest first
             for snap in snapshots:
                 for file in snap.rglob("*.gguf"):
                     rel = file.relative_to(snap).as_posix()
-                    if rel in seen or not _is_gguf(file):
+                    if rel in seen or not _is_gguf(file):  # a broken link (blob missing) is no GGUF
                         continue
                     seen.add(rel)
-                    real = file.resolve()  # snapshot files link to blobs/
-                    out.append(FoundModel(f"{org_repo}/{rel}", real, "huggingface", real.stat().st_size, quant_of(file.name)))
+                    try:
+                        real = file.resolve(strict=True)  # snapshot files link to blobs/
+                        size = real.stat().st_size
+                    except (OSError, RuntimeError) as exc:
+                        _skip(file, f"cannot be read ({exc})")
+                        continue
+                    out.append(FoundModel(f"{org_repo}/{rel}", real, "huggingface", size, quant_of(file.name)))
     return out

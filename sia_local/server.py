@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .config import settings
+from .config import MAX_TOP_K, settings
 from .errors import Cancelled, SiaError
 from .junction import gate_names
 from .steer import Generation, Steerer
@@ -55,52 +56,60 @@ def _check_gate(name: str) -> str:
     return name
 
 
-def _sia_params() -> type[BaseModel]:
-    """The request's `sia` object, derived from SteerConfig's Settings marked api="sia"."""
+def _fields(api: str) -> dict[str, Any]:
+    """Pydantic fields for SteerConfig's Settings marked `api`, each with its one range."""
     fields: dict[str, Any] = {}
     for name, setting in settings():
-        if setting.api != "sia":
+        if setting.api != api:
             continue
-        kind: Any = Annotated[str, AfterValidator(_check_gate)] if name == "gate" else setting.kind
+        kind: Any = setting.kind
+        if name == "gate":
+            kind = Annotated[str, AfterValidator(_check_gate)]
+        elif setting.kind == "strs":
+            kind = str | list[str]  # lengths and counts are SteerConfig's to check (one message for every shell)
         bounds: dict[str, float] = {}
         if setting.lo is not None:
             bounds["gt" if setting.lo_open else "ge"] = setting.lo
         if setting.hi is not None:
             bounds["le"] = setting.hi
         fields[name] = (kind | None, Field(default=None, description=setting.help, **bounds))
-    return create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **fields)
+    return fields
 
 
-SiaParams = _sia_params()
+SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"))
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Request(BaseModel):
+_OpenAIFields = create_model("_OpenAIFields", __config__=ConfigDict(extra="ignore"), **_fields("openai"))  # temperature, top_p, max_tokens, seed, stop
+
+
+class _Request(_OpenAIFields):  # type: ignore[valid-type,misc]
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     sia: SiaParams | None = None  # type: ignore[valid-type]
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image_url and other parts are accepted and skipped
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str
-    content: str | list[dict[str, Any]] | None = ""
+    content: str | list[ContentPart] | None = ""
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 
@@ -208,14 +217,20 @@ class Engine:
 
 
 def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_tokens_limit: int | None = None, allow_origins: list[str] | None = None, request_timeout: float | None = None) -> Any:
+               max_tokens_limit: int | None = None, allow_origins: list[str] | None = None, request_timeout: float | None = None,
+               max_top_k: int | None = None, max_batch_tokens: int | None = None) -> Any:
     """The FastAPI application; state lives on `app.state.engine`.
 
-    `max_tokens_limit` (default: the larger of 4096 and the context) refuses a larger max_tokens with a 400 before
-    anything is allocated; below it, an answer stops where the context is full (Best-of-N sizes its
-    context from the room the prompt leaves, never from max_tokens alone).
+    Every request is bounded before it reaches the model, each limit refused with a 400 that names it:
+    `max_tokens_limit` (default: the larger of 4096 and the context) caps max_tokens (below it, an
+    answer stops where the context is full); `max_top_k` (default: SteerConfig's own bound) caps k;
+    `max_batch_tokens` (default: from memory, see `default_batch_tokens`) caps Best-of-N's
+    n x (prompt + answer) KV cells; a top_k whose tau was never calibrated is refused rather than
+    calibrated inside the request.
     """
     token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
+    top_k_limit = min(max_top_k or MAX_TOP_K, MAX_TOP_K)
+    batch_limit = max_batch_tokens or default_batch_tokens(steerer.lm)
     app = FastAPI(title="sia-local", version="0.1.0")
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers); outermost, so preflights pass
@@ -250,15 +265,38 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
         prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
         return await _respond(request, engine, req, prompt, {"raw": True}, chat=False)
 
-    async def _respond(request: Request, engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+    def _check(req: _Request, prompt: Any, options: dict[str, Any]) -> None:
+        """Refuse, before the model is touched, a request that would cost more than this server allows."""
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
-        options = {**extra, **_options(req)}
-        if options.get("max_tokens", 0) > token_limit:
-            raise ApiError(400, f"max_tokens is {options['max_tokens']} but this server allows at most {token_limit}; lower max_tokens",
+        try:
+            config = engine.steerer.config_for(**{k: v for k, v in options.items() if k != "raw"})
+        except SiaError as exc:
+            raise _as_api_error(exc) from None
+        if config.max_tokens > token_limit:
+            raise ApiError(400, f"max_tokens is {config.max_tokens} but this server allows at most {token_limit}; lower max_tokens",
                            param="max_tokens", code="context_length_exceeded")
-        if req.n < 1 or req.n > 16:
-            raise ApiError(400, f"n must be between 1 and 16, got {req.n}", param="n")
+        if config.top_k > top_k_limit:
+            raise ApiError(400, f"sia.top_k is {config.top_k} but this server allows at most {top_k_limit} (each junction scores k candidates); "
+                           "lower sia.top_k", param="sia.top_k")
+        if config.needs_tau() and not engine.steerer.is_calibrated(config.top_k):
+            raise ApiError(400, f"tau was never calibrated for top_k {config.top_k} on this model, and a calibration does not run inside a "
+                           f"request; run `sia calibrate --top-k {config.top_k}` before starting the server, or give sia.tau",
+                           param="sia.top_k", code="not_calibrated")
+        if req.n > 1:
+            try:
+                prompt_tokens = len(engine.steerer.prepare(prompt, None, bool(options.get("raw"))).ids)
+            except SiaError as exc:
+                raise _as_api_error(exc) from None
+            answer = min(config.max_tokens, max(engine.steerer.lm.n_ctx - prompt_tokens, 0))
+            cells = req.n * (prompt_tokens + answer)
+            if cells > batch_limit:
+                raise ApiError(400, f"n={req.n} x ({prompt_tokens} prompt + {answer} answer tokens) = {cells} KV cells, but this server allows "
+                               f"{batch_limit} (--max-batch-tokens); lower n or max_tokens", param="n", code="batch_too_large")
+
+    async def _respond(request: Request, engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+        options = {**extra, **_options(req)}
+        _check(req, prompt, options)
         cancel = threading.Event()
         if request_timeout:
             asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
@@ -300,15 +338,51 @@ class _Guard:
         if scope["type"] == "http":
             headers = dict(scope.get("headers") or [])
             refusal: ApiError | None = None
+            too_large = ApiError(413, f"the request body is over {self.max_body_bytes} bytes", code="request_too_large")
             if self.api_key and scope["path"].startswith("/v1/") and not hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode()):
                 refusal = ApiError(401, "missing or wrong API key", code="invalid_api_key")
             length = headers.get(b"content-length", b"")
             if refusal is None and length.isdigit() and int(length) > self.max_body_bytes:
-                refusal = ApiError(413, f"the request body is over {self.max_body_bytes} bytes", code="request_too_large")
+                refusal = too_large
+            if refusal is None and scope.get("method") == "POST":
+                body = await self._read_body(receive)  # counted as it arrives: a chunked upload has no Content-Length
+                if body is None:
+                    refusal = too_large
+                else:
+                    receive = _replay(body, receive)
             if refusal is not None:
                 await JSONResponse(refusal.body(), status_code=refusal.status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _read_body(self, receive: Any) -> bytes | None:
+        """The whole request body, or None as soon as it passes the limit (the rest is never buffered)."""
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts)  # the client left; the endpoint will see an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A `receive` that hands the endpoint the body read already, then the client's later messages (a disconnect)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _parse(request: Any, model: type[_Request], max_body_bytes: int) -> Any:
@@ -331,24 +405,14 @@ async def _parse(request: Any, model: type[_Request], max_body_bytes: int) -> An
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
-    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if limit is not None and limit <= 0:
-        raise ApiError(400, f"max_tokens must be at least 1, got {limit}", param="max_tokens")
     return req
 
 
 def _options(req: _Request) -> dict[str, Any]:
-    """Per-request SteerConfig overrides from the OpenAI fields and the `sia` extension."""
-    out: dict[str, Any] = {}
-    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if limit is not None:
-        out["max_tokens"] = limit
-    for field in ("temperature", "top_p", "seed"):
-        value = getattr(req, field)
-        if value is not None:
-            out[field] = value
-    if req.stop:
-        out["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+    """Per-request SteerConfig changes from the OpenAI fields (declared by SteerConfig's Settings) and the `sia` extension."""
+    out = {name: getattr(req, name) for name, setting in settings() if setting.api == "openai" and getattr(req, name) is not None}
+    if req.max_completion_tokens is not None:
+        out["max_tokens"] = req.max_completion_tokens
     if req.sia:
         out.update(req.sia.model_dump())  # None = not given; SteerConfig.updated applies "a ratio clears tau"
     return out
@@ -381,11 +445,13 @@ async def _best_of(request: Any, engine: Engine, req: _Request, prompt: Any, opt
     if engine.steerer.reward is None:
         raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
     job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer, prompt, req.n, cancel=cancel, **options)))
+    left = False
     while not job.done():
         await asyncio.wait([job], timeout=0.1)
-        if not job.done() and await request.is_disconnected():
+        if not left and not job.done() and await request.is_disconnected():
+            left = True
             cancel.set()  # the search stops at its next step
-            engine.cancelled += 1
+            engine.cancelled += 1  # once per request, however long the search takes to wind down
     try:
         result = job.result()
     except SiaError as exc:
@@ -397,13 +463,42 @@ async def _best_of(request: Any, engine: Engine, req: _Request, prompt: Any, opt
     for i, c in enumerate(ranked):
         g = c.generation
         body = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text, "logprobs": None}
-        choices.append({"index": i, **body, "finish_reason": _finish(g), "sia_score": c.score, "sia_sample": c.index})
+        choices.append({"index": i, **body, "finish_reason": _finish(g), "sia_score": _finite(float(c.score)), "sia_sample": c.index})
     st = result.stats
     usage = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.tokens, "total_tokens": st.prompt_tokens + st.tokens,
-             "sia": {"best_of": req.n, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
-                     "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s}}
+             "sia": _finite({"best_of": req.n, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
+                             "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s})}
     return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
+
+
+def default_batch_tokens(lm: Any) -> int:
+    """Best-of-N's KV budget when the server is not given one: the tokens whose KV cache fits in a
+    quarter of the memory free now (at least one full context, at most 32 of them)."""
+    free = _free_memory_bytes()
+    per_token = lm.kv_bytes_per_token()
+    fit = int(free // 4 // per_token) if free and per_token else 16 * lm.n_ctx
+    return max(lm.n_ctx, min(fit, 32 * lm.n_ctx))
+
+
+def _free_memory_bytes() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return None
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats (an infinite tau, a NaN from an extreme weight) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _finish(generation: Generation) -> str:
@@ -416,7 +511,7 @@ def _usage(generation: Generation) -> dict[str, Any]:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.tokens,
         "total_tokens": s.prompt_tokens + s.tokens,
-        "sia": {k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens")},
+        "sia": _finite({k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens")}),
     }
 
 
@@ -470,11 +565,9 @@ async def _sse(rid: str, created: int, model_id: str, first: tuple[str, Any], ev
         await events.aclose()  # sets the cancel flag if the client left early
 
 
-def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 8, api_key: str | None = None,
-          max_tokens_limit: int | None = None, allow_origins: list[str] | None = None, request_timeout: float | None = None) -> None:
-    """Run the server until Ctrl-C."""
+def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, **limits: Any) -> None:
+    """Run the server until Ctrl-C; `limits` are `create_app`'s keyword arguments."""
     import uvicorn
 
-    app = create_app(steerer, model_id=model_id, max_queue=max_queue, api_key=api_key, max_tokens_limit=max_tokens_limit,
-                     allow_origins=allow_origins, request_timeout=request_timeout)
+    app = create_app(steerer, model_id=model_id, **limits)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -164,6 +164,9 @@ class Steerer:
         if config.steers() and self.reward is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
                               api_hint="the server has no reward model: use sia.gate \"none\"")
+        if config.steers() and getattr(self.reward, "lm_state", None) == "branches" and config.top_k > self.lm.max_branches:
+            raise ConfigError(f"top_k {config.top_k} is more than the {self.lm.max_branches} branches this value head's context holds",
+                              f"use --top-k {self.lm.max_branches} or less", api_hint=f"use sia.top_k <= {self.lm.max_branches}")
         return config
 
     def tau_for(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
@@ -230,6 +233,12 @@ class Steerer:
     def _steps(self, seq: "SequenceState", prompt: _Prompt, logits: np.ndarray) -> Generator[Piece, None, None]:
         """The loop: propose (top-k, entropy, gate) -> score at a junction -> commit -> decode the token."""
         lm, reward = self.lm, self.reward
+        # A branch head decodes k candidates at the next position, each in a cell of its own: the
+        # context must hold them too, so the answer ends ("context") k cells before a plain one would.
+        reserve = seq.cfg.top_k if seq.cfg.steers() and getattr(reward, "lm_state", None) == "branches" else 0
+        if lm.n_past + 1 + reserve >= lm.n_ctx:
+            seq.end("context")
+            return
         while True:
             seq.propose(logits)  # top-k, entropy, gate, the step's uniform draw
             rewards, seconds = None, 0.0
@@ -243,7 +252,7 @@ class Steerer:
                 yield piece
             if seq.done:
                 break
-            if lm.n_past + 1 >= lm.n_ctx:
+            if lm.n_past + 1 + reserve >= lm.n_ctx:
                 seq.end("context")
                 break
             t = time.perf_counter()

@@ -56,7 +56,7 @@ def test_rows_from_jsonl_and_text(tmp_path: Path) -> None:
     ]))
     rows = read_rows(jsonl)
     assert [r.id for r in rows] == ["a", "b", 3, "c", "a", "d"]
-    assert rows[0].changes == {"ratio": 0.3, "max_tokens": 5, "stop": ("x",)} and rows[0].error is None
+    assert rows[0].changes == {"ratio": 0.3, "max_tokens": 5, "stop": "x"} and rows[0].error is None
     assert rows[1].prompt == [{"role": "user", "content": "Hello"}]
     assert "rows.jsonl:3 is not valid JSON" in rows[2].error
     assert "unknown setting sia.speed" in rows[3].error

@@ -68,6 +68,34 @@ def test_control_holds_the_ratio_where_a_fixed_tau_drifts() -> None:
             assert abs(share_fixed - 0.2) > 0.05, (shift, share_fixed)
 
 
+@pytest.mark.parametrize("ratio", [0.2, 0.3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_control_does_not_wind_up_after_a_low_entropy_stretch(ratio: float, seed: int) -> None:
+    """A long near-certain stretch (a code block) leaves no backlog: afterwards every 64-token window
+    holds the asked ratio within 0.05, and no step whose top-1 probability is > 0.99 is ever steered."""
+    from sia_local.junction import ControlledEntropyGate, entropy, softmax
+
+    rng = np.random.default_rng(seed)
+    k = 10
+
+    def logits(certain: bool) -> np.ndarray:
+        if certain:  # one token far ahead of the rest: p1 > 0.99
+            return np.concatenate([[rng.uniform(7.0, 12.0)], rng.normal(0.0, 0.5, k - 1)])
+        return np.sort(rng.normal(0.0, rng.uniform(0.3, 3.0), k))[::-1]
+
+    calibration = [entropy(logits(rng.random() < 0.3)) for _ in range(4000)]
+    gate = ControlledEntropyGate(tau_from_entropies(np.asarray(calibration), ratio), ratio, k=k)
+    steps = [logits(True) for _ in range(120)] + [logits(rng.random() < 0.3) for _ in range(400)]
+    hits = []
+    for i, z in enumerate(steps):
+        hit = gate(i, entropy(z))
+        assert not (hit and softmax(z)[0] > 0.99), f"step {i} steered with p1 = {softmax(z)[0]:.4f}"
+        hits.append(hit)
+    after = np.asarray(hits[120:], dtype=float)
+    windows = np.convolve(after, np.ones(64), "valid") / 64
+    assert np.abs(windows - ratio).max() <= 0.05, (windows.min(), windows.max())
+
+
 def test_profile_is_cached_per_model(tiny_lm: LM) -> None:
     first = entropy_profile(tiny_lm, top_k=10, temperature=1.0)
     files = list((cache_dir() / "calibration").glob("tiny-*.json"))

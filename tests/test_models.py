@@ -21,13 +21,13 @@ def stores(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(var, raising=False)
     # Ollama: a manifest naming a blob by digest
     ollama = home / ".ollama" / "models"
-    blob = ollama / "blobs" / "sha256-abc123"
+    blob = ollama / "blobs" / "sha256-abababababababababababababababababababababababababababababababab"
     blob.parent.mkdir(parents=True)
     shutil.copy(tiny_gguf, blob)
     manifest = ollama / "manifests" / "registry.ollama.ai" / "library" / "tinyllama" / "1b-q4_K_M"
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.license", "digest": "sha256:000"},
-                                               {"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:abc123"}]}))
+                                               {"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:abababababababababababababababababababababababababababababababab"}]}))
     # LM Studio: publisher/repo/file.gguf
     lms = home / ".lmstudio" / "models" / "someone" / "Tiny-GGUF" / "tiny-chat.Q8_0.gguf"
     lms.parent.mkdir(parents=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -61,6 +62,37 @@ def steerer(tiny_gguf: Path, tiny_reward: Path) -> Steerer:
 def server(steerer: Steerer) -> Iterator[_Server]:
     app = create_app(steerer, model_id=MODEL, max_queue=4, max_body_bytes=64_000)
     with _Server(app, _free_port()) as s:
+        yield s
+
+
+class EndlessScorer:
+    """A scorer that makes a generation unable to finish early on any machine: it rules out every
+    end-of-generation candidate (so only max_tokens ends it) and takes 5 ms per junction step."""
+
+    name, provider, lm_state, objective = "endless", "test", None, "never stop"
+
+    def __init__(self, lm: LM) -> None:
+        self.lm = lm
+
+    def score_junctions(self, junctions):
+        time.sleep(0.005)
+        return [np.array([-1e4 if self.lm.is_eog(int(c)) else 0.0 for c in j.candidates]) for j in junctions]
+
+    def score_responses(self, prompt, prompt_ids, responses):
+        return np.zeros(len(responses))
+
+    def info(self):
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def endless(steerer: Steerer) -> Iterator[_Server]:
+    """A server whose dense-gated answers run to max_tokens (>= 4.5 s at 900 tokens): clients can leave before the end."""
+    slow = Steerer(steerer.lm, EndlessScorer(steerer.lm), SteerConfig(gate="dense", max_tokens=32))
+    with _Server(create_app(slow, model_id=MODEL, max_queue=4), _free_port()) as s:
         yield s
 
 
@@ -161,17 +193,18 @@ def test_concurrent_clients_get_unmixed_answers_or_503(server: _Server, steerer:
         assert text == steerer.generate([{"role": "user", "content": f"Client {i} here."}], max_tokens=24, seed=i).text
 
 
-def test_disconnect_mid_stream_frees_the_model(server: _Server, client) -> None:
-    before = httpx.get(server.url + "/health").json()["cancelled"]
-    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "stream": True,
-            "sia": {"gate": "dense"}}
+def test_disconnect_mid_stream_frees_the_model(endless: _Server) -> None:
+    server = endless
+    before = httpx.get(server.url + "/health").json()
+    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "stream": True}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in got)
-    _wait_until_freed(server, before)
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
-    assert r.choices[0].message.content is not None
+    health = _wait_until_freed(server, before["cancelled"])
+    assert health["served"] == before["served"] and health["cancelled"] == before["cancelled"] + 1
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
 
 
 def _wait_until_freed(server: _Server, before: int) -> dict:
@@ -185,20 +218,24 @@ def _wait_until_freed(server: _Server, before: int) -> dict:
 
 
 @pytest.mark.parametrize("n", [1, 4])
-def test_disconnect_without_streaming_frees_the_model(server: _Server, n: int) -> None:
+def test_disconnect_without_streaming_frees_the_model(endless: _Server, n: int) -> None:
     """A client that stops waiting for a non-streamed answer (or a Best-of-N one) is noticed at the next token / step."""
+    server = endless
     before = httpx.get(server.url + "/health").json()
-    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "n": n, "sia": {"gate": "dense"}}
+    body = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "n": n}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
     health = _wait_until_freed(server, before["cancelled"])
     assert health["served"] == before["served"]  # stopped, not finished
+    time.sleep(0.3)  # a departed request is counted once, not once per poll while it winds down
+    assert httpx.get(server.url + "/health").json()["cancelled"] == before["cancelled"] + 1
 
 
-def test_client_that_leaves_while_queued_is_never_run(server: _Server) -> None:
+def test_client_that_leaves_while_queued_is_never_run(endless: _Server) -> None:
     """A request whose client gives up while it waits behind another is dropped when its turn comes."""
+    server = endless
     before = httpx.get(server.url + "/health").json()
-    long = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900, "sia": {"gate": "dense"}}
+    long = {"messages": [{"role": "user", "content": "Go on forever."}], "max_tokens": 900}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json={**long, "stream": True}, timeout=60) as first:
         next(first.iter_lines())  # the model is busy with this one
         with pytest.raises(httpx.ReadTimeout):  # this one queues behind it, then its client leaves
