@@ -533,16 +533,18 @@ def vm() -> None:
 @click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fresh", is_flag=True, help="Start over: delete the data sampled in OUT by an earlier run (else it is resumed, with the same settings only).")
 @_fail_cleanly
 def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
-               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, **opts: Any) -> None:
+               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, fresh: bool, **opts: Any) -> None:
     """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit value heads on the LM's hidden state.
 
     \b
     sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 7 samples x 48 tokens (~20 min on 2 cores)
     sia generate "..." --vm head-smollm2 --ratio 0.2   # the branch head (k-branch decode at a junction)
     sia generate "..." --vm head-smollm2/prefix.npz    # the prefix head (no decode at a junction)
-    Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl.
+    Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl, with the settings they were
+    sampled with (OUT/run.json); other settings are refused, --fresh starts over.
     """
     from .bench import load_prompts
     from .runtime import load_lm
@@ -555,18 +557,19 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
         if onnx_graph:
             from .distill import distill
 
-            card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed,
+            card = distill(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed, fresh=fresh,
                            progress=lambda d, t, what: tick(d, t, what))
-            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g}, "
-                       f"validation corr(V, R) = {card['val_corr_V_R']:.3f} on {card['validation_prompts']} held-out prompts")
+            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g} (x feature variance), "
+                       f"corr(V, R) = {card['test_corr_V_R']:.3f} on {card['test_prompts']} test prompts of unseen situations")
         else:
             from .distill import distill_head
 
             card = distill_head(lm, rm, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
-                                seed=seed, progress=lambda d, t, what: tick(d, t, what))
-            v = card["validation"]
+                                seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what))
+            v = card["test"]
             click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts in {card['seconds']['total']:.0f} s; "
-                       f"branch head ({v['branch']['objective']} objective): held-out corr(V, R) per position {v['branch']['per_position_corr']:.3f}; "
+                       f"on {card['split']['test']} test prompts of situations nothing was fitted or chosen on: "
+                       f"branch head ({v['branch']['objective']} objective) corr(V, R) per position {v['branch']['per_position_corr']:.3f}; "
                        f"prefix head: corr with the branch value {v['prefix']['corr_with_branch_value']:.3f}, "
                        f"Kendall tau vs the branch head at junctions {v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
     click.echo(f"steer with it: sia generate \"...\" -m {lm.path} --vm {out_dir}", err=True)

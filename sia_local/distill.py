@@ -9,8 +9,14 @@ produce is `vm.ValueModel`.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import re
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,8 +45,51 @@ def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
     return session.run(["hidden"], feeds(arch, ids, len(ids)))[0][0]
 
 
+RUN_FILE = "run.json"  # beside data.jsonl: the settings its rows were sampled with
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, then a rename): an interrupted rewrite loses nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def check_run(data_file: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
+    """Keep what a distillation was given: data sampled with other settings is refused (naming the setting), never
+    mixed or thrown away; `fresh` starts over. Data from before run files existed is taken as it is."""
+    run_file = data_file.parent / RUN_FILE
+    if fresh:
+        for old in (data_file, run_file):
+            old.unlink(missing_ok=True)
+        shutil.rmtree(data_file.parent / "hidden", ignore_errors=True)
+    if data_file.exists() and data_file.stat().st_size and run_file.exists():
+        try:
+            before = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        differ = [k for k in settings if k in before and before[k] != settings[k]]
+        if differ:
+            said = ", ".join(f"{k} ({before[k]} then, {settings[k]} now)" if k != "prompts" else "the prompts" for k in differ)
+            raise ConfigError(f"{data_file} was sampled with other settings: {said}",
+                              "rerun with the same settings to resume, or pass --fresh to start over (the sampled data is deleted)")
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_file, json.dumps(settings, indent=1))
+
+
+def run_settings(lm: LM, teacher: Scorer, prompts: Sequence[str], samples_per_prompt: int, max_tokens: int, seed: int) -> dict[str, Any]:
+    """What decides the sampled rows: the same settings resume the same data."""
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+    return {"model": file_fingerprint(lm.path), "teacher": getattr(teacher, "name", "?"), "prompts": digest, "n_prompts": len(prompts),
+            "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "seed": seed}
+
+
 def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: Path, *, samples_per_prompt: int, max_tokens: int,
-                    seed: int = 0, hidden_dir: Path | None = None, progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
+                    seed: int = 0, hidden_dir: Path | None = None, progress: Callable[[int, int, str], None] | None = None,
+                    fresh: bool = False) -> list[dict[str, Any]]:
     """On-policy samples of `lm` (T = 1, top-k 10, no steering), each labelled with the teacher's reward.
 
     The samples of one prompt are decoded together (Best-of-N's batched context: the prompt once, one
@@ -51,6 +100,7 @@ def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: 
     """
     from .search import best_of_n
 
+    check_run(data_file, run_settings(lm, teacher, prompts, samples_per_prompt, max_tokens, seed), fresh=fresh)
     rows = []
     for line in data_file.read_text().splitlines() if data_file.exists() else []:
         try:
@@ -62,8 +112,8 @@ def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: 
         counts[r["prompt_index"]] = counts.get(r["prompt_index"], 0) + 1
     done = {i for i, n in counts.items() if n == samples_per_prompt}
     if len(done) != len(counts) or any(r["prompt_index"] not in done for r in rows):
-        rows = [r for r in rows if r["prompt_index"] in done]
-        data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = [r for r in rows if r["prompt_index"] in done]  # a prompt cut short is redone whole
+        write_atomic(data_file, "".join(json.dumps(r) + "\n" for r in rows))
     sampler = Steerer(lm, teacher, SteerConfig(gate="none", max_tokens=max_tokens))
     total = len(prompts) * samples_per_prompt
     raw = not lm.has_chat_template
@@ -75,7 +125,9 @@ def sample_labelled(lm: LM, teacher: Scorer, prompts: Sequence[str], data_file: 
             ids = lm.tokenize(prompt) if raw else lm.render_chat([{"role": "user", "content": prompt}])[0]
             if hidden_dir is not None:  # written before the rows: a prompt whose rows are in data_file has its hidden states
                 hidden_dir.mkdir(parents=True, exist_ok=True)
-                np.save(hidden_file(hidden_dir, i), np.concatenate([c.hidden for c in result.candidates]).astype(np.float16))
+                buffer = io.BytesIO()
+                np.save(buffer, np.concatenate([c.hidden for c in result.candidates]).astype(np.float16))
+                write_atomic(hidden_file(hidden_dir, i), buffer.getvalue())
             for c in result.candidates:
                 row = {"prompt_index": i, "sample": c.index, "prompt_ids": ids, "response_ids": c.generation.token_ids, "reward": c.score}
                 if c.hidden is not None:
@@ -129,19 +181,21 @@ def distill(
     *,
     samples_per_prompt: int = 4,
     max_tokens: int = 64,
-    val_share: float = 0.1,
     seed: int = 0,
+    fresh: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """On-policy value-model distillation into the VM folder `out` (resumable: sampled data is kept in out/data.jsonl)."""
+    """On-policy value-model distillation into the VM folder `out` (resumable: sampled data is kept in out/data.jsonl;
+    `fresh` starts over). Alpha is chosen on validation situations, the card's test figure is on others."""
     import onnxruntime as ort
 
-    if len(prompts) < 2:
-        raise ConfigError("distillation needs at least 2 prompts (some are held out for validation)", "add prompts to --prompts")
+    if len(prompts) < 3:
+        raise ConfigError("distillation needs at least 3 prompts (train, validation and test)", "add prompts to --prompts")
+    split_by_situation(prompts, seed)  # refuse too few situations before any sampling
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = sample_labelled(lm, reward, prompts, out / "data.jsonl", samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                           seed=seed, progress=progress)
+                           seed=seed, progress=progress, fresh=fresh)
     total = len(rows)
     arch, weights = read_gguf(lm.path)
     backbone = out / "backbone.onnx"
@@ -161,33 +215,24 @@ def distill(
     x = np.asarray(feats, dtype=np.float64)
     y = np.asarray([r["reward"] for r in rows], dtype=np.float64)
     n_prompts = len(prompts)
-    val_prompts = set(range(n_prompts - max(1, round(n_prompts * val_share)), n_prompts))
-    is_val = np.array([r["prompt_index"] in val_prompts for r in rows])
-    curve, best = [], None
-    for alpha in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
-        w, b = _ridge(x[~is_val], y[~is_val], alpha)
-        train_mse = float(np.mean((x[~is_val] @ w + b - y[~is_val]) ** 2))
-        val_pred = x[is_val] @ w + b
-        val_mse = float(np.mean((val_pred - y[is_val]) ** 2))
-        corr = float(np.corrcoef(val_pred, y[is_val])[0, 1]) if is_val.sum() > 2 and np.std(val_pred) > 0 else float("nan")
-        curve.append({"alpha": alpha, "train_mse": train_mse, "val_mse": val_mse, "val_corr": corr})
-        if best is None or val_mse < best[1]:
-            best = (alpha, val_mse)
-    assert best is not None
-    w, b = _ridge(x, y, best[0])  # refit on everything with the chosen alpha
+    parts = split_by_situation(prompts, seed)
+    split = parts[[r["prompt_index"] for r in rows]]
+    fit = fit_value_heads([f[None, :] for f in x], y, split)["mean"]  # one feature row per response: the Eq. 6 objective
+    w, b = _weighted_ridge(x[split != "test"], y[split != "test"], fit["alpha"], relative=True)  # refit on train + val
+    curve = [{"alpha": c["alpha"], "train_mse": c["train_mse"], "val_mse": c["val_mse"], "val_corr": c["val_mean_corr"]} for c in fit["curve"]]
     save(build_graph(arch, weights, head=(w.astype(np.float32), float(b))), out / "model.onnx")
-    chosen = next(c for c in curve if c["alpha"] == best[0])
     card = {
         "arch": arch.__dict__, "backbone_gguf": str(lm.path), "backbone_fingerprint": file_fingerprint(lm.path),
         "vocab_sample": vocab_sample(lm.path, arch.n_vocab), "reward": getattr(reward, "name", "?"),
         "objective": getattr(reward, "objective", None), "prompts": n_prompts, "samples": len(rows), "samples_per_prompt": samples_per_prompt,
-        "max_tokens": max_tokens, "validation_prompts": len(val_prompts), "alpha": best[0], "curve": curve,
-        "val_corr_V_R": chosen["val_corr"], "reward_mean": float(y.mean()), "reward_std": float(y.std()),
+        "max_tokens": max_tokens, "validation_prompts": int((parts == "val").sum()), "test_prompts": int((parts == "test").sum()),
+        "alpha": fit["alpha"], "alpha_on_edge": fit["alpha_on_edge"], "curve": curve,
+        "val_corr_V_R": fit["val_mean_corr"], "test_corr_V_R": fit["test_mean_corr"], "reward_mean": float(y.mean()), "reward_std": float(y.std()),
         "method": "on-policy samples from the GGUF; head = ridge regression of R on the mean final hidden state over response positions "
                   "(+ a stop token), i.e. MSE(mean_t V_t, R) solved exactly; backbone frozen (no LoRA)",
         "seconds": time.perf_counter() - started,
     }
-    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    write_atomic(out / "vm.json", json.dumps(card, indent=1))
     backbone.unlink()  # the head-less copy was only needed for the hidden states
     return card
 
@@ -229,14 +274,14 @@ def export_hf(src: Path, out: Path, *, head_file: Path | None = None, atol: floa
     sample = {str(i): tok.id_to_token(i) for i in sorted({int(x) for x in np.linspace(0, arch.n_vocab - 1, VOCAB_SAMPLE)})} if tok else {}
     card = {"arch": arch.__dict__, "backbone_hf": str(src), "vocab_sample": {k: v for k, v in sample.items() if v is not None},
             "objective": "exported value model", "torch_max_abs_diff": diff}
-    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    write_atomic(out / "vm.json", json.dumps(card, indent=1))
     vm_c, vm_u = ValueModel(out, provider="cpu"), ValueModel(out, provider="cpu", cached=False)
     cands = np.arange(10)
     gap = 0.0
     for cut in (20, 28, 40):  # three junctions with new tokens in between
         gap = max(gap, float(np.abs(vm_c.score_ids(ids[:cut], cands) - vm_u.score_ids(ids[:cut], cands)).max()))
     card["cached_vs_uncached_max_abs_diff"] = gap
-    (out / "vm.json").write_text(json.dumps(card, indent=1))
+    write_atomic(out / "vm.json", json.dumps(card, indent=1))
     return card
 
 
@@ -247,13 +292,6 @@ def _torch_hidden(src: Path, ids: list[int]) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     with torch.no_grad():
         return model.model(torch.tensor([ids])).last_hidden_state[0].numpy()
-
-
-def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    xm, ym = x.mean(0), y.mean()
-    xc = x - xm
-    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
-    return w, float(ym - xm @ w)
 
 
 # -- value heads on the LM's own hidden state (head.py) ------------------------------------------------
@@ -271,14 +309,20 @@ def token_embeddings(gguf_path: Path) -> np.ndarray:
     return np.asarray(table, dtype=np.float32).reshape(-1, n_embd)
 
 
-def _weighted_ridge(x: np.ndarray, y: np.ndarray, alpha: float, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """argmin sum_i weight_i (x_i·w + b − y_i)² + alpha |w|², in closed form."""
+def _weighted_ridge(x: np.ndarray, y: np.ndarray, alpha: float, weight: np.ndarray | None = None, *,
+                    relative: bool = False) -> tuple[np.ndarray, float]:
+    """argmin sum_i weight_i (x_i·w + b − y_i)² + lambda |w|², in closed form (weights normalised to sum 1).
+
+    lambda = alpha / n, or with `relative` alpha times the mean feature variance: then alpha means the
+    same for any scale of hidden state, and one grid fits every model."""
     wt = np.ones(len(y)) if weight is None else weight
     wt = wt / wt.sum()
     xm, ym = wt @ x, float(wt @ y)
     xc = x - xm
     xw = xc * wt[:, None]
-    coef = np.linalg.solve(xc.T @ xw + alpha * np.eye(x.shape[1]) / len(y), xw.T @ (y - ym))
+    gram = xc.T @ xw
+    lam = alpha * float(np.trace(gram)) / x.shape[1] if relative else alpha / len(y)
+    coef = np.linalg.solve(gram + lam * np.eye(x.shape[1]), xw.T @ (y - ym))
     return coef, float(ym - xm @ coef)
 
 
@@ -286,42 +330,100 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
-ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean feature variance (`_weighted_ridge(relative=True)`)
+TEST_SHARE = VAL_SHARE = 0.1
 
 
-def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, is_val: np.ndarray) -> dict[str, Any]:
-    """Both objectives in closed form, alpha picked on held-out prompts; the better head (by held-out
-    per-position correlation of V(h_t) with R, what a junction uses) is returned as `best`.
+def situation_groups(prompts: Sequence[str], n: int = 4) -> list[int]:
+    """A group per prompt: prompts that share a rare phrase are one situation. A phrase is a word n-gram;
+    it is rare when it is in more than one prompt but in no more than the typical (median) shared phrase. Templated prompts ("Write a diary entry about X", "How should I deal with X?") then group by
+    X: a template's phrases recur in many more prompts than a situation's, so they join nothing, and no
+    situation straddles a split. Prompts that share nothing stay alone."""
+    words = [re.findall(r"[\w']+", p.lower()) for p in prompts]
+    grams = [{" ".join(w[i : i + n]) for i in range(len(w) - n + 1)} for w in words]
+    freq = Counter(g for gs in grams for g in gs)
+    shared = [f for f in freq.values() if f >= 2]
+    limit = max(2, int(np.median(shared))) if shared else 2
+    parent = list(range(len(prompts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, gs in enumerate(grams):
+        for g in sorted(gs):
+            if 2 <= freq[g] <= limit:
+                if g in first:
+                    parent[root(i)] = root(first[g])
+                else:
+                    first[g] = i
+    return [root(i) for i in range(len(prompts))]
+
+
+def split_by_situation(prompts: Sequence[str], seed: int = 0) -> np.ndarray:
+    """"train", "val" or "test" per prompt, whole situations at a time: alpha and the objective are chosen
+    on val; the card's figures come from test, on which nothing was chosen."""
+    groups = situation_groups(prompts)
+    order = sorted(set(groups))
+    np.random.default_rng(seed).shuffle(order)
+    n_test = max(1, round(len(order) * TEST_SHARE))
+    n_val = max(1, round(len(order) * VAL_SHARE))
+    if len(order) < n_test + n_val + 1:
+        raise ConfigError(f"the prompts form {len(order)} situation(s); distillation needs at least 3 (train, validation, test)",
+                          "give prompts about more different situations (--prompts)")
+    part = {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(order)}
+    return np.array([part[g] for g in groups])
+
+
+def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, split: np.ndarray) -> dict[str, Any]:
+    """Both objectives in closed form, alpha picked on the validation rows; the better head (by validation
+    per-position correlation of V(h_t) with R, what a junction uses) is returned as `best`, and each
+    objective's chosen head is measured on the test rows (`test_*`, nan without test rows).
 
     - "mean" (the paper's Eq. 6): mean_t V(h_t) = R, i.e. ridge of R on each response's mean hidden state.
     - "prefix-value" (Monte-Carlo value): V(h_t) ≈ R at every position t, each response weighted equally.
+
+    `split` holds "train" / "val" / "test" per response (a boolean array means val = True, no test).
     """
+    split = np.asarray(split)
+    if split.dtype == bool:
+        split = np.where(split, "val", "train")
     y = rewards.astype(np.float64)
     means = np.stack([h.mean(axis=0) for h in h_resp]).astype(np.float64)
     pos_x = np.concatenate(h_resp).astype(np.float64)
     owner = np.concatenate([np.full(len(h), i) for i, h in enumerate(h_resp)])
     pos_y, pos_w = y[owner], np.concatenate([np.full(len(h), 1.0 / len(h)) for h in h_resp])
-    tr_pos, va_pos = ~is_val[owner], is_val[owner]
+    rows = {part: split == part for part in ("train", "val", "test")}
+    pos = {part: rows[part][owner] for part in rows}
+
+    def measure(w: np.ndarray, b: float, part: str) -> tuple[float, float]:
+        return _corr(pos_x[pos[part]] @ w + b, pos_y[pos[part]]), _corr(means[rows[part]] @ w + b, y[rows[part]])
+
     report: dict[str, Any] = {}
     for name in ("mean", "prefix-value"):
         curve, best = [], None
         for alpha in ALPHAS:
             if name == "mean":
-                w, b = _weighted_ridge(means[~is_val], y[~is_val], alpha)
+                w, b = _weighted_ridge(means[rows["train"]], y[rows["train"]], alpha, relative=True)
+                mse = {part: float(np.mean((means[rows[part]] @ w + b - y[rows[part]]) ** 2)) for part in ("train", "val")}
             else:
-                w, b = _weighted_ridge(pos_x[tr_pos], pos_y[tr_pos], alpha, pos_w[tr_pos])
-            per_pos = _corr(pos_x[va_pos] @ w + b, pos_y[va_pos])
-            mean_corr = _corr(means[is_val] @ w + b, y[is_val])
-            if name == "mean":  # each objective picks alpha by its own held-out loss
-                val_mse = float(np.mean((means[is_val] @ w + b - y[is_val]) ** 2))
-            else:
-                val_mse = float(np.average((pos_x[va_pos] @ w + b - pos_y[va_pos]) ** 2, weights=pos_w[va_pos]))
-            curve.append({"alpha": alpha, "val_per_position_corr": per_pos, "val_mean_corr": mean_corr, "val_mse": val_mse})
-            if best is None or val_mse < best[0]:
+                w, b = _weighted_ridge(pos_x[pos["train"]], pos_y[pos["train"]], alpha, pos_w[pos["train"]], relative=True)
+                mse = {part: float(np.average((pos_x[pos[part]] @ w + b - pos_y[pos[part]]) ** 2, weights=pos_w[pos[part]]))
+                       for part in ("train", "val")}
+            val_mse = mse["val"]
+            per_pos, mean_corr = measure(w, b, "val")
+            curve.append({"alpha": alpha, "val_per_position_corr": per_pos, "val_mean_corr": mean_corr, "val_mse": val_mse,
+                          "train_mse": mse["train"]})
+            if best is None or val_mse < best[0]:  # each objective picks alpha by its own validation loss
                 best = (val_mse, alpha, w, b)
         assert best is not None
         chosen = next(c for c in curve if c["alpha"] == best[1])
-        report[name] = {"alpha": best[1], "w": best[2], "b": best[3], "curve": curve, **{k: v for k, v in chosen.items() if k != "alpha"}}
+        test_per_pos, test_mean = measure(best[2], best[3], "test")
+        report[name] = {"alpha": best[1], "alpha_on_edge": best[1] in (ALPHAS[0], ALPHAS[-1]), "w": best[2], "b": best[3], "curve": curve,
+                        **{k: v for k, v in chosen.items() if k != "alpha"}, "test_per_position_corr": test_per_pos, "test_mean_corr": test_mean}
     score = {n: report[n]["val_per_position_corr"] for n in report}
     report["best"] = max(score, key=lambda n: -np.inf if np.isnan(score[n]) else score[n])
     return report
@@ -366,9 +468,9 @@ def distill_head(
     *,
     samples_per_prompt: int = 7,
     max_tokens: int = 48,
-    val_share: float = 0.1,
     rank: int = 4,
     seed: int = 0,
+    fresh: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """On-policy distillation of value heads on `lm`'s own hidden state into the head folder `out`.
@@ -376,6 +478,8 @@ def distill_head(
     Samples come from the runtime (resumable, out/data.jsonl), labels from the teacher, hidden states
     from the very llama.cpp decodes that sampled them (out/hidden/, float16; no ONNX graph, no second
     pass). Writes branch.npz (the better of the two closed-form objectives), prefix.npz and head.json.
+    Prompts are split by situation (`split_by_situation`): alpha and the objective are chosen on the
+    validation situations; the card's `test` figures are on situations nothing was chosen on.
     """
     from .head import CARD
 
@@ -383,10 +487,11 @@ def distill_head(
         raise ConfigError("distillation needs at least 4 prompts (some are held out for validation)", "add prompts to --prompts")
     if not lm.hidden:
         raise ConfigError(f"{lm.path.name} was loaded without hidden states", "load it with hidden=True")
+    parts = split_by_situation(prompts, seed)  # refuses too few situations before any sampling
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = sample_labelled(lm, teacher, prompts, out / "data.jsonl", samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                           seed=seed, hidden_dir=out / "hidden", progress=progress)
+                           seed=seed, hidden_dir=out / "hidden", progress=progress, fresh=fresh)
     sampled = time.perf_counter()
     h_resp, h_prev, next_tok, pair_owner = [], [], [], []
     # from the prompt's last token on; the stop token too, as the paper
@@ -397,13 +502,12 @@ def distill_head(
         next_tok += r
         pair_owner += [n] * len(r)
     n_prompts = len(prompts)
-    val_prompts = set(range(n_prompts - max(2, round(n_prompts * val_share)), n_prompts))
-    is_val = np.array([r["prompt_index"] in val_prompts for r in rows])
+    split = parts[[r["prompt_index"] for r in rows]]
     rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
-    heads = fit_value_heads(h_resp, rewards, is_val)
+    heads = fit_value_heads(h_resp, rewards, split)
     best = heads[heads["best"]]
     w, b = best["w"], best["b"]
-    np.savez(out / "branch.npz", w=w.astype(np.float32), b=np.float32(b))
+    _save_npz(out / "branch.npz", w=w.astype(np.float32), b=np.float32(b))
     # the prefix head learns, from (h_{t-1}, y_t), the branch head's value after y_t
     if progress:
         progress(len(rows), len(rows), "prefix head")
@@ -412,32 +516,42 @@ def distill_head(
     owner = np.asarray(pair_owner)
     target = np.concatenate([hr[: len(r["response_ids"])] for hr, r in zip(h_resp, rows)]).astype(np.float64) @ w + b
     emb = token_embeddings(lm.path)
-    train = ~is_val[owner]
+    train, test = split[owner] == "train", split[owner] == "test"
     prefix = fit_prefix_head(hp[train], toks[train], target[train], emb, rank=rank, seed=seed)
-    pred = hp[~train] @ prefix["a"] + float(prefix["b"]) + prefix["tok_u"][toks[~train]] + np.einsum(
-        "nr,nr->n", hp[~train] @ prefix["A"].T, prefix["tok_L"][toks[~train]])
-    np.savez(out / "prefix.npz", **prefix)
-    tau = _junction_agreement(lm, rows, is_val, w, b, prefix, seed=seed)
+    pred = hp[test] @ prefix["a"] + float(prefix["b"]) + prefix["tok_u"][toks[test]] + np.einsum(
+        "nr,nr->n", hp[test] @ prefix["A"].T, prefix["tok_L"][toks[test]])
+    _save_npz(out / "prefix.npz", **prefix)
+    tau = _junction_agreement(lm, rows, split == "test", w, b, prefix, seed=seed)
     card = {
         "kind": "lm-head", "default": "branch", "backbone": lm.path.name, "backbone_fingerprint": file_fingerprint(lm.path),
         "n_embd": lm.n_embd, "n_vocab": lm.n_vocab, "vocab_sample": _vocab_sample(lm),
         "teacher": getattr(teacher, "name", "?"), "objective": teacher.objective, "prompts": n_prompts,
-        "samples": len(rows), "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "validation_prompts": len(val_prompts),
+        "samples": len(rows), "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens,
+        "split": {"situations": len(set(situation_groups(prompts))), **{part: int((parts == part).sum()) for part in ("train", "val", "test")},
+                  "how": "whole situations (prompts sharing a rare phrase) per part; alpha and objective chosen on val, figures on test"},
         "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
         "objectives": {k: {kk: vv for kk, vv in heads[k].items() if kk not in ("w", "b")} for k in ("mean", "prefix-value")},
         "branch_objective": heads["best"],
         "validation": {
             "branch": {"objective": heads["best"], "per_position_corr": best["val_per_position_corr"], "mean_corr": best["val_mean_corr"]},
-            "prefix": {"corr_with_branch_value": _corr(pred, target[~train]), "rank": rank,
-                       "kendall_tau_vs_branch_at_junctions": tau},
+        },
+        "test": {
+            "branch": {"objective": heads["best"], "per_position_corr": best["test_per_position_corr"], "mean_corr": best["test_mean_corr"]},
+            "prefix": {"corr_with_branch_value": _corr(pred, target[test]), "rank": rank, "kendall_tau_vs_branch_at_junctions": tau},
         },
         "method": "on-policy samples (T = 1, top-k 10) labelled by the teacher; final hidden states from llama.cpp; branch head = "
                   "closed-form ridge (mean or per-position objective, the better on held-out prompts); prefix head = a·h + u·e_c + "
                   "(A h)·(B e_c) + b fitted to the branch head's value after appending c (ridge + alternating least squares)",
         "seconds": {"sampling": sampled - started, "total": time.perf_counter() - started},
     }
-    (out / CARD).write_text(json.dumps(card, indent=1))
+    write_atomic(out / CARD, json.dumps(card, indent=1))
     return card
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
 
 
 def _vocab_sample(lm: LM) -> dict[str, str]:
@@ -445,14 +559,14 @@ def _vocab_sample(lm: LM) -> dict[str, str]:
     return {str(i): lm.token_text(i) for i in ids}
 
 
-def _junction_agreement(lm: LM, rows: list[dict[str, Any]], is_val: np.ndarray, w: np.ndarray, b: float, prefix: dict[str, np.ndarray],
+def _junction_agreement(lm: LM, rows: list[dict[str, Any]], held_out: np.ndarray, w: np.ndarray, b: float, prefix: dict[str, np.ndarray],
                         *, k: int = 10, n: int = 30, seed: int = 0) -> float:
     """Mean Kendall tau between the prefix head's and the branch head's ranking of the top-k candidates at
     `n` held-out positions (real branch decodes): how well the no-decode head orders what a junction sees."""
     from .junction import top_k
 
     rng = np.random.default_rng(seed)
-    val_rows = [r for r, v in zip(rows, is_val) if v and r["response_ids"]]
+    val_rows = [r for r, v in zip(rows, held_out) if v and r["response_ids"]]
     if not val_rows:
         return float("nan")
     taus = []

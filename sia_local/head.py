@@ -132,7 +132,7 @@ class _Head:
 
     def info(self) -> ScorerInfo:
         details = {"head": self.kind, "teacher": self.card.get("teacher"), "samples": self.card.get("samples"),
-                   "validation": self.card.get("validation", {}).get(self.kind)}
+                   "test": self.card.get("test", {}).get(self.kind), "validation": self.card.get("validation", {}).get(self.kind)}
         return ScorerInfo(kind="lm-head", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.note,
                           objective=self.objective, details=details)
 

@@ -296,6 +296,8 @@ def create_app(steerer: Steerer, *, model_id: str, max_queue: int = 8, api_key: 
 
     async def _respond(request: Request, engine: Engine, req: _Request, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
         options = {**extra, **_options(req)}
+        if "max_tokens" not in options and engine.steerer.config.max_tokens > token_limit:
+            options["max_tokens"] = token_limit  # the server's own default never exceeds its limit
         _check(req, prompt, options)
         cancel = threading.Event()
         if request_timeout:

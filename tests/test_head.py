@@ -179,7 +179,7 @@ def test_closed_form_fits_equal_least_squares() -> None:
 def test_card_and_refusals(head_dir: Path, hidden_lm: LM, tiny_gguf: Path, tmp_path: Path) -> None:
     card = json.loads((head_dir / "head.json").read_text())
     assert card["n_embd"] == hidden_lm.n_embd and card["samples"] == len(PROMPTS) * 3 and card["teacher"]
-    assert set(card["objectives"]) == {"mean", "prefix-value"} and "kendall_tau_vs_branch_at_junctions" in card["validation"]["prefix"]
+    assert set(card["objectives"]) == {"mean", "prefix-value"} and "kendall_tau_vs_branch_at_junctions" in card["test"]["prefix"]
     wider = LM(write_tiny_gguf(tmp_path / "wide.gguf", n_embd=64), n_ctx=256, hidden=True)
     with pytest.raises(RewardModelError, match="hidden size"):
         load_head(head_dir, wider)
