@@ -177,11 +177,15 @@ def test_head_files_from_elsewhere_say_what_is_wrong(head: Path, tiny_gguf: Path
         "not a readable .npz": broken("npz", lambda f: (f / "branch.npz").write_bytes((f / "branch.npz").read_bytes()[:40])),
         "has shape": broken("shape", lambda f: np.savez(f / "branch.npz", w=np.zeros(3), b=np.float64(0))),
         "non-finite": broken("nan", lambda f: np.savez(f / "branch.npz", w=np.full(lm.n_embd, np.nan), b=np.float64(0))),
+        "disagree on token": broken("vocab", lambda f: (f / "head.json").write_text(json.dumps(
+            {**card, "vocab_sample": {**card["vocab_sample"], next(iter(card["vocab_sample"])): "not-this-token"}}))),
+        "outside this vocabulary": broken("vocab-id", lambda f: (f / "head.json").write_text(json.dumps(
+            {**card, "vocab_sample": {"99999999": "x"}}))),
     }
     for fragment, folder in cases.items():
         with pytest.raises(RewardModelError, match=fragment) as info:
             load_head(folder, lm)
-        assert str(folder) in str(info.value) and "\n" not in str(info.value)
+        assert folder.name in str(info.value) and "\n" not in str(info.value)
 
 
 # -- the thread count a batched context and prompt processing get --------------------------------------
