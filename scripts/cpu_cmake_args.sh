@@ -6,6 +6,7 @@
 # batched decoding dies with a general-protection fault in `ggml_backend_amx_mul_mat` (ldtilecfg).
 # This keeps every other instruction set the CPU has. Prints nothing where AMX is absent, so the
 # normal native build applies.
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 set -euo pipefail
 flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
 case "$flags" in *amx_tile*) ;; *) exit 0 ;; esac

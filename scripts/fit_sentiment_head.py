@@ -11,7 +11,8 @@ Procedure (deterministic, offline):
        a) the held-out AFINN words (in the templates), and
        b) the words of the VADER lexicon (10 human raters each) that are not in AFINN at all
           -- VADER's *lexicon* as a labelled evaluation set only; nothing is fitted to it.
-Run: python scripts/fit_sentiment_head.py  (needs: pip install afinn vadersentiment)
+Run: python scripts/fit_sentiment_head.py -o head.json            (needs: pip install afinn vadersentiment)
+     python scripts/fit_sentiment_head.py --write-package-data    (replace the shipped default: changes the default reward)
 """
 
 from __future__ import annotations
@@ -47,7 +48,18 @@ def read_lexicon(path: Path) -> dict[str, float]:
     return out
 
 
+PACKAGE_HEAD = Path(__file__).resolve().parents[1] / "sia_local" / "data" / "sentiment_head.json"
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fit the default reward's head on AFINN word valences.",
+                                     epilog="Writes only where told: -o FILE, or --write-package-data for the shipped default.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--out", type=Path, help="write the head here")
+    where.add_argument("--write-package-data", action="store_true", help=f"replace {PACKAGE_HEAD} (the default reward's head)")
+    args = parser.parse_args()
     t0 = time.time()
     afinn = read_lexicon(package_dir("afinn", "afinn") / "data" / "AFINN-en-165.txt")
     held = {w for w in afinn if int(hashlib.sha1(w.encode()).hexdigest(), 16) % 5 == 0}
@@ -102,7 +114,7 @@ def main() -> None:
             "spearman_vader_lexicon_words": round(rho_vader, 4),
         },
     }
-    out = Path(__file__).resolve().parents[1] / "sia_local" / "data" / "sentiment_head.json"
+    out = PACKAGE_HEAD if args.write_package_data else args.out
     out.write_text(json.dumps(head, indent=1) + "\n")
     print(json.dumps({k: v for k, v in head.items() if k != "weights"}, indent=1))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

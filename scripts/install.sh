@@ -5,6 +5,7 @@
 #   WITH_EXPORT=1 bash scripts/install.sh   # also torch (CPU) + transformers for `sia reward export`
 # llama-cpp-python compiles llama.cpp from source (about 10 minutes on 2 cores). Set CMAKE_ARGS for
 # a GPU build, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or "-DGGML_METAL=on" (see README).
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${EXTRAS:-models,dev}"

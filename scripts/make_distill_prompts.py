@@ -1,5 +1,7 @@
 """Write sia_local/data/distill_prompts.txt: on-policy distillation prompts, disjoint from the bench and calibration sets.
 
+    python scripts/make_distill_prompts.py -o prompts.txt            # or --write-package-data
+
 Situations (everyday annoyances, sad or tense moments, neutral tasks) crossed with the ways people ask
 (a message to write, advice, a description, an opinion, a story, a reply). Deterministic; rerun after
 editing the lists. The script refuses to write a prompt that is also a bench or calibration prompt.
@@ -38,6 +40,15 @@ ASKS = [
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the distillation prompts (situations x ways of asking).",
+                                     epilog="Writes only where told: -o FILE, or --write-package-data for the shipped set.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--out", type=Path, help="write the prompts here")
+    where.add_argument("--write-package-data", action="store_true", help=f"replace {DATA / 'distill_prompts.txt'}")
+    args = parser.parse_args()
+    out = DATA / "distill_prompts.txt" if args.write_package_data else args.out
     taken = {json.loads(line)["prompt"].strip().lower() for line in (DATA / "bench_prompts.jsonl").read_text().splitlines() if line.strip()}
     taken |= {line.strip().lower() for line in (DATA / "calibration_prompts.txt").read_text().splitlines() if line.strip()}
     prompts = [a.format(s=s) for s, a in itertools.product(SITUATIONS, ASKS)]
@@ -46,8 +57,8 @@ def main() -> None:
     clash = [p for p in prompts if p.lower() in taken]
     if clash:
         raise SystemExit(f"these prompts are also bench or calibration prompts: {clash}")
-    (DATA / "distill_prompts.txt").write_text("\n".join(prompts) + "\n")
-    print(f"wrote {len(prompts)} prompts to {DATA / 'distill_prompts.txt'}")
+    out.write_text("\n".join(prompts) + "\n")
+    print(f"wrote {len(prompts)} prompts to {out}")
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ def main() -> None:
     card = json.loads((args.head / "head.json").read_text())
     rows = [json.loads(line) for line in (args.head / "data.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["sample"] < args.per_prompt]
-    n_prompts = card["prompts"]
-    val_from = n_prompts - card["validation_prompts"]
+    if "split" in card:  # held out: the situations the head was not fitted on
+        held_prompts = {i for i, part in enumerate(card["split"]["parts"]) if part != "train"}
+    else:  # an older card: the last `validation_prompts` prompts
+        held_prompts = set(range(card["prompts"] - card["validation_prompts"], card["prompts"]))
     model = args.model or default_model_path()
     t = time.perf_counter()
     if args.junctions is not None and args.junctions.exists():
@@ -80,7 +82,10 @@ def main() -> None:
     branch = np.load(args.head / "branch.npz")
     v = d["hb"].astype(np.float64) @ branch["w"].astype(np.float64) + float(branch["b"])
     y = v - v.mean(1, keepdims=True)
-    val = d["p"] >= val_from
+    val = np.isin(d["p"], sorted(held_prompts))
+    if val.sum() == 0 or (~val).sum() == 0:
+        raise SystemExit(f"{len(y)} junctions collected, {int(val.sum())} of them held out: too few to fit and measure; "
+                         "raise --per-prompt or --share, or lower --min-entropy")
     h = d["h"].astype(np.float64)
     emb = token_embeddings(model).astype(np.float64)
     e = emb[d["c"]]
@@ -94,7 +99,7 @@ def main() -> None:
     uh = np.linalg.svd(h[~val] - hm, full_matrices=False)[2]
     ue = np.linalg.svd(ec[~val].reshape(-1, e.shape[2]), full_matrices=False)[2]
     n, k = y.shape
-    for dh, de in [(0, 64), (32, 32), (32, 64), (64, 64)]:
+    for dh, de in sorted({(min(dh, len(uh)), min(de, len(ue))) for dh, de in [(0, 64), (32, 32), (32, 64), (64, 64)]}):
         feats = [ec @ ue[: min(256, len(ue))].T]
         if dh:
             ph, qe = (h - hm) @ uh[:dh].T, ec @ ue[:de].T

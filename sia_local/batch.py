@@ -185,8 +185,7 @@ class Worker:
             if best_of > 1:
                 result = best_of_n(self.steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
                 generation = result.best
-                out["samples"] = [{"index": c.index, "score": c.score, "text": c.generation.text,
-                                   "finish_reason": c.generation.stats.finish_reason} for c in result.candidates]
+                out["samples"] = result.samples()
                 out["best_index"] = result.best_index
                 extra = {"generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
                 logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
@@ -229,16 +228,27 @@ def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> W
     return replace(spec, lm=lm, scorer=scorer)
 
 
-def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address: str | None = None, use_ray: bool = False,
-        ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0,
-        here: Worker | None = None, on_dispatch: Callable[[int, Row], None] | None = None) -> Iterator[dict[str, Any]]:
+def run(rows: Iterable[Row | str | dict[str, Any]], spec: WorkerSpec | None = None, *, workers: int = 1, ray_address: str | None = None,
+        use_ray: bool = False, ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0,
+        here: Worker | None = None, on_dispatch: Callable[[int, Row], None] | None = None, model: str | os.PathLike[str] | None = None,
+        reward: str | os.PathLike[str] | None = None, **settings: Any) -> Iterator[dict[str, Any]]:
     """Result rows for `rows`, as they finish (input order with `ordered`).
 
+    The front door: `run(["Write a note.", {"id": "b", "prompt": "Hi", "max_tokens": 32}], ratio=0.3,
+    workers=2)` -- prompts as strings or row dicts (the JSONL row format), `model` / `reward` as for
+    `-m` / `-r` (default: the bundled ones), any `SteerConfig` setting as a keyword; the default reward
+    is built and tau calibrated once, here, before workers start. Or pass `Row`s and a `WorkerSpec`.
+    Worker processes are started with "spawn": in a script, call this under `if __name__ == "__main__":`.
+
     workers=1 without Ray runs in this process (on `here` when given, else a new Worker); more start
-    worker processes, each loading the model once; `use_ray` runs `workers` Ray actors instead (a dead
-    actor's rows are retried on another).
+    supervised worker processes, each loading the model once; `use_ray` runs `workers` Ray actors
+    instead. A row whose worker dies is retried on a fresh one (MAX_TRIES deaths: an error row).
     """
-    todo = list(rows)
+    todo = as_rows(rows)
+    if spec is None:
+        spec = prepare(default_spec(model, reward, **settings))
+    elif model is not None or reward is not None or settings:
+        raise ConfigError("pass either a WorkerSpec or model/reward/settings, not both", "drop the spec or the keywords")
     if not todo:
         return iter(())
     if here is not None and workers <= 1 and not use_ray:
@@ -251,6 +261,42 @@ def run(rows: Iterable[Row], spec: WorkerSpec, *, workers: int = 1, ray_address:
     else:
         results = _run_processes(todo, split_threads(spec, workers), workers, base_seed, on_dispatch)
     return _in_input_order(results, todo) if ordered else results
+
+
+def as_rows(items: Iterable[Row | str | dict[str, Any]]) -> list[Row]:
+    """Rows from `Row`s, prompt strings or row dicts (a bad dict becomes an error row, as a bad JSONL line does)."""
+    out: list[Row] = []
+    for n, item in enumerate(items, 1):
+        if isinstance(item, Row):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Row(n, n, item))
+        else:
+            out.append(_parse_json_row(json.dumps(item, default=str), n, Path("<rows>")))
+    return out
+
+
+def default_spec(model: str | os.PathLike[str] | None = None, reward: str | os.PathLike[str] | None = None, *, best_of: int = 1,
+                 raw: bool = False, system: str | None = None, **settings: Any) -> WorkerSpec:
+    """A WorkerSpec from plain keywords: the model and reward as `-m` / `-r` take them, any SteerConfig setting."""
+    config = SteerConfig().updated(**settings)
+    scorer = ScorerSettings(path=Path(reward) if reward is not None else None) if (config.steers() or best_of > 1) else None
+    return WorkerSpec(LMSettings(model=model), scorer, config, best_of=best_of, raw=raw, system=system)
+
+
+def prepare(spec: WorkerSpec, progress: Callable[..., None] | None = None, note: Callable[[str], None] | None = None) -> WorkerSpec:
+    """Do once, before workers start, what each would otherwise race to do: build the default reward and calibrate tau."""
+    if spec.scorer is not None and spec.scorer.path is None:
+        from .defaults import default_reward_dir
+
+        default_reward_dir(progress=(lambda msg: progress(0, 0, msg)) if progress else None, note=note)
+    if spec.config.needs_tau():
+        from .calibrate import tau_for_ratio
+
+        lm = load_lm(spec.lm)
+        tau_for_ratio(lm, spec.config.ratio or 0.0, top_k=spec.config.top_k, progress=progress)
+        del lm
+    return spec
 
 
 def _run_here(rows: Sequence[Row], spec: WorkerSpec, base_seed: int) -> Iterator[dict[str, Any]]:
@@ -329,7 +375,8 @@ def _run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_see
                         start_deaths += 1
                         if start_deaths >= MAX_TRIES:
                             raise SiaError(f"batch workers died {start_deaths} times while loading the model ({cause})",
-                                           "run `sia generate` with the same --model / --reward to see why")
+                                           "run `sia generate` with the same --model / --reward to see why; from Python, call "
+                                           "batch.run under `if __name__ == \"__main__\":` (workers are spawned and import your script)")
                     else:
                         row, tries = job
                         if tries + 1 >= MAX_TRIES:
@@ -410,6 +457,7 @@ class Summary:
     rows: int = 0
     failed: int = 0
     skipped: int = 0  # already in OUT
+    stored_errors: int = 0  # of those, rows that are errors (`--retry-errors` runs them again)
 
 
 def run_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str], spec: WorkerSpec, *, workers: int = 1,
@@ -424,7 +472,8 @@ def run_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str],
         _drop_error_rows(out)
     done = finished_ids(out)
     todo = [r for r in rows if _key(r.id) not in done]
-    summary = Summary(skipped=len(rows) - len(todo))
+    stored = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] if done else []
+    summary = Summary(skipped=len(rows) - len(todo), stored_errors=sum(r.get("error") is not None for r in stored))
     if progress:
         progress(0, len(todo))
     with out.open("a", encoding="utf-8") as f:
@@ -442,7 +491,9 @@ def run_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str],
 def _drop_error_rows(out: Path) -> None:
     finished_ids(out)  # first mend a torn last line
     kept = [line for line in out.read_text(encoding="utf-8").splitlines() if json.loads(line).get("error") is None]
-    out.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp = out.with_name(out.name + ".tmp")  # whole or not at all: an interrupted rewrite loses no row
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, out)
 
 
 # -- Ray: the same Workers as actors, on this machine or a cluster ------------------------------------
@@ -461,7 +512,11 @@ def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: 
         raise MissingPackageError("--ray needs Ray", 'pip install "sia-local[ray]" (or pip install ray)') from None
     started_here = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "include_dashboard": False}
+        import logging
+
+        quiet = logging.WARNING if spec.verbose else logging.ERROR  # Ray's own start-up chatter stays out of the user's terminal unless -v
+        logging.getLogger("ray").setLevel(quiet)
+        kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": spec.verbose, "include_dashboard": False, "logging_level": quiet}
         if address and address != "local":
             kwargs["address"] = address
         else:

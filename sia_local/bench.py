@@ -336,7 +336,7 @@ def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[st
     if "base" in by_arm:
         for v in by_arm.values():
             v["cost_vs_base"] = v["seconds_per_token"] / by_arm["base"]["seconds_per_token"]
-    front = [name for name, v in by_arm.items()
+    front = [name for name, v in sorted(by_arm.items(), key=lambda item: item[1]["seconds_per_token"])  # cheapest first
              if not any(o["judge"] >= v["judge"] and o["seconds_per_token"] <= v["seconds_per_token"] and
                         (o["judge"] > v["judge"] or o["seconds_per_token"] < v["seconds_per_token"]) for o in by_arm.values())]
     comparisons = {f"{arm.match} vs {arm.name}": {key: paired(rows, arm.match, arm.name, key) for key in ("judge", "reward")}

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .junction import entropy, pick, top_k as take_top_k
 from .lm import LM
+from .paths import cache_dir
 
 PROFILE_VERSION = 1
 TOKENS_PER_PROMPT = 48
@@ -30,15 +31,6 @@ def calibration_prompts() -> list[str]:
     """The prompts shipped with the package (varied tasks and tones, one per line)."""
     text = resources.files("sia_local.data").joinpath("calibration_prompts.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def cache_dir() -> Path:
-    """Where sia-local keeps derived files (calibration profiles, built reward models)."""
-    import os
-
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("SIA_CACHE_DIR") or user_cache_dir("sia-local"))
 
 
 def entropy_profile(

@@ -8,6 +8,7 @@ written, not the program.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -104,8 +105,8 @@ class ChatSession:
                 return f"unknown command /{name}; /help lists them"
         except ValueError as exc:
             return f"/{name} needs {exc}"
-        except SiaError as exc:
-            return f"error: {exc}"
+        except SiaError as exc:  # name the fix in chat's terms, not the CLI flag's
+            return f"error: {exc.message}; give /{name} another value" if field is not None else f"error: {exc}"
         return "settings: " + json.dumps(_settings(self.steerer))
 
     def stats_line(self) -> str:
@@ -157,13 +158,18 @@ def style_piece(piece: Piece, highlight: bool) -> str:
     return click.style(piece.text, fg="green" if piece.token.changed else "yellow", bold=piece.token.changed)
 
 
+def _colours(out: TextIO | None) -> bool:
+    stream = out if out is not None else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def repl(session: ChatSession, *, highlight: bool, out: TextIO | None = None) -> None:
     """Read lines, answer them, until /quit or end of input."""
     def echo(text: str, nl: bool = True) -> None:
         click.echo(text, nl=nl, file=out)  # flushes; drops colours when not a terminal
 
     echo(f"sia chat — {session.steerer.lm.path.name}, reward {getattr(session.steerer.reward, 'name', 'none')}. /help for commands, Ctrl-C stops an answer.")
-    if highlight:
+    if highlight and _colours(out):  # the legend means nothing where colours are dropped (a pipe, a file)
         echo(click.style("junction, reward changed the token", fg="green", bold=True) + " · " + click.style("junction, unchanged", fg="yellow"))
     while True:
         try:

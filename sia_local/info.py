@@ -37,7 +37,7 @@ def loadable_providers() -> dict[str, bool]:
 
 
 def collect() -> dict[str, Any]:
-    from .calibrate import cache_dir
+    from .paths import cache_dir
     from .errors import SiaError
     from .lm import gpu_offload_supported, physical_cores, system_info
 

@@ -158,7 +158,7 @@ class ControlledEntropyGate:
 
 
 class DenseGate:
-    """Every step is a junction (ARGS-style dense steering)."""
+    """Every step is a junction: dense reward-guided decoding, as ARGS (Khanov et al., 2024) does."""
 
     def __call__(self, step: int, h: float) -> bool:
         return True
@@ -262,7 +262,7 @@ def _entropy(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
 
 register_gate("entropy", _entropy, help="H >= tau (the paper); with --ratio, tau starts calibrated and is steered online to realise the ratio",
               uses_tau=True)
-register_gate("dense", lambda c, tau, seed: DenseGate(), help="every step (ARGS)")
+register_gate("dense", lambda c, tau, seed: DenseGate(), help="every step: dense reward-guided decoding, as in ARGS (Khanov et al., 2024)")
 register_gate("none", lambda c, tau, seed: NoGate(), help="no step: base top-k sampling", steers=False)
 register_gate("random", _random, help="each step with probability --ratio (the matched-sparsity ablation)", uses_ratio=True)
 register_gate("first-n", lambda c, tau, seed: FirstNGate(c.first_n), help="the first --first-n steps")

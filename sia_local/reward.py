@@ -205,6 +205,18 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+_NVIDIA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA device node exists (Linux), or the platform cannot tell (then CUDA is tried and a failure noted)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+
+
 def open_session(model_file: Path, provider: str, threads: int | None, verbose: bool = False) -> tuple[Any, str, str | None]:
     """An InferenceSession on the best provider that really loads; returns (session, provider, note).
 
@@ -216,8 +228,8 @@ def open_session(model_file: Path, provider: str, threads: int | None, verbose: 
     if not verbose:
         ort.set_default_logger_severity(4)
     available = ort.get_available_providers()
-    if provider == "auto":
-        wanted = [p for p in _AUTO_PROVIDERS if p in available]
+    if provider == "auto":  # CUDA is not tried where no NVIDIA device exists: its failure there is not news
+        wanted = [p for p in _AUTO_PROVIDERS if p in available and (p not in _NVIDIA_PROVIDERS or nvidia_gpu_present())]
     else:
         name = _PROVIDER_ALIASES.get(provider.lower())
         if name is None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, RewardModelError
 from .reward import OnnxReward
 
 CHECK_TEXTS = [
@@ -29,6 +29,9 @@ CHECK_TEXTS = [
 def check(folder: str | Path, *, provider: str = "auto", label: str | None = None, lengths: Sequence[int] = (64, 256, 512),
           k: int = 10, repeats: int = 5) -> dict[str, Any]:
     """Load the folder, score the built-in texts and time one junction (k candidates) at each length."""
+    if not Path(folder).is_dir():
+        raise RewardModelError(f"reward folder not found: {folder}" if not Path(folder).exists() else f"{folder} is not a folder",
+                               "give `sia reward check` a folder holding model.onnx and tokenizer.json")
     rm = OnnxReward(folder, provider=provider, label=label)
     info = rm.info()
     scores = rm.score(CHECK_TEXTS[0][0], [r for _, r in CHECK_TEXTS])
@@ -60,5 +63,6 @@ def build_attribute(out: Path, positive: Sequence[str], negative: Sequence[str],
     direction = 10.0 * (p / np.linalg.norm(p) - n / np.linalg.norm(n))  # (384,)
     head = {"name": "attribute-minilm", "weights": [float(x) for x in direction], "bias": 0.0,
             "fitted_on": "zero-shot: no labelled data", "positive": list(positive), "negative": list(negative)}
-    objective = f"zero-shot attribute: like {positive!r}, unlike {negative!r} (10 x cosine difference, MiniLM)"
+    like, unlike = "; ".join(positive), "; ".join(negative)
+    objective = f"zero-shot attribute: like \"{like}\", unlike \"{unlike}\" (10 x cosine difference, MiniLM)"
     return build_reward_folder(out, head, progress=progress, objective=objective)

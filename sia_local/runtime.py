@@ -113,7 +113,7 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     else:
         scorer = OnnxReward(folder, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
     info = scorer.info()
-    if info.provider_note and note is not None and (settings.verbose or _gpu_present()):
+    if info.provider_note and note is not None:
         note(info.provider_note)
     return scorer
 
@@ -135,8 +135,3 @@ def load(lm_settings: LMSettings = LMSettings(), scorer_settings: ScorerSettings
     lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings))
     scorer = load_scorer(scorer_settings, lm, progress=progress, note=note) if scorer_settings is not None else None
     return build_steerer(lm, scorer, config, progress=progress, announce=note)
-
-
-def _gpu_present() -> bool:
-    """An NVIDIA device node exists: a GPU provider that fails to load is then worth a note."""
-    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()

@@ -56,11 +56,15 @@ class BestOfN:
     candidates: list[Candidate]
     stats: SearchStats
 
+    def samples(self) -> list[dict[str, Any]]:
+        """Every sample in one shape, the same in `sia generate --json` and `sia batch` rows."""
+        return [{"index": c.index, "score": c.score, "text": c.generation.text, "finish_reason": c.generation.stats.finish_reason,
+                 "tokens": c.generation.stats.tokens} for c in self.candidates]
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for c in out["candidates"]:
-            c.pop("hidden", None)  # arrays for distillation, not for JSON
-        return out
+        """The winner (`text`, `best`: its whole Generation), every sample (`samples`) and the search's cost (`stats`)."""
+        return {"text": self.best.text, "best_index": self.best_index, "samples": self.samples(), "best": self.best.to_dict(),
+                "stats": asdict(self.stats)}
 
 
 def best_of_n(

@@ -237,7 +237,7 @@ def read_hf_llama(folder: Path) -> tuple[Arch, dict[str, np.ndarray], dict[str, 
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise ModelError("reading Hugging Face weights needs torch and safetensors", 'pip install "sia-local[export]"') from None
+        raise ModelError("reading Hugging Face weights needs torch and safetensors", 'pip install "torch==2.13.0" && pip install "sia-local[export]" (CPU torch first)') from None
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise ModelError(f"{folder} has no config.json", "pass a Hugging Face model folder")

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sia_local.calibrate import cache_dir, calibration_prompts, entropy_profile, tau_from_entropies
+from sia_local.calibrate import calibration_prompts, entropy_profile, tau_from_entropies
+from sia_local.paths import cache_dir
 from sia_local.config import SteerConfig
 from sia_local.lm import LM
 from sia_local.reward import OnnxReward

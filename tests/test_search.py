@@ -90,6 +90,6 @@ def test_cli_best_of_json(tiny_gguf: Path, tiny_reward: Path) -> None:
                                        "--gate", "none", "--seed", "1", "-n", "10", "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert len(data["candidates"]) == 3
-    assert data["best"]["text"] == data["candidates"][data["best_index"]]["generation"]["text"]
+    assert len(data["samples"]) == 3 and [s["index"] for s in data["samples"]] == [0, 1, 2]
+    assert data["best"]["text"] == data["text"] == data["samples"][data["best_index"]]["text"]
     assert data["stats"]["n"] == 3

@@ -145,7 +145,7 @@ def test_cli_generate_with_vm_and_best_of(vm_dir: Path, tiny_gguf: Path) -> None
     assert data["stats"]["reward_calls"] == data["stats"]["junctions"] + (data["stats"]["finish_reason"] == "stop") > 0
     bon = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "--vm", str(vm_dir), "--tau", "1.0", "-n", "8", "--best-of", "3", "--json"])
     assert bon.exit_code == 0, bon.stderr
-    assert len(json.loads(bon.stdout)["candidates"]) == 3
+    assert len(json.loads(bon.stdout)["samples"]) == 3
 
 
 def test_vm_export_from_hugging_face(tmp_path: Path) -> None:
