@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from sia_local.batch import WorkerSpec, run_file
-from sia_local.bench import load_prompts
+from sia_local.prompts import load_prompts
 from sia_local.config import SteerConfig
 from sia_local.runtime import LMSettings, ScorerSettings, load_lm, load_scorer
 from sia_local.calibrate import tau_for_ratio

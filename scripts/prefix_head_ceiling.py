@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from sia_local.defaults import default_model_path
-from sia_local.distill import _kendall, token_embeddings
+from sia_local.distill import token_embeddings
+from sia_local.fit import kendall as _kendall
 from sia_local.junction import entropy, top_k
 from sia_local.lm import LM
 

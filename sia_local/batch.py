@@ -29,7 +29,7 @@ from .lm import physical_cores
 from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
 from .steer import Steerer
 
-ROW_OPTIONS = ("max_tokens", "seed", "temperature", "top_p", "stop")  # OpenAI-named fields a row may set
+ROW_OPTIONS = tuple(name for name, s in settings() if s.api == "openai")  # OpenAI-named fields a row may set, as the server takes them
 
 
 @dataclass

@@ -16,7 +16,6 @@ import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -109,32 +108,6 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
         else:
             raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)} or a gate ({', '.join(gate_names())})")
     return out
-
-
-def load_prompts(path: str | Path | None = None) -> list[str]:
-    """Prompts from a JSONL file ({"prompt": ...} per line) or a text file (one per line); default: the shipped set."""
-    if path is None:
-        text = resources.files("sia_local.data").joinpath("bench_prompts.jsonl").read_text(encoding="utf-8")
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"prompt file not found: {p}", "pass --prompts with a JSONL or text file")
-        text = p.read_text(encoding="utf-8")
-    prompts = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                prompts.append(str(json.loads(line)["prompt"]))
-            except (json.JSONDecodeError, KeyError):
-                raise ConfigError(f"{path}:{n} is not a JSON object with a \"prompt\" field", "fix that line") from None
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise ConfigError(f"{path or 'the prompt file'} holds no prompts", "add one prompt per line")
-    return prompts
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -345,14 +318,14 @@ def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[st
 
 
 def _setup(steerer: Steerer, judge: Judge, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
-    from .info import _version
+    from .info import version_of
 
     cfg = steerer.config
     return {
         "model": str(steerer.lm.path), "reward": getattr(steerer.reward, "name", None), "reward_provider": getattr(steerer.reward, "provider", None),
         "judge": judge.name, "prompts": len(prompts), "seeds": list(seeds), "top_k": cfg.top_k, "weight": cfg.weight,
         "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "machine": platform.platform(), "processor": platform.processor(),
-        "python": platform.python_version(), "versions": {p: _version(p) for p in ("sia-local", "llama-cpp-python", "onnxruntime-gpu", "onnxruntime", "numpy")},
+        "python": platform.python_version(), "versions": {p: version_of(p) for p in ("sia-local", "llama-cpp-python", "onnxruntime-gpu", "onnxruntime", "numpy")},
         "n_threads": steerer.lm.n_threads, "n_gpu_layers": steerer.lm.n_gpu_layers,
     }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +21,7 @@ from .errors import ConfigError
 from .junction import entropy, pick, top_k as take_top_k
 from .lm import LM
 from .paths import cache_dir
+from .prompts import shipped
 
 PROFILE_VERSION = 1
 TOKENS_PER_PROMPT = 48
@@ -29,8 +29,7 @@ TOKENS_PER_PROMPT = 48
 
 def calibration_prompts() -> list[str]:
     """The prompts shipped with the package (varied tasks and tones, one per line)."""
-    text = resources.files("sia_local.data").joinpath("calibration_prompts.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return shipped("calibration")
 
 
 def entropy_profile(

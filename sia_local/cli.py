@@ -339,7 +339,8 @@ def bench(ctx: click.Context, prompts_file: Path | None, limit: int | None, seed
     if ctx.invoked_subcommand is not None:
         ctx.obj = opts
         return
-    from .bench import RewardJudge, VaderJudge, default_arms, load_prompts, markdown_table, run_grid, select_arms
+    from .bench import RewardJudge, VaderJudge, default_arms, markdown_table, run_grid, select_arms
+    from .prompts import load_prompts
     from .reward import OnnxReward
 
     _need("matplotlib", "sia bench draws its plots with matplotlib", 'pip install "sia-local[bench]"')  # before the work, not after it
@@ -548,10 +549,10 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
     Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl, with the settings they were
     sampled with (OUT/run.json); other settings are refused, --fresh starts over.
     """
-    from .bench import load_prompts
+    from .prompts import load_prompts
     from .runtime import load_lm
 
-    prompts = load_prompts(prompts_file) if prompts_file else _distill_prompts()
+    prompts = load_prompts(prompts_file, default="distill")
     prompts = prompts[:limit] if limit else prompts
     lm = load_lm(_lm_settings(opts), hidden=not onnx_graph)
     rm = _load_scorer({**opts, "reward": reward, "reward_label": reward_label}, lm)
@@ -575,13 +576,6 @@ def vm_distill(reward: Path | None, reward_label: str | None, prompts_file: Path
                        f"prefix head: corr with the branch value {v['prefix']['corr_with_branch_value']:.3f}, "
                        f"Kendall tau vs the branch head at junctions {v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
     click.echo(f"steer with it: sia generate \"...\" -m {lm.path} --vm {out_dir}", err=True)
-
-
-def _distill_prompts() -> list[str]:
-    from importlib import resources
-
-    text = resources.files("sia_local.data").joinpath("distill_prompts.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @vm.command("export")
@@ -618,7 +612,7 @@ def vm_latency(folder: Path, lengths: str, uncached_up_to: int, json_out: Path |
         sizes = _int_list(lengths, "--lengths")
         if max(sizes) + 1 >= lm.n_ctx:
             raise ConfigError(f"--lengths up to {max(sizes)} do not fit the context of {lm.n_ctx}", "raise --ctx-size or lower --lengths")
-        from .bench import load_prompts
+        from .prompts import load_prompts
 
         text = " ".join(load_prompts()) * 50
         with _progress("timing junctions") as tick:

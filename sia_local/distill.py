@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
+from .fit import corr, kendall, ridge
 from .lm import LM, file_fingerprint
 from .config import SteerConfig
 from .scorer import Scorer
@@ -218,7 +219,7 @@ def distill(
     parts = split_by_situation(prompts, seed)
     split = parts[[r["prompt_index"] for r in rows]]
     fit = fit_value_heads([f[None, :] for f in x], y, split)["mean"]  # one feature row per response: the Eq. 6 objective
-    w, b = _weighted_ridge(x[split != "test"], y[split != "test"], fit["alpha"], relative=True)  # refit on train + val
+    w, b = ridge(x[split != "test"], y[split != "test"], fit["alpha"], relative=True)  # refit on train + val
     curve = [{"alpha": c["alpha"], "train_mse": c["train_mse"], "val_mse": c["val_mse"], "val_corr": c["val_mean_corr"]} for c in fit["curve"]]
     save(build_graph(arch, weights, head=(w.astype(np.float32), float(b))), out / "model.onnx")
     card = {
@@ -309,28 +310,7 @@ def token_embeddings(gguf_path: Path) -> np.ndarray:
     return np.asarray(table, dtype=np.float32).reshape(-1, n_embd)
 
 
-def _weighted_ridge(x: np.ndarray, y: np.ndarray, alpha: float, weight: np.ndarray | None = None, *,
-                    relative: bool = False) -> tuple[np.ndarray, float]:
-    """argmin sum_i weight_i (x_i·w + b − y_i)² + lambda |w|², in closed form (weights normalised to sum 1).
-
-    lambda = alpha / n, or with `relative` alpha times the mean feature variance: then alpha means the
-    same for any scale of hidden state, and one grid fits every model."""
-    wt = np.ones(len(y)) if weight is None else weight
-    wt = wt / wt.sum()
-    xm, ym = wt @ x, float(wt @ y)
-    xc = x - xm
-    xw = xc * wt[:, None]
-    gram = xc.T @ xw
-    lam = alpha * float(np.trace(gram)) / x.shape[1] if relative else alpha / len(y)
-    coef = np.linalg.solve(gram + lam * np.eye(x.shape[1]), xw.T @ (y - ym))
-    return coef, float(ym - xm @ coef)
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and np.std(a) > 0 and np.std(b) > 0 else float("nan")
-
-
-ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean feature variance (`_weighted_ridge(relative=True)`)
+ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean feature variance (`fit.ridge(relative=True)`)
 TEST_SHARE = VAL_SHARE = 0.1
 
 
@@ -400,17 +380,17 @@ def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, split: np.nda
     pos = {part: rows[part][owner] for part in rows}
 
     def measure(w: np.ndarray, b: float, part: str) -> tuple[float, float]:
-        return _corr(pos_x[pos[part]] @ w + b, pos_y[pos[part]]), _corr(means[rows[part]] @ w + b, y[rows[part]])
+        return corr(pos_x[pos[part]] @ w + b, pos_y[pos[part]]), corr(means[rows[part]] @ w + b, y[rows[part]])
 
     report: dict[str, Any] = {}
     for name in ("mean", "prefix-value"):
         curve, best = [], None
         for alpha in ALPHAS:
             if name == "mean":
-                w, b = _weighted_ridge(means[rows["train"]], y[rows["train"]], alpha, relative=True)
+                w, b = ridge(means[rows["train"]], y[rows["train"]], alpha, relative=True)
                 mse = {part: float(np.mean((means[rows[part]] @ w + b - y[rows[part]]) ** 2)) for part in ("train", "val")}
             else:
-                w, b = _weighted_ridge(pos_x[pos["train"]], pos_y[pos["train"]], alpha, pos_w[pos["train"]], relative=True)
+                w, b = ridge(pos_x[pos["train"]], pos_y[pos["train"]], alpha, pos_w[pos["train"]], relative=True)
                 mse = {part: float(np.average((pos_x[pos[part]] @ w + b - pos_y[pos[part]]) ** 2, weights=pos_w[pos[part]]))
                        for part in ("train", "val")}
             val_mse = mse["val"]
@@ -444,7 +424,7 @@ def fit_prefix_head(h_prev: np.ndarray, tokens: np.ndarray, target: np.ndarray, 
     h = h_prev.astype(np.float64)
     e = emb[tokens].astype(np.float64)
     d, de = h.shape[1], e.shape[1]
-    coef, b = _weighted_ridge(np.concatenate([h, e], axis=1), target, alpha)
+    coef, b = ridge(np.concatenate([h, e], axis=1), target, alpha)
     a, u = coef[:d], coef[d:]
     resid = target - (h @ a + e @ u + b)
     B = rng.normal(0, 1 / np.sqrt(de), size=(rank, de))
@@ -452,10 +432,10 @@ def fit_prefix_head(h_prev: np.ndarray, tokens: np.ndarray, target: np.ndarray, 
     for _ in range(iters):
         be = e @ B.T  # (N, r)
         feats = (be[:, :, None] * h[:, None, :]).reshape(len(h), rank * d)  # (N, r*d): row j holds (B e)_j h
-        A = _weighted_ridge(feats, resid, alpha)[0].reshape(rank, d)
+        A = ridge(feats, resid, alpha)[0].reshape(rank, d)
         ah = h @ A.T  # (N, r)
         feats = (ah[:, :, None] * e[:, None, :]).reshape(len(h), rank * de)
-        B = _weighted_ridge(feats, resid, alpha)[0].reshape(rank, de)
+        B = ridge(feats, resid, alpha)[0].reshape(rank, de)
     return {"a": a.astype(np.float32), "b": np.float32(b), "A": A.astype(np.float32),
             "tok_u": (emb @ u).astype(np.float32), "tok_L": (emb @ B.T).astype(np.float32)}
 
@@ -538,7 +518,7 @@ def distill_head(
         },
         "test": {
             "branch": {"objective": heads["best"], "per_position_corr": best["test_per_position_corr"], "mean_corr": best["test_mean_corr"]},
-            "prefix": {"corr_with_branch_value": _corr(pred, target[test]), "rank": rank, "kendall_tau_vs_branch_at_junctions": tau},
+            "prefix": {"corr_with_branch_value": corr(pred, target[test]), "rank": rank, "kendall_tau_vs_branch_at_junctions": tau},
         },
         "method": "on-policy samples (T = 1, top-k 10) labelled by the teacher; final hidden states from llama.cpp; branch head = "
                   "closed-form ridge (mean or per-position objective, the better on held-out prompts); prefix head = a·h + u·e_c + "
@@ -582,13 +562,9 @@ def _junction_agreement(lm: LM, rows: list[dict[str, Any]], held_out: np.ndarray
             h = lm.last_hidden()
             q = float(prefix["a"] @ h) + prefix["tok_u"][cand] + prefix["tok_L"][cand] @ (prefix["A"] @ h)
             v = lm.branch([int(c) for c in cand]) @ w + b
-            taus.append(_kendall(q, v))
+            taus.append(kendall(q, v))
     finally:
         lm.track_hidden(was)
     return float(np.mean(taus))
 
 
-def _kendall(a: np.ndarray, b: np.ndarray) -> float:
-    n = len(a)
-    s = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(n) for j in range(i + 1, n))
-    return float(s / (n * (n - 1) / 2))

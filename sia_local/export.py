@@ -182,11 +182,10 @@ def label_index(label: str | None, id2label: dict[int, str], n_labels: int) -> i
 
 def validation_texts(n: int = 240, seed: int = 0) -> list[str]:
     """Varied generated texts (tone, length, punctuation) to compare torch and ONNX on."""
-    from .bench import load_prompts
-    from .calibrate import calibration_prompts
+    from .prompts import shipped
 
     rng = np.random.default_rng(seed)
-    base = load_prompts() + calibration_prompts()
+    base = shipped("bench") + shipped("calibration")
     words = " ".join(base).split()
     out = []
     for i in range(n):
@@ -232,17 +231,7 @@ def _ort_scores(model_file: Path, tokenizer: Any, names: list[str], pairs: list[
 
 def _grouped_kendall(a: np.ndarray, b: np.ndarray, n_labels: int, index: int | None, k: int = 10) -> float:
     """Mean Kendall tau between two scorings over consecutive groups of k texts (a junction's candidates)."""
+    from .fit import grouped_kendall
+
     col = 0 if index is None else index
-    sa, sb = a.reshape(len(a), -1)[:, col], b.reshape(len(b), -1)[:, col]
-    taus = []
-    for g in range(0, len(sa) - k + 1, k):
-        x, y = sa[g : g + k], sb[g : g + k]
-        concordant = discordant = 0
-        for i in range(k):
-            for j in range(i + 1, k):
-                s = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
-                concordant += s > 0
-                discordant += s < 0
-        pairs = k * (k - 1) / 2
-        taus.append((concordant - discordant) / pairs)
-    return float(np.mean(taus))
+    return grouped_kendall(a.reshape(len(a), -1)[:, col], b.reshape(len(b), -1)[:, col], k)

@@ -6,7 +6,7 @@ import importlib.metadata as md
 from typing import Any
 
 
-def _version(dist: str) -> str:
+def version_of(dist: str) -> str:
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
@@ -42,11 +42,11 @@ def collect() -> dict[str, Any]:
     from .lm import gpu_offload_supported, physical_cores, system_info
 
     facts: dict[str, Any] = {
-        "sia-local": _version("sia-local"),
-        "llama-cpp-python": _version("llama-cpp-python"),
-        "onnxruntime": _version("onnxruntime-gpu") if _version("onnxruntime-gpu") != "not installed" else _version("onnxruntime"),
-        "tokenizers": _version("tokenizers"),
-        "numpy": _version("numpy"),
+        "sia-local": version_of("sia-local"),
+        "llama-cpp-python": version_of("llama-cpp-python"),
+        "onnxruntime": version_of("onnxruntime-gpu") if version_of("onnxruntime-gpu") != "not installed" else version_of("onnxruntime"),
+        "tokenizers": version_of("tokenizers"),
+        "numpy": version_of("numpy"),
         "gpu offload (llama)": gpu_offload_supported(),
         "llama.cpp system": system_info(),
         "onnx providers": {p: ("loads" if ok else "listed, does not load") for p, ok in loadable_providers().items()},

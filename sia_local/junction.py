@@ -12,12 +12,9 @@ registry, so nothing else changes (docs/architecture.md shows the recipe).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:  # config imports this module for the gate names; the type is only for readers
-    from .config import SteerConfig
 
 
 _BLOCK = 256  # top_k's block size: a few hundred blocks for a 49k-262k vocabulary
@@ -196,7 +193,22 @@ class FirstNGate:
 
 
 # -- the registry -----------------------------------------------------------------------------------
-GateFactory = Callable[["SteerConfig", "float | None", int], Gate]
+class GateSettings(Protocol):
+    """What a gate factory may read of the settings (`config.SteerConfig` has these; this module sits below it)."""
+
+    @property
+    def ratio(self) -> float | None: ...
+    @property
+    def tau(self) -> float | None: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def first_n(self) -> int: ...
+    @property
+    def gate(self) -> str: ...
+
+
+GateFactory = Callable[[GateSettings, "float | None", int], Gate]
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ def gate_spec(name: str) -> GateSpec | None:
     return _GATES.get(name)
 
 
-def make_gate(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+def make_gate(config: GateSettings, tau: float | None, seed: int) -> Gate:
     """A fresh gate of the kind `config.gate` names; `tau` must be resolved already for tau gates."""
     spec = _GATES[config.gate]  # SteerConfig checked the name
     if spec.uses_tau and tau is None:
@@ -248,12 +260,12 @@ def make_gate(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
     return spec.build(config, tau, seed)
 
 
-def _random(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+def _random(config: GateSettings, tau: float | None, seed: int) -> Gate:
     assert config.ratio is not None  # SteerConfig requires a ratio for uses_ratio gates
     return RandomGate(config.ratio, np.random.default_rng([seed, 1]))
 
 
-def _entropy(config: "SteerConfig", tau: float | None, seed: int) -> Gate:
+def _entropy(config: GateSettings, tau: float | None, seed: int) -> Gate:
     assert tau is not None
     if config.tau is not None or config.ratio is None or config.ratio in (0.0, 1.0):
         return EntropyGate(tau)  # a tau given by the user is kept fixed

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sia_local.bench import Arm, RewardJudge, default_arms, distinct_n, load_prompts, run_grid, summarise
+from sia_local.bench import Arm, RewardJudge, default_arms, distinct_n, run_grid, summarise
+from sia_local.prompts import load_prompts
 from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.errors import ConfigError

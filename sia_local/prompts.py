@@ -1,0 +1,58 @@
+"""The prompt sets the package ships, and prompt files a user gives: read in one place.
+
+- calibration: varied tasks and tones, decoded unsteered to calibrate tau (`calibrate.py`);
+- bench: 50 prompts, many about annoying or sad situations, so a tone objective has room to move (`sia bench`);
+- distill: 304 prompts, situations x ways of asking, disjoint from the two above (`sia vm distill`).
+A user's file is JSONL ({"prompt": ...} per line) or plain text (one prompt a line).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from .errors import ConfigError
+
+SHIPPED = {"calibration": "calibration_prompts.txt", "bench": "bench_prompts.jsonl", "distill": "distill_prompts.txt"}
+
+
+def shipped(name: str) -> list[str]:
+    """One of the shipped prompt sets by name: calibration, bench or distill."""
+    text = resources.files("sia_local.data").joinpath(SHIPPED[name]).read_text(encoding="utf-8")
+    return _parse(text, f"sia_local/data/{SHIPPED[name]}")
+
+
+def load_prompts(path: str | Path | None = None, default: str = "bench") -> list[str]:
+    """Prompts from a JSONL or text file; without a path, the shipped set `default`."""
+    if path is None:
+        return shipped(default)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompt file not found: {p}" if not p.exists() else f"{p} is not a file", "pass --prompts with a JSONL or text file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason})", "save it as UTF-8") from None
+    return _parse(text, str(p))
+
+
+def _parse(text: str, where: str) -> list[str]:
+    prompts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{where}:{n} is not a JSON object with a \"prompt\" field", "fix that line") from None
+            if not isinstance(prompt, str):
+                raise ConfigError(f"{where}:{n}: \"prompt\" must be a string", "fix that line")
+            prompts.append(prompt)
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ConfigError(f"{where} holds no prompts", "add one prompt per line")
+    return prompts
