@@ -55,5 +55,5 @@ def test_build_default_and_attribute(tmp_path: Path) -> None:
     rm = OnnxReward(tmp_path / "polite", provider="cpu")
     kind, rude = rm.score("", ["Thank you so much, I really appreciate your help.", "Shut up, nobody cares what you think."])
     assert kind > rude
-    assert "zero-shot" in rm.objective
+    assert "zero-shot" in rm.objective and "('" not in rm.objective and 'like "polite, warm and respectful"' in rm.objective  # words, not a Python tuple
     assert run("reward", "build", "attribute", "-o", str(tmp_path / "x"), "--positive", "only one side").exit_code != 0
