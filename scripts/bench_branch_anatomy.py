@@ -19,7 +19,7 @@ from typing import Callable
 
 from sia_local.defaults import default_model_path
 from sia_local.junction import top_k
-from sia_local.lm import LM
+from sia_local.llama import LM
 
 TEXT = "The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. " * 60
 
@@ -37,7 +37,7 @@ def main() -> None:
     k = args.k
     lm = LM(args.model or default_model_path(), n_ctx=args.context + 64, n_threads=args.threads, hidden=True, flash_attn="off")
     ids = lm.tokenize(TEXT, add_special=False)[: args.context]
-    ctx, context = lm._ctx, lm._llm._ctx
+    ctx, context = lm.context_pointer, lm.llama._ctx
     batch = llama_cpp.llama_batch_init(max(k, 1), 0, 1)
     n = len(ids)
     cand = [int(c) for c in top_k(lm.prefill(ids), k)[0]]

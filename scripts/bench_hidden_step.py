@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sia_local.defaults import default_model_path
-    from sia_local.lm import LM
+    from sia_local.llama import LM
 
     path = Path(args.model) if args.model else default_model_path()
     contexts = [int(x) for x in args.contexts.split(",")]

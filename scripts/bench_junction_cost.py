@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sia_local.defaults import default_model_path
 from sia_local.head import junction_cost
-from sia_local.lm import LM
+from sia_local.llama import LM
 
 TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. "
         "He kept a notebook of ships, storms and the birds that rested on the rail, and wrote to his sister each week. ")

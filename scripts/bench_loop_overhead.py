@@ -21,7 +21,7 @@ from typing import Any
 from sia_local.bench import SPEED_PROMPT
 from sia_local.config import SteerConfig
 from sia_local.defaults import default_model_path
-from sia_local.lm import LM, physical_cores
+from sia_local.llama import LM, physical_cores
 from sia_local.steer import SequenceState, Steerer
 
 
@@ -48,7 +48,7 @@ def python_ms_per_step(lm: LM, logprobs: bool, steps: int = 2000) -> float:
 
 def measure(path: Path, tokens: int, repeats: int) -> dict[str, Any]:
     lm = LM(path, n_ctx=1024, n_threads=physical_cores())
-    llm = lm._llm
+    llm = lm.llama
     steerer = Steerer(lm, None, SteerConfig(gate="none", max_tokens=tokens, top_k=10))
 
     def ours(seed: int) -> float:

@@ -25,7 +25,7 @@ from sia_local import LM, OnnxReward, SteerConfig, Steerer  # noqa: E402
 from sia_local.calibrate import tau_from_entropies  # noqa: E402
 from sia_local.head import junction_cost  # noqa: E402
 from sia_local.info import loadable_providers  # noqa: E402
-from sia_local.lm import gpu_offload_supported, system_info  # noqa: E402
+from sia_local.llama import gpu_offload_supported, system_info  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 

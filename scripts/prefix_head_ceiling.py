@@ -24,7 +24,7 @@ from sia_local.defaults import default_model_path
 from sia_local.distill import token_embeddings
 from sia_local.fit import kendall as _kendall
 from sia_local.junction import entropy, top_k
-from sia_local.lm import LM
+from sia_local.llama import LM
 
 
 def collect(lm: LM, rows: list[dict], k: int, min_entropy: float, share: float, seed: int) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Any
 from .config import SteerConfig
 from .errors import SiaError
 from .junction import register_gate
-from .lm import LM
+from .llama import LM
 from .reward import OnnxReward
 from .runtime import LMSettings, ScorerSettings, build_steerer, load, load_lm, load_scorer
 from .scorer import Scorer, ScorerInfo

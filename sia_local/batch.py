@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .config import SteerConfig, settings
 from .errors import ConfigError, MissingPackageError, SiaError
-from .lm import physical_cores
+from .llama import physical_cores
 from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
 from .steer import Steerer
 

@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -420,7 +420,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     entropy@ratio and dense too, and branch heads also with each k of `head_ks` candidates (a junction
     costs a k-token decode; tau is calibrated for that k). Returns medians and the ratios the project tracks."""
     lm = steerer.lm
-    llm = lm._llm  # the same model and context, driven by llama-cpp-python's own loop
+    llm = lm.llama  # the same model and context, driven by llama-cpp-python's own loop
     tau = steerer.resolve_tau(steerer.config.updated(ratio=ratio))
 
     def llama_cpp(seed: int) -> dict[str, float]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .junction import entropy, pick, top_k as take_top_k
-from .lm import LM
+from .llama import LM
 from .paths import cache_dir
 from .prompts import shipped
 

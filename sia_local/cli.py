@@ -19,7 +19,7 @@ from .errors import ConfigError, PromptError, SiaError
 from .junction import gate_names, gate_spec
 
 if TYPE_CHECKING:  # the CLI imports its heavy parts lazily, so `sia --help` stays quick
-    from .lm import LM
+    from .llama import LM
     from .runtime import LMSettings, ScorerSettings
     from .scorer import Scorer
     from .steer import Steerer

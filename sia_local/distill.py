@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import ConfigError, RewardModelError
 from .fit import corr, kendall, ridge
-from .lm import LM, file_fingerprint
+from .llama import LM, file_fingerprint
 from .config import SteerConfig
 from .scorer import Scorer
 from .steer import Steerer
@@ -551,7 +551,7 @@ def _junction_agreement(lm: LM, rows: list[dict[str, Any]], held_out: np.ndarray
     if not val_rows:
         return float("nan")
     taus = []
-    was = lm._track_hidden
+    was = lm.tracking_hidden
     lm.track_hidden(True)
     try:
         for _ in range(n):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
-from .lm import LM, file_fingerprint
+from .llama import LM, file_fingerprint
 from .scorer import Junction, ScorerInfo
 
 CARD = "head.json"

@@ -39,7 +39,7 @@ def loadable_providers() -> dict[str, bool]:
 def collect() -> dict[str, Any]:
     from .paths import cache_dir
     from .errors import SiaError
-    from .lm import gpu_offload_supported, physical_cores, system_info
+    from .llama import gpu_offload_supported, physical_cores, system_info
 
     facts: dict[str, Any] = {
         "sia-local": version_of("sia-local"),

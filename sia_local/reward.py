@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import RewardModelError
-from .lm import physical_cores
+from .llama import physical_cores
 from .scorer import Junction, ScorerInfo
 
 TEXT_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}

@@ -19,7 +19,7 @@ from typing import Callable
 
 from .config import SteerConfig
 from .errors import RewardModelError
-from .lm import LM
+from .llama import LM
 from .scorer import Scorer
 from .steer import Steerer
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import Cancelled, ConfigError, ContextLengthError
-from .lm import BatchContext, Message
+from .llama import BatchContext, Message
 from .steer import Generation, Piece, SequenceState, Steerer
 
 

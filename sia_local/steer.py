@@ -29,7 +29,7 @@ from .calibrate import is_calibrated, tau_for_ratio
 from .config import SteerConfig
 from .errors import ConfigError, PromptError
 from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, top_k
-from .lm import LM, Message
+from .llama import LM, Message
 from .scorer import Junction, Scorer
 
 

@@ -17,12 +17,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .errors import RewardModelError
-from .lm import LM
+from .llama import LM
 from .reward import open_session
 from .scorer import Junction, ScorerInfo
 from .vmgraph import Arch, feeds

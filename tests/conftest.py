@@ -26,7 +26,7 @@ def tiny_reward(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_gguf: Path):
-    from sia_local.lm import LM
+    from sia_local.llama import LM
 
     return LM(tiny_gguf, n_ctx=512)
 

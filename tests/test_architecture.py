@@ -12,12 +12,13 @@ from click.testing import CliRunner
 PACKAGE = Path(__file__).resolve().parents[1] / "sia_local"
 
 
-def _imports(file: Path) -> set[str]:
-    """Package modules `file` imports, at module level, inside functions or under `if TYPE_CHECKING:` alike."""
+def _imports(file: Path, depth: int = 1) -> set[str]:
+    """Package modules `file` imports, at module level, inside functions or under `if TYPE_CHECKING:` alike.
+    `depth` is how deep the file sits (1: sia_local/x.py; 2: sia_local/pkg/x.py, whose `from .y` stays inside pkg)."""
     tree = ast.parse(file.read_text())
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == depth:
             if node.module:
                 out.add(node.module.split(".")[0])
             else:
@@ -30,7 +31,11 @@ def _imports(file: Path) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    return {f.stem: _imports(f) for f in PACKAGE.glob("*.py") if f.stem != "__init__"}
+    """module or subpackage -> the package's modules it imports (a subpackage is one node: the union of its files)."""
+    graph = {f.stem: _imports(f) for f in PACKAGE.glob("*.py") if f.stem != "__init__"}
+    for pkg in (d for d in PACKAGE.iterdir() if d.is_dir() and (d / "__init__.py").exists() and d.name != "data"):
+        graph[pkg.name] = set().union(*(_imports(f, 2) for f in pkg.glob("*.py"))) - {pkg.name}
+    return graph
 
 
 def _table() -> dict[str, tuple[int, set[str]]]:
@@ -39,9 +44,10 @@ def _table() -> dict[str, tuple[int, set[str]]]:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].startswith("`") and cells[0].endswith(".py`") and cells[1].isdigit():
+        name = cells[0].strip("`") if cells else ""
+        if len(cells) == 4 and cells[0].startswith("`") and (name.endswith(".py") or name.endswith("/")) and cells[1].isdigit():
             listed = set() if cells[3] in ("–", "-", "") else {m.strip() for m in cells[3].split(",")}
-            rows[cells[0].strip("`")[:-3]] = (int(cells[1]), listed)
+            rows[name[:-3] if name.endswith(".py") else name[:-1]] = (int(cells[1]), listed)
     return rows
 
 
@@ -63,9 +69,9 @@ def test_lower_modules_do_not_reach_up() -> None:
         assert "import click" not in (PACKAGE / f"{module}.py").read_text(), module
 
 
-def test_llama_cpp_only_in_lm() -> None:
-    users = [f.name for f in PACKAGE.glob("*.py") if "import llama_cpp" in f.read_text() or "from llama_cpp" in f.read_text()]
-    assert users == ["lm.py"]
+def test_llama_cpp_only_in_the_llama_package() -> None:
+    users = sorted(str(f.relative_to(PACKAGE)) for f in PACKAGE.rglob("*.py") if "import llama_cpp" in f.read_text() or "from llama_cpp" in f.read_text())
+    assert users and all(u.startswith("llama/") for u in users), users
 
 
 @pytest.fixture()

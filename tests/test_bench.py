@@ -15,7 +15,7 @@ from sia_local.prompts import load_prompts
 from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.errors import ConfigError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 

@@ -9,7 +9,7 @@ import pytest
 from sia_local.calibrate import calibration_prompts, entropy_profile, tau_from_entropies
 from sia_local.paths import cache_dir
 from sia_local.config import SteerConfig
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 

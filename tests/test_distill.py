@@ -10,7 +10,7 @@ import pytest
 
 from sia_local.distill import RUN_FILE, ALPHAS, fit_value_heads, sample_labelled, situation_groups, split_by_situation
 from sia_local.errors import ConfigError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 
 TEMPLATES = ["Write a short message about {}.", "How should I deal with {}?", "Describe {} in a few sentences.", "Tell a story about {}."]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fuzz_bodies import batch_rows, request_bodies
 from sia_local.batch import Worker, WorkerSpec, read_rows
 from sia_local.config import SteerConfig
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.runtime import LMSettings, ScorerSettings
 from sia_local.server import create_app

@@ -10,7 +10,7 @@ import pytest
 
 from sia_local.config import SteerConfig
 from sia_local.errors import PromptError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward, position_limit
 from sia_local.server import create_app
 from sia_local.steer import Steerer

@@ -16,7 +16,7 @@ from sia_local.fit import ridge as _weighted_ridge
 from sia_local.errors import RewardModelError
 from sia_local.head import BranchHead, PrefixHead, load_head
 from sia_local.junction import top_k
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 from tiny_models import write_tiny_gguf

@@ -68,7 +68,7 @@ def test_cli_generate_on_default_models() -> None:
 def test_smollm2_chat_template_and_stop() -> None:
     from sia_local.config import SteerConfig
     from sia_local.defaults import default_model_path
-    from sia_local.lm import LM
+    from sia_local.llama import LM
     from sia_local.steer import Steerer
 
     lm = LM(default_model_path(), n_ctx=1024)

@@ -23,7 +23,7 @@ from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.errors import ConfigError, ModelError, RewardModelError
 from sia_local.head import load_head
-from sia_local.lm import LM, BatchContext
+from sia_local.llama import LM, BatchContext
 from sia_local.reward import OnnxReward
 from sia_local.server import create_app
 from sia_local.steer import Steerer

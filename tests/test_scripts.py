@@ -39,7 +39,7 @@ def test_help_has_no_side_effects(script: Path, tmp_path: Path) -> None:
 
 def test_prefix_head_ceiling_runs_on_a_tiny_head(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
     from sia_local.distill import distill_head
-    from sia_local.lm import LM
+    from sia_local.llama import LM
     from sia_local.reward import OnnxReward
 
     head = tmp_path / "head"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.errors import ConfigError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.search import best_of_n
 from sia_local.steer import Steerer

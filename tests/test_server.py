@@ -17,7 +17,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from sia_local.config import SteerConfig  # noqa: E402
-from sia_local.lm import LM  # noqa: E402
+from sia_local.llama import LM  # noqa: E402
 from sia_local.reward import OnnxReward  # noqa: E402
 from sia_local.server import create_app  # noqa: E402
 from sia_local.steer import Steerer  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 from sia_local.config import SteerConfig
 from sia_local.errors import ConfigError, PromptError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 

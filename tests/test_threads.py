@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.threads import ThreadGovernor
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.errors import ModelError, RewardModelError
-from sia_local.lm import LM
+from sia_local.llama import LM
 from sia_local.reward import OnnxReward
 from sia_local.steer import Steerer
 from sia_local.distill import distill

@@ -1,0 +1,12 @@
+"""The language model: a GGUF file run by llama.cpp through llama-cpp-python.
+
+This package is the only importer of `llama_cpp`: `model.LM` (one context: prefill, step, logits,
+chat template, hidden states and branches), `batch.BatchContext` (several sequences in one context,
+for Best-of-N) and `compat` (version shims, llama.cpp's log, GGUF checks).
+"""
+
+from .batch import BatchContext
+from .compat import FLASH_ATTN, Message, file_fingerprint, gpu_offload_supported, physical_cores, system_info
+from .model import LM
+
+__all__ = ["LM", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info"]

@@ -1,0 +1,414 @@
+"""`LM`: a GGUF model with one llama.cpp context -- prefill, step, logits view, chat template, branches.
+
+It gives the steering loop what it needs: tokens in, a zero-copy view of the next-token logits, one
+token appended, the bytes of a token, whether a token ends the turn; and for value heads, final
+hidden states and k-branch decodes that keep the chosen branch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ContextLengthError, ModelError, PromptError
+from ..threads import ThreadGovernor
+from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
+                     _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
+                     physical_cores)
+
+
+class LM:
+    """A loaded GGUF model with one llama.cpp context (one sequence).
+
+    Args:
+        path: the .gguf file.
+        n_ctx: context length in tokens; 0 = the model's training context. Capped at the training context.
+        n_threads: CPU threads for llama.cpp. None = physical cores, adapted while decoding: a
+            `ThreadGovernor` drops to half of them while another program makes that faster
+            (SIA_THREAD_POLICY=fixed in the environment turns this off). A number is used as given.
+        n_gpu_layers: layers to offload (-1 = all; needs a CUDA/Metal build of llama-cpp-python).
+        chat_format: a llama-cpp-python chat format name (e.g. ``chatml``) overriding the GGUF template.
+        chat_template: a Jinja chat template string overriding both.
+        verbose: let llama.cpp's own log through to stderr.
+        flash_attn: ``auto`` (llama.cpp decides per device: on where the backend has the kernel),
+            ``on`` or ``off``. Measured on our 2-core CPU machine: on is 6-8 % faster with a 160-token prompt.
+        hidden: also give final hidden states (value heads on the LM's own hidden state): the context
+            is made with embeddings available (switched on only for the decodes that need them, so
+            prefill and plain steps cost what they cost without) and room for `branch` sequences.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        chat_format: str | None = None,
+        chat_template: str | None = None,
+        verbose: bool = False,
+        flash_attn: str = "auto",
+        hidden: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        import llama_cpp
+
+        _install_log_callback(verbose)
+        _LOG_TAIL.clear()
+        if flash_attn not in FLASH_ATTN:
+            raise ModelError(f"--flash-attn {flash_attn!r} is not one of {', '.join(FLASH_ATTN)}", "use --flash-attn auto, on or off")
+        n_ctx_train = _gguf_context_length(self.path)
+        if n_ctx_train and (n_ctx == 0 or n_ctx > n_ctx_train):
+            n_ctx = n_ctx_train
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=n_ctx,
+                n_batch=min(512, max(n_ctx, 1)),
+                n_threads=n_threads or physical_cores(),
+                n_threads_batch=n_threads or physical_cores(),  # -t 1 means one thread for the prompt too
+                n_gpu_layers=n_gpu_layers,
+                flash_attn=flash_attn == "on",
+                logits_all=False,
+                verbose=verbose,
+                **({"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_NONE} if hidden else {}),
+            )
+            if flash_attn == "auto":
+                _compat_flash_attn_auto(self._llm)
+        except (ValueError, RuntimeError, OSError) as exc:
+            detail = _last_log_error() or str(exc)
+            raise ModelError(
+                f"llama.cpp could not load {self.path}: {detail}",
+                "the file may be truncated or of an architecture this llama-cpp-python does not know; "
+                "re-download it or upgrade llama-cpp-python",
+            ) from None
+        self.flash_attn = flash_attn  # as asked; llama.cpp resolves auto per device
+        self._vocab = self._llm._model.vocab
+        self._ctx = self._llm._ctx.ctx
+        self.n_vocab: int = self._llm.n_vocab()
+        # llama.cpp may round the context up (to 256 cells); llama-cpp-python's token buffer keeps the size
+        # asked for, and that is the real limit (past it, the buffer overflows)
+        self.n_ctx: int = min(self._llm.n_ctx(), len(self._llm.input_ids))
+        self._pieces: dict[int, bytes] = {}
+        self._recurrent = bool(getattr(self._llm, "_is_recurrent", False) or getattr(self._llm, "_is_hybrid", False))
+        self._chat = _chat_formatter(self._llm, self.piece, chat_format, chat_template)
+        self.n_threads = self._llm.n_threads
+        self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
+        adaptive = n_threads is None and os.environ.get("SIA_THREAD_POLICY", "adaptive") not in ("fixed", "keep")
+        self.governor = ThreadGovernor(self.n_threads) if adaptive and self.n_threads >= 2 else None
+        self.n_gpu_layers = n_gpu_layers
+        self.hidden = hidden
+        self.n_embd: int = self._llm.n_embd()
+        self.max_branches = max(0, int(self._llm.context_params.n_seq_max) - 1) if hidden else 0
+        self._branched: dict[int, int] | None = None  # candidate token -> its row in the last branch decode
+        self._branch_at = -1  # the position the branches were decoded at
+        self._n_branches = 0
+        self._logits_row = -1  # which output row of the last decode holds the current logits
+        self._track_hidden = False
+        if hidden:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+            self._branch_batch = llama_cpp.llama_batch_init(max(self.max_branches, 1), 0, 1)
+
+    # -- text <-> tokens -------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Token ids of `text`; special-token text (``<|im_start|>``) becomes its special token."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes token `token` adds to the output (may be part of a UTF-8 character; b"" for control tokens)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._pieces[token] = _compat_token_to_piece(self._vocab, token)
+        return cached
+
+    def token_text(self, token: int) -> str:
+        """The token's text as the GGUF vocabulary stores it (e.g. 'Ġthe'), for vocabulary checks."""
+        return str(self._llm._model.token_get_text(token))
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, end-of-turn, ...), as the GGUF vocabulary marks them."""
+        return _compat_is_eog(self._vocab, token)
+
+    def render_chat(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+        """Token ids of `messages` rendered by the chat template, ending with the assistant's turn, and its stop strings."""
+        if self._chat is None:
+            raise PromptError(
+                f"{self.path.name} has no chat template",
+                "pass --chat-format (e.g. chatml) or --raw to send the prompt as plain text",
+            )
+        try:
+            result = self._chat(messages=list(messages))
+        except Exception as exc:  # jinja2 raise_exception() in templates, bad roles, ...
+            raise PromptError(f"the chat template of {self.path.name} rejected the messages: {exc}", "check the roles, or use --raw") from None
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        ids = self.tokenize(result.prompt, add_special=not getattr(result, "added_special", False))
+        return ids, [s for s in stop if s]
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._chat is not None
+
+    # -- decoding --------------------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        """Tokens currently in the KV cache."""
+        return int(self._llm.n_tokens)
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Put `tokens` in the context and return the next-token logits.
+
+        The longest prefix shared with what the context already holds is kept (chat history, system
+        prompts), so only the new tail is decoded.
+        """
+        if not tokens:
+            raise PromptError("the prompt is empty", "give a non-empty prompt")
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthError(
+                f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
+                "shorten the prompt or raise --ctx-size", api_hint="shorten the messages",
+            )
+        keep = self._keep_shared_prefix(tokens, len(tokens) - 1)  # always decode >= 1 token to get fresh logits
+        self._drop_branches()  # branch sequences go entirely (llama.cpp's "any sequence" removal leaves them)
+        self._logits_row = -1
+        rest = list(tokens[keep:])
+        if self._track_hidden and len(rest) > 1:  # hidden state of the last prompt token only, not of every one
+            self._eval(rest[:-1])
+            rest = rest[-1:]
+        self._with_embeddings(self._track_hidden, lambda: self._eval(rest))
+        return self.logits()
+
+    def step(self, token: int) -> np.ndarray:
+        """Append one token and return the next-token logits.
+
+        When `token` was one of the candidates of the last `branch` decode, its branch becomes the
+        sequence and its logits are returned: no decode at all.
+        """
+        if self._branched is not None:
+            row = self._branched.get(int(token)) if self.n_past == self._branch_at else None
+            if row is not None:
+                self._adopt(row, int(token))
+                return self.logits()
+            self._drop_branches()
+        self._logits_row = -1
+        start = time.perf_counter()
+        self._with_embeddings(self._track_hidden, lambda: self._eval((token,)))
+        if self.governor is not None:
+            self._use_threads(self.governor.record(time.perf_counter() - start))
+        return self.logits()
+
+    def _use_threads(self, n: int) -> None:
+        if n != self.n_threads:
+            import llama_cpp
+
+            llama_cpp.llama_set_n_threads(self._ctx, n, self.max_threads)  # the governor's count is for one-token steps only
+            self.n_threads = n
+
+    @property
+    def settled_threads(self) -> int:
+        """The thread count the governor settled on (not a probe's count in flight); the given count without one."""
+        return self.governor.settled if self.governor is not None else self.n_threads
+
+    def use_all_threads(self) -> None:
+        """Decode with every thread given, e.g. before code that drives llama-cpp-python's own loop (the governor
+        takes over again at this LM's next step)."""
+        self._use_threads(self.max_threads)
+
+    def logits(self) -> np.ndarray:
+        """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
+        return _compat_logits_view(self._ctx, self.n_vocab, self._logits_row)
+
+    # -- hidden states and branches (value heads on the LM's own hidden state) ---------------------------
+    def track_hidden(self, on: bool = True) -> None:
+        """Keep the last token's final hidden state after every step (for heads that score from the prefix alone)."""
+        self._need_hidden()
+        self._track_hidden = on
+
+    def last_hidden(self) -> np.ndarray:
+        """(n_embd,) final hidden state (after the output norm) of the last decoded token (needs `track_hidden`)."""
+        import llama_cpp
+
+        if not self._track_hidden:
+            raise ModelError("the LM does not keep hidden states", "call lm.track_hidden() before decoding")
+        ptr = llama_cpp.llama_get_embeddings_ith(self._ctx, self._logits_row)
+        if not ptr:
+            raise ModelError("llama.cpp returned no hidden state for the last token", "decode with track_hidden() on")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+    def branch(self, candidates: Sequence[int]) -> np.ndarray:
+        """(k, n_embd) final hidden states of prefix + c for each candidate c, from ONE llama_decode.
+
+        Each candidate is decoded on its own sequence sharing the prefix's KV cells (a sequence copy
+        is bookkeeping, not a copy of data), all at the same position. The branches stay until the
+        next `step`: stepping one of the candidates keeps its branch (and its logits) instead of
+        decoding it again; anything else drops them.
+        """
+        import llama_cpp
+
+        self._need_hidden()
+        k, n = len(candidates), self.n_past
+        if not 1 <= k <= self.max_branches:
+            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
+        if n + 1 >= self.n_ctx:
+            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
+        if self._n_branches:
+            self._drop_branches()
+        context = self._llm._ctx
+        b = self._branch_batch
+        for i, c in enumerate(candidates):
+            context.kv_cache_seq_cp(0, i + 1, -1, -1)
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = int(c), n, 1, 1
+            b.seq_id[i][0] = i + 1
+        b.n_tokens = k
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            rc = llama_cpp.llama_decode(self._ctx, b)
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+        if rc != 0:
+            raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
+        hidden = np.empty((k, self.n_embd), dtype=np.float32)
+        for i in range(k):
+            hidden[i] = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(self._ctx, i), shape=(self.n_embd,))
+        self._branched = {int(c): i for i, c in enumerate(candidates)}
+        self._branch_at = n
+        self._n_branches = k
+        return hidden
+
+    def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """`branch` in the form Best-of-N's `BatchContext.branches` has: {0: candidates} -> {0: (k, n_embd)}."""
+        if set(requests) != {0}:
+            raise ModelError(f"this context holds one sequence (0), asked to branch {sorted(requests)}", "use a BatchContext for several sequences")
+        return {0: self.branch(requests[0])}
+
+    def hidden_of(self, seq: int = 0) -> np.ndarray:
+        """`last_hidden` in the form `BatchContext.hidden_of` has (one sequence: 0)."""
+        return self.last_hidden()
+
+    def hidden_states(self, tokens: Sequence[int], chunk: int = 64, *, first: int = 0) -> np.ndarray:
+        """(T - first, n_embd) final hidden states of tokens[first:], as decoded after tokens[:first].
+
+        What the context already holds of tokens[:first] is kept (the samples of one prompt share the
+        prompt: it is decoded once, not once per sample); the rest is decoded with embeddings on, in
+        chunks of `chunk` tokens that bound the memory llama.cpp spends on outputs. The next `prefill`
+        reuses these tokens as a shared prefix.
+        """
+        import llama_cpp
+
+        self._need_hidden()
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}", "raise --ctx-size")
+        if not 0 <= first < len(tokens):
+            raise ValueError(f"first={first} is outside the {len(tokens)} tokens")
+        self._drop_branches()
+        self._logits_row = -1
+        keep = self._keep_shared_prefix(tokens, first)
+        out = np.empty((len(tokens) - first, self.n_embd), dtype=np.float32)
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            for start in range(keep, len(tokens), chunk):
+                part = list(tokens[start : start + chunk])
+                self._eval(part)
+                ptr = llama_cpp.llama_get_embeddings(self._ctx)
+                rows = np.ctypeslib.as_array(ptr, shape=(len(part) * self.n_embd,)).reshape(len(part), self.n_embd)
+                lo = max(start, first)
+                if lo < start + len(part):
+                    out[lo - first : start + len(part) - first] = rows[lo - start :]
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+        return out
+
+    def _keep_shared_prefix(self, tokens: Sequence[int], limit: int) -> int:
+        """Keep the longest prefix (at most `limit` tokens) the context already holds of `tokens`; return
+        its length. A recurrent model's state cannot be rolled back, so it starts over."""
+        keep = 0
+        if self._recurrent:
+            self._llm.reset()
+        else:
+            held = self._llm.input_ids[: self._llm.n_tokens]
+            limit = min(len(held), limit)
+            while keep < limit and held[keep] == tokens[keep]:
+                keep += 1
+        self._llm.n_tokens = keep  # eval() drops sequence 0's KV cells from here on
+        return keep
+
+    def _adopt(self, row: int, token: int) -> None:
+        """Make branch `row` the sequence: its cell at the branch position joins sequence 0, the branches go."""
+        context, n = self._llm._ctx, self.n_past
+        context.kv_cache_seq_cp(row + 1, 0, n, n + 1)
+        self._drop_branches()
+        self._llm.input_ids[n] = token
+        self._llm.n_tokens = n + 1
+        self._logits_row = row
+
+    def _drop_branches(self) -> None:
+        for s in range(1, self._n_branches + 1):
+            self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
+        self._branched, self._n_branches = None, 0
+
+    def _with_embeddings(self, on: bool, fn: Any) -> None:
+        if not on:
+            fn()
+            return
+        import llama_cpp
+
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            fn()
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+
+    def _need_hidden(self) -> None:
+        if not self.hidden:
+            raise ModelError(f"{self.path.name} was loaded without hidden states", "load it with LM(..., hidden=True) (runtime does this for head folders)")
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        try:
+            self._llm.eval(tokens)
+        except RuntimeError as exc:
+            raise ModelError(f"llama.cpp failed to decode: {exc}", "lower --max-tokens or raise --ctx-size") from None
+
+    # -- facts -----------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A cheap identity of the model file: sha256 of its size and first and last MiB."""
+        return file_fingerprint(self.path)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llm.metadata)
+
+    @property
+    def llama(self) -> Any:
+        """The underlying `llama_cpp.Llama` (same weights and context), for running llama-cpp-python's own loop
+        side by side with ours (`sia bench speed`); our position in its context is lost by its calls."""
+        return self._llm
+
+    @property
+    def context_pointer(self) -> Any:
+        """The raw `llama_context *`, for measurement scripts that call llama.cpp directly."""
+        return self._ctx
+
+    @property
+    def tracking_hidden(self) -> bool:
+        """Whether every step keeps the last token's hidden state (`track_hidden`)."""
+        return self._track_hidden
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes (f16 keys and values in every layer), from the GGUF's metadata:
+        what sizes a Best-of-N budget."""
+        meta = self.metadata
+        arch = meta.get("general.architecture", "")
+
+        def number(key: str, default: int) -> int:
+            try:
+                return int(meta.get(f"{arch}.{key}", default))
+            except (TypeError, ValueError):
+                return default
+
+        heads = max(number("attention.head_count", 1), 1)
+        kv_heads = number("attention.head_count_kv", heads)
+        return 2 * 2 * number("block_count", 1) * self.n_embd * kv_heads // heads
