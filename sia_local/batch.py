@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .config import SteerConfig, settings
+from .config import SteerConfig, request_changes, settings
 from .errors import ConfigError, MissingPackageError, SiaError
 from .llama import physical_cores
 from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
@@ -117,7 +117,7 @@ def _parse_json_row(line: str, n: int, path: Path) -> Row:
         bad = [f"sia.{k}" for k in unknown] + extra
         row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} in \"sia\", or {', '.join(ROW_OPTIONS)}"
         return row
-    row.changes = {**sia, **{k: data[k] for k in ROW_OPTIONS if k in data}}
+    row.changes = request_changes(data, sia)
     try:  # every type and range, checked now by SteerConfig itself (the same checks as the CLI and the server)
         SteerConfig().updated(**row.changes)
     except ConfigError as exc:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from .calibrate import REPORT_RATIOS
 from .errors import ConfigError
 from .junction import gate_names
 from .batch import Row, Worker, WorkerSpec
@@ -84,7 +85,7 @@ class Arm:
         return out
 
 
-def default_arms(max_tokens: int, ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8), best_of: Sequence[int] = (2, 4, 8)) -> list[Arm]:
+def default_arms(max_tokens: int, ratios: Sequence[float] = REPORT_RATIOS, best_of: Sequence[int] = (2, 4, 8)) -> list[Arm]:
     arms = [Arm("base")]
     arms += [Arm(f"sia@{r:g}", "entropy", ratio=r) for r in ratios]
     arms += [Arm(f"random@{r:g}", "random", match=f"sia@{r:g}") for r in ratios]
@@ -149,8 +150,8 @@ def run_grid(
     default, or `workers` processes / Ray actors made from `worker_spec` (the settings that load the
     same model and scorer); the teacher and the judge score here.
     """
-    assert steerer.reward is not None
-    teacher = teacher or steerer.reward
+    assert steerer.scorer is not None
+    teacher = teacher or steerer.scorer
     run_id = uuid.uuid4().hex[:8]
     out_dir.mkdir(parents=True, exist_ok=True)
     results_file = out_dir / "results.jsonl"
@@ -322,7 +323,7 @@ def _setup(steerer: Steerer, judge: Judge, prompts: Sequence[str], seeds: Sequen
 
     cfg = steerer.config
     return {
-        "model": str(steerer.lm.path), "reward": getattr(steerer.reward, "name", None), "reward_provider": getattr(steerer.reward, "provider", None),
+        "model": str(steerer.lm.path), "reward": getattr(steerer.scorer, "name", None), "reward_provider": getattr(steerer.scorer, "provider", None),
         "judge": judge.name, "prompts": len(prompts), "seeds": list(seeds), "top_k": cfg.top_k, "weight": cfg.weight,
         "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "machine": platform.platform(), "processor": platform.processor(),
         "python": platform.python_version(), "versions": {p: version_of(p) for p in ("sia-local", "llama-cpp-python", "onnxruntime-gpu", "onnxruntime", "numpy")},
@@ -434,7 +435,7 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     def sia(gate: str, scorer: Scorer | None = None, k: int | None = None) -> Callable[[int], dict[str, float]]:
         """An arm of our loop; `scorer` replaces the steerer's own (a value head on the same LM); `k` candidates instead of top_k."""
         config = steerer.config if k is None else steerer.config.updated(top_k=k)
-        runner = steerer if scorer is None and k is None else Steerer(lm, scorer if scorer is not None else steerer.reward, config)
+        runner = steerer if scorer is None and k is None else Steerer(lm, scorer if scorer is not None else steerer.scorer, config)
         arm_tau = tau if k is None else steerer.resolve_tau(config.updated(ratio=ratio))  # calibrated before any timing
 
         def run(seed: int) -> dict[str, float]:
@@ -456,8 +457,8 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
         for i in range(best_of):
             llm.reset()
             gens.append(steerer.generate(SPEED_PROMPT, raw=True, gate="none", seed=seed + i, max_tokens=tokens))
-        assert steerer.reward is not None
-        steerer.reward.score_responses(SPEED_PROMPT, steerer.lm.tokenize(SPEED_PROMPT), [(g.text, g.token_ids) for g in gens])
+        assert steerer.scorer is not None
+        steerer.scorer.score_responses(SPEED_PROMPT, steerer.lm.tokenize(SPEED_PROMPT), [(g.text, g.token_ids) for g in gens])
         return {"tokens": sum(g.stats.tokens for g in gens), "wall": time.perf_counter() - t, "reward_calls": 0, "reward_s": 0.0, "ratio": 0.0}
 
     arms = {"llama-cpp-python": llama_cpp, "none": sia("none"), f"entropy@{ratio:g}": sia("entropy"), "dense": sia("dense"),
@@ -498,4 +499,4 @@ def speed(steerer: Steerer, *, tokens: int = 128, repeats: int = 3, ratio: float
     for arm in head_arms:
         ratios[f"{arm}_vs_none_time"] = table[arm]["seconds_per_token"] / table["none"]["seconds_per_token"]
     return {"tau": tau, "tokens": tokens, "repeats": repeats, "table": table, "ratios": ratios, "runs": runs,
-            "model": str(lm.path), "reward_provider": getattr(steerer.reward, "provider", None)}
+            "model": str(lm.path), "reward_provider": getattr(steerer.scorer, "provider", None)}

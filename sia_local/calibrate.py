@@ -24,6 +24,7 @@ from .paths import cache_dir
 from .prompts import shipped
 
 PROFILE_VERSION = 1
+REPORT_RATIOS = (0.2, 0.4, 0.6, 0.8)  # what `sia calibrate` reports when no --ratio is given
 TOKENS_PER_PROMPT = 48
 
 

@@ -50,7 +50,7 @@ class ChatSession:
         self.system = system
         self.messages: list[dict[str, str]] = []
         self.last: Generation | None = None
-        self._reward: Scorer | None = steerer.reward
+        self._reward: Scorer | None = steerer.scorer
         self._gate_before_off = steerer.config.gate
 
     def ask(self, text: str, on_piece: Callable[[Piece], None]) -> Generation | None:
@@ -75,17 +75,10 @@ class ChatSession:
         """Apply a slash command; returns the line to print."""
         name, _, arg = line[1:].strip().partition(" ")
         arg = arg.strip()
-        cfg = self.steerer.config
         field = _commands().get(name)
         try:
             if field is not None:
-                value = parse_value(field, arg)
-                changes: dict[str, Any] = {field: value}
-                if field == "ratio" and value is not None and cfg.gate == "none":
-                    changes["gate"] = "entropy"  # asking for a ratio means steering
-                if field == "tau" and value is not None:
-                    changes["gate"] = "entropy"
-                self._set(**changes)
+                self._set(**{field: parse_value(field, arg)})  # SteerConfig.updated's rules apply (a ratio asks for steering)
             elif name == "reward":
                 return self._reward_command(arg)
             elif name == "reset":
@@ -113,16 +106,13 @@ class ChatSession:
         settings = "settings: " + json.dumps(_settings(self.steerer))
         if self.last is None:
             return settings
-        s = self.last.stats
-        tau = f" tau={s.tau:.3f}" if s.tau is not None else ""
-        return (f"{settings}\nlast answer: {s.tokens} tokens, {s.tokens_per_s:.1f} tok/s, gate={s.gate}{tau}, "
-                f"junctions={s.junctions} ({s.ratio:.0%}), changed={s.changed}, reward {s.reward_seconds:.2f}s")
+        return f"{settings}\nlast answer: {self.last.stats.summary()}"
 
     def _set(self, **changes: Any) -> None:
         given = {k: v for k, v in changes.items() if v is not None}
         cleared = {k: None for k, v in changes.items() if v is None}
         config = self.steerer.config.updated(**given).replace(**cleared)
-        if config.steers() and self.steerer.reward is None:
+        if config.steers() and self.steerer.scorer is None:
             raise SiaError("no reward model is loaded", "use /reward on or /reward DIR first")
         self.steerer.tau_for(config)  # calibrate now (announced), not in the middle of the next answer
         self.steerer.config = config
@@ -135,20 +125,19 @@ class ChatSession:
         if arg in ("on", ""):
             if self._reward is None:
                 return "no reward model loaded; /reward DIR loads one"
-            self.steerer.reward = self._reward
+            self.steerer.scorer = self._reward
             self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
             return f"reward on ({self._reward.name}), gate {self.steerer.config.gate}"
         self._reward = load_scorer(ScorerSettings(path=arg), self.steerer.lm)
-        self.steerer.reward = self._reward
+        self.steerer.scorer = self._reward
         if self.steerer.config.gate == "none":
             self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
         return f"reward {self._reward.name} on {self._reward.provider}"
 
 
 def _settings(steerer: Steerer) -> dict[str, Any]:
-    c = steerer.config
-    return {"gate": c.gate, "ratio": c.ratio, "tau": c.tau, "weight": c.weight, "top_k": c.top_k, "temperature": c.temperature,
-            "reward": getattr(steerer.reward, "name", None)}
+    """Every setting chat can change (those with a slash command), and the scorer's name."""
+    return {**{name: getattr(steerer.config, name) for name, s in settings() if s.chat}, "reward": getattr(steerer.scorer, "name", None)}
 
 
 def style_piece(piece: Piece, highlight: bool) -> str:
@@ -168,7 +157,7 @@ def repl(session: ChatSession, *, highlight: bool, out: TextIO | None = None) ->
     def echo(text: str, nl: bool = True) -> None:
         click.echo(text, nl=nl, file=out)  # flushes; drops colours when not a terminal
 
-    echo(f"sia chat — {session.steerer.lm.path.name}, reward {getattr(session.steerer.reward, 'name', 'none')}. /help for commands, Ctrl-C stops an answer.")
+    echo(f"sia chat — {session.steerer.lm.path.name}, reward {getattr(session.steerer.scorer, 'name', 'none')}. /help for commands, Ctrl-C stops an answer.")
     if highlight and _colours(out):  # the legend means nothing where colours are dropped (a pipe, a file)
         echo(click.style("junction, reward changed the token", fg="green", bold=True) + " · " + click.style("junction, unchanged", fg="yellow"))
     while True:
@@ -202,6 +191,4 @@ def repl(session: ChatSession, *, highlight: bool, out: TextIO | None = None) ->
         if generation is None:
             echo("[stopped]")
             continue
-        s = generation.stats
-        echo(click.style(f"[{s.tokens} tokens, {s.tokens_per_s:.1f} tok/s, junctions {s.junctions} ({s.ratio:.0%}), changed {s.changed}, "
-                         f"reward {s.reward_seconds:.2f}s]", dim=True))
+        echo(click.style(f"[{generation.stats.summary()}]", dim=True))

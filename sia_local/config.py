@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError
 from .junction import gate_names, gate_spec
@@ -119,12 +119,16 @@ class SteerConfig:
     def updated(self, **changes: Any) -> "SteerConfig":
         """A copy with the settings a user gave (None = not given, skipped); validated again.
 
-        The one rule between settings lives here: an explicit ratio clears tau unless tau is given
-        too (then tau wins). The CLI, the server, chat and bench all change settings through it.
+        The rules between settings live here, and only here: an explicit ratio clears tau unless tau is
+        given too (then tau wins); a ratio or a tau given while the gate is "none" (and no gate is given)
+        asks for steering, so the gate becomes "entropy". The CLI, the server, batch rows, chat and bench
+        all change settings through it.
         """
         given = {k: v for k, v in changes.items() if v is not None}
         if given.get("ratio") is not None and "tau" not in given:
             given["tau"] = None
+        if "gate" not in given and self.gate == "none" and (given.get("ratio") is not None or given.get("tau") is not None):
+            given["gate"] = "entropy"
         return dataclasses.replace(self, **given) if given else self
 
     def steers(self) -> bool:
@@ -146,9 +150,28 @@ def settings() -> Iterator[tuple[str, Setting]]:
             yield f.name, setting
 
 
+def request_changes(fields: Mapping[str, Any], sia: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """SteerConfig changes from a request in the OpenAI shape: its top-level fields that a Setting marks
+    `api="openai"` (`max_completion_tokens` is OpenAI's newer name for `max_tokens`) and its `sia` object.
+    The server and `sia batch` rows both go through here; values are checked by SteerConfig itself."""
+    names = {name for name, setting in settings() if setting.api == "openai"}
+    out = {k: v for k, v in fields.items() if k in names and v is not None}
+    if fields.get("max_completion_tokens") is not None:
+        out["max_tokens"] = fields["max_completion_tokens"]
+    if sia:
+        out.update({k: v for k, v in sia.items() if v is not None})  # None = not given; `updated` applies "a ratio clears tau"
+    return out
+
+
 def setting_default(name: str) -> Any:
     f = next(f for f in dataclasses.fields(SteerConfig) if f.name == name)
     return f.default
+
+
+def nullable(name: str) -> bool:
+    """Whether a setting may be cleared (its type admits None: tau, ratio, seed)."""
+    f = next(f for f in dataclasses.fields(SteerConfig) if f.name == name)
+    return "None" in str(f.type)
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -158,7 +181,7 @@ def parse_value(name: str, text: str) -> Any:
     """
     setting = dict(settings())[name]
     text = text.strip()
-    if text.lower() == "none" and name in ("tau", "ratio", "seed"):
+    if text.lower() == "none" and nullable(name):
         return None
     if setting.kind is bool:
         if text.lower() in ("", "1", "on", "true", "yes"):

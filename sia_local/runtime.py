@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import SteerConfig
-from .errors import RewardModelError
+from .errors import PromptError, RewardModelError
 from .llama import LM
 from .scorer import Scorer
 from .steer import Steerer
@@ -41,6 +41,7 @@ class LMSettings:
     chat_format: str | None = None
     verbose: bool = False
     flash_attn: str = "auto"
+    hidden: bool = False  # with hidden states and branch sequences (value heads on the LM); `load` adds it when the scorer needs it
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
 
     path = resolve_model(settings.model) if settings.model else default_model_path()
     return LM(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
-              chat_format=settings.chat_format, verbose=settings.verbose, flash_attn=settings.flash_attn, hidden=hidden)
+              chat_format=settings.chat_format, verbose=settings.verbose, flash_attn=settings.flash_attn, hidden=hidden or settings.hidden)
 
 
 def needs_hidden(scorer: ScorerSettings | None) -> bool:
@@ -130,8 +131,12 @@ def build_steerer(lm: LM, scorer: Scorer | None, config: SteerConfig, *, progres
 
 
 def load(lm_settings: LMSettings = LMSettings(), scorer_settings: ScorerSettings | None = ScorerSettings(),
-         config: SteerConfig = SteerConfig(), *, progress: Progress | None = None, note: Note | None = None) -> Steerer:
-    """LM + scorer + steerer in one call; `scorer_settings=None` loads no scorer (only `--gate none` then)."""
+         config: SteerConfig = SteerConfig(), *, progress: Progress | None = None, note: Note | None = None, chat: bool = False) -> Steerer:
+    """LM + scorer + steerer in one call; `scorer_settings=None` loads no scorer (only `--gate none` then).
+    `chat`: prompts will go through the chat template, so a GGUF without one is refused now, before any
+    reward build or calibration."""
     lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings))
+    if chat and not lm.has_chat_template:
+        raise PromptError(f"{lm.path.name} has no chat template", "pass --raw to send the prompt as plain text, or --chat-format NAME (e.g. chatml)")
     scorer = load_scorer(scorer_settings, lm, progress=progress, note=note) if scorer_settings is not None else None
     return build_steerer(lm, scorer, config, progress=progress, announce=note)

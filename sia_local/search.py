@@ -89,12 +89,12 @@ def best_of_n(
     token it stopped on, if any: read from the decodes that sampled it, plus one small decode of each
     sequence's tail, so distillation needs no second pass over the samples.
     """
-    if steerer.reward is None:
+    if steerer.scorer is None:
         raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
     if n < 1:
         raise ConfigError(f"`n` must be >= 1, got {n}", "fix --best-of")
     cfg = steerer.config_for(**overrides)
-    lm, reward = steerer.lm, steerer.reward
+    lm, reward = steerer.lm, steerer.scorer
     prepared = steerer.prepare(prompt, system, raw)
     room = lm.n_ctx - len(prepared.ids) - 1  # the batch context is sized from this: never more than the model's context
     if room < 1:

@@ -76,6 +76,14 @@ class Stats:
     seed: int = 0
     finish_reason: str = ""  # stop (EOS / end of turn / stop string), length (max_tokens), context (context full)
 
+    def summary(self) -> str:
+        """The one stats line the CLI and chat print after an answer."""
+        tau = f"tau={self.tau:.3f} " if self.tau is not None else ""
+        asked = f", asked {self.ratio_target:.0%}" if self.ratio_target is not None else ""
+        return (f"{self.tokens} tokens, {self.tokens_per_s:.1f} tok/s, gate={self.gate} {tau}junctions={self.junctions} ({self.ratio:.0%}{asked}), "
+                f"changed={self.changed}, reward {self.reward_seconds:.2f}s / lm {self.lm_seconds + self.prefill_seconds:.2f}s, seed={self.seed}, "
+                f"{self.finish_reason}")
+
 
 @dataclass
 class Generation:
@@ -121,7 +129,7 @@ class _Prompt:
 
 
 class Steerer:
-    """Steers `lm` with `reward` at junctions chosen by `config.gate`.
+    """Steers `lm` with a scorer (`reward`: a reward model, value model or value head) at junctions chosen by `config.gate`.
 
     Example:
         >>> steerer = Steerer(LM("model.gguf"), OnnxReward("rm/"), SteerConfig(ratio=0.2, seed=0))
@@ -132,7 +140,7 @@ class Steerer:
     def __init__(self, lm: LM, reward: Scorer | None = None, config: SteerConfig | None = None, *,
                  announce: Callable[[str], None] | None = None) -> None:
         self.lm = lm
-        self.reward = reward
+        self.scorer = reward  # what scores the candidates: a reward model, a value model or a value head (any `Scorer`)
         self.config = config or SteerConfig()
         self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
         self._taus: dict[tuple[int, float], float] = {}
@@ -161,10 +169,10 @@ class Steerer:
     def config_for(self, **overrides: Any) -> SteerConfig:
         """This steerer's config with per-call changes, checked against what is loaded."""
         config = self.config.updated(**overrides) if overrides else self.config
-        if config.steers() and self.reward is None:
+        if config.steers() and self.scorer is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
                               api_hint="the server has no reward model: use sia.gate \"none\"")
-        if config.steers() and getattr(self.reward, "lm_state", None) == "branches" and config.top_k > self.lm.max_branches:
+        if config.steers() and getattr(self.scorer, "lm_state", None) == "branches" and config.top_k > self.lm.max_branches:
             raise ConfigError(f"top_k {config.top_k} is more than the {self.lm.max_branches} branches this value head's context holds",
                               f"use --top-k {self.lm.max_branches} or less", api_hint=f"use sia.top_k <= {self.lm.max_branches}")
         return config
@@ -213,7 +221,7 @@ class Steerer:
         return _Prompt(ids, user, stops)
 
     def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float) -> Generator[Piece, None, Generation]:
-        lm, reward = self.lm, self.reward
+        lm, reward = self.lm, self.scorer
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops)
         seq.stats.calibration_seconds = calibration_seconds
@@ -232,7 +240,7 @@ class Steerer:
 
     def _steps(self, seq: "SequenceState", prompt: _Prompt, logits: np.ndarray) -> Generator[Piece, None, None]:
         """The loop: propose (top-k, entropy, gate) -> score at a junction -> commit -> decode the token."""
-        lm, reward = self.lm, self.reward
+        lm, reward = self.lm, self.scorer
         # A branch head decodes k candidates at the next position, each in a cell of its own: the
         # context must hold them too, so the answer ends ("context") k cells before a plain one would.
         reserve = seq.cfg.top_k if seq.cfg.steers() and getattr(reward, "lm_state", None) == "branches" else 0

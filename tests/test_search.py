@@ -41,7 +41,7 @@ def test_winner_is_the_best_scored(steerer: Steerer) -> None:
     scores = [c.score for c in result.candidates]
     assert result.best_index == scores.index(max(scores))
     assert result.best is result.candidates[result.best_index].generation
-    rescored = steerer.reward.score(PROMPT, [c.generation.text for c in result.candidates])  # type: ignore[union-attr]
+    rescored = steerer.scorer.score(PROMPT, [c.generation.text for c in result.candidates])  # type: ignore[union-attr]
     assert scores == pytest.approx(list(rescored))
 
 

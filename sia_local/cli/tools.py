@@ -1,0 +1,373 @@
+"""The tool commands: calibrate, bench (and bench speed), reward (export, check, build), vm (distill, export, latency)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ..config import setting_default
+from ..errors import ConfigError
+from ..runtime import LMSettings
+from .options import Steering, fail_cleanly, int_list, load_steerer, model_options, need, note, progress, steer_options
+
+if TYPE_CHECKING:
+    from ..scorer import Scorer
+
+
+@click.command()
+@model_options
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=setting_default("top_k"), show_default=True)
+@click.option("--temperature", "--temp", type=click.FloatRange(min=0.0), default=setting_default("temperature"), show_default=True)
+@click.option("--ratio", "ratios", type=click.FloatRange(0.0, 1.0), multiple=True, help="Ratios to report [default: 0.2 0.4 0.6 0.8].")
+@click.option("--json", "as_json", is_flag=True)
+@fail_cleanly
+def calibrate(lm: LMSettings, top_k: int, temperature: float, ratios: tuple[float, ...], as_json: bool) -> None:
+    """Decode the calibration prompts unsteered and print tau for each target ratio (cached per model)."""
+    import numpy as np
+
+    from ..calibrate import REPORT_RATIOS, entropy_profile, tau_from_entropies
+    from ..runtime import load_lm
+
+    model = load_lm(lm)
+    with progress("decoding calibration prompts") as tick:
+        h = entropy_profile(model, top_k=top_k, temperature=temperature, progress=tick)
+    rows = [{"ratio": r, "tau": tau_from_entropies(h, r)} for r in (ratios or REPORT_RATIOS)]
+    if as_json:
+        click.echo(json.dumps({"model": str(model.path), "top_k": top_k, "temperature": temperature, "steps": len(h), "taus": rows}))
+        return
+    click.echo(f"{model.path.name}: {len(h)} steps, entropy mean {np.mean(h):.3f} nats (max ln k = {np.log(top_k):.3f})")
+    for row in rows:
+        click.echo(f"  ratio {row['ratio']:.2f} -> tau {row['tau']:.4f}")
+
+
+@click.group(invoke_without_command=True)
+@model_options
+@steer_options
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help="JSONL ({\"prompt\": ...}) or text file [default: the 50 shipped prompts].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
+@click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
+@click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...) or any gate name [default: the whole grid].")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decode rows in N worker processes (as sia batch does).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, help="Decode rows on Ray actors (--ray alone: a local Ray; or an address).")
+@click.pass_context
+@fail_cleanly
+def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: Path | None, limit: int | None, seeds: int, judge: Path | None,
+          arms: str | None, out_dir: Path, workers: int, ray_address: str | None) -> None:
+    """Measure alignment vs cost over a grid of arms; writes results.jsonl, summary.json and plots.
+
+    \b
+    sia bench --limit 10 -n 64 -o bench-out      # a smoke test: base, SIA@0.2..0.8, random gating, first-N, dense, BoN-2/4/8, BoN+SIA
+    sia bench --seeds 2 -n 64                    # all 50 prompts x 2 seeds: enough to compare arms
+    sia bench speed                              # the side-by-side speed table
+    Rerunning the same command resumes: finished rows are skipped.
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = (lm, steering)
+        return
+    from ..bench import RewardJudge, VaderJudge, default_arms, markdown_table, run_grid, select_arms
+    from ..prompts import load_prompts
+    from ..reward import OnnxReward
+    from ..runtime import load_scorer
+
+    need("matplotlib", "sia bench draws its plots with matplotlib", 'pip install "sia-local[bench]"')  # before the work, not after it
+    if judge is None:
+        need("vaderSentiment", "sia bench's default judge is VADER", 'pip install "sia-local[bench]" (or pass --judge DIR)')
+    steerer = load_steerer(lm, steering, need_scorer=True)
+    config = steerer.config
+    prompts = load_prompts(prompts_file)[:limit]
+    grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
+    the_judge = RewardJudge(OnnxReward(judge, provider=steering.reward.provider)) if judge else VaderJudge()
+    teacher = load_scorer(steering.reward, steerer.lm, note=note) if steering.scorer.path != steering.reward.path else None  # --vm steers; --reward scores
+    spec = None
+    if workers > 1 or ray_address:
+        from ..batch import WorkerSpec
+
+        spec = WorkerSpec(lm, steering.scorer, config)
+    with progress("benchmark", "rows") as tick:
+        result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher, worker_spec=spec,
+                          workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
+                          ray_address=None if ray_address in (None, "local") else ray_address,
+                          progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
+    click.echo(markdown_table(result.summary))
+    click.echo(f"Pareto front (judge vs cost, cheapest first): {', '.join(result.summary['pareto_front'])}")
+    for pair, by_key in result.summary.get("paired", {}).items():
+        parts = [f"{key} {d['mean_diff']:+.3f} ± {d['se']:.3f}{' (clear: > 2 SE)' if abs(d['mean_diff']) > 2 * d['se'] else ''} "
+                 f"(ahead on {d['prompts_ahead']:.0%} of {d['prompts']} prompts)" for key, d in by_key.items() if d]
+        click.echo(f"paired, {pair}: " + "; ".join(parts))
+    if len(prompts) < 50 or seeds < 2:
+        click.echo(f"note: {len(prompts)} prompts x {seeds} seed(s) is a smoke test: differences within 2 SE are not evidence; "
+                   "use >= 50 prompts x 2 seeds (--seeds 2) to compare arms", err=True)
+    click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
+
+
+@bench.command("speed")
+@click.option("--tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--best-of", "best_of", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the full result as JSON.")
+@click.option("--head", "head_dir", type=click.Path(path_type=Path), default=None,
+              help="A head folder (sia vm distill): adds its branch and prefix heads at the ratio and dense.")
+@click.option("--head-k", "head_ks", default="", metavar="K[,K...]",
+              help="Also run the branch head with these candidate counts (e.g. 5): a junction decodes k tokens.")
+@click.pass_obj
+@fail_cleanly
+def bench_speed(settings: tuple[LMSettings, Steering], tokens: int, repeats: int, best_of: int, json_out: Path | None, head_dir: Path | None,
+                head_ks: str) -> None:
+    """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, BoN batched vs sequential, and value heads.
+
+    \b
+    sia bench speed
+    sia bench speed --head head-smollm2            # + head-branch / head-prefix at the ratio and dense
+    sia bench speed --head head-smollm2 --head-k 5 # + the branch head with 5 candidates
+    """
+    from ..bench import speed
+
+    lm, steering = settings
+    steerer = load_steerer(replace(lm, hidden=head_dir is not None), steering, need_scorer=True)
+    heads: "dict[str, Scorer] | None" = None
+    if head_dir is not None:
+        from ..head import BranchHead, PrefixHead
+
+        heads = {"head-branch": BranchHead(head_dir, steerer.lm), "head-prefix": PrefixHead(head_dir, steerer.lm)}
+    ratio = steerer.config.ratio if steerer.config.ratio is not None else setting_default("ratio")
+    with progress("speed") as tick:
+        result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, heads=heads,
+                       head_ks=int_list(head_ks, "--head-k"), progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
+    click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
+    click.echo(f"{'arm':22} {'tok/s':>8} {'tokens':>7} {'ratio':>6} {'rm calls':>8} {'rm s':>7}")
+    for name, v in result["table"].items():
+        click.echo(f"{name:22} {v['tok_s']:8.1f} {v['tokens']:7.0f} {v['ratio']:6.2f} {v['reward_calls']:8.0f} {v['reward_seconds']:7.2f}")
+    r = result["ratios"]
+    click.echo(f"gate none / llama-cpp-python tok/s      {r['none_vs_llama_cpp_tok_s']:.3f}")
+    click.echo(f"entropy@{ratio:g} / dense time per token     {r['entropy_vs_dense_time']:.3f}")
+    click.echo(f"dense / none time per token             {r['dense_vs_none_time']:.2f}")
+    click.echo(f"BoN-{best_of} batched / sequential tok/s      {r['bon_batched_vs_sequential_tok_s']:.2f}")
+    for key, value in r.items():
+        if key.endswith("_vs_none_time") and key.startswith("head"):
+            click.echo(f"{key.replace('_vs_none_time', ''):24} / none time per token  {value:.2f}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+
+
+@click.group()
+def reward() -> None:
+    """Reward models: export from Hugging Face, check a folder, build offline ones."""
+
+
+@reward.command("export")
+@click.argument("src")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--int8", is_flag=True, help="Quantise the weights to int8 (onnxruntime dynamic quantisation) and measure rank agreement.")
+@click.option("--task", type=click.Choice(["auto", "sequence-classification"]), default="auto", show_default=True)
+@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--atol", type=float, default=2e-3, show_default=True, help="Largest |torch - onnx| accepted on the validation texts.")
+@click.option("--label", default=None, help="For classifiers: the label whose log-probability is the reward (stored in sia.json).")
+@click.option("--input", "input_mode", type=click.Choice(["response", "prompt+response", "pair", "chat"]), default=None,
+              help="What the model reads [default: chat for decoder RMs with a chat template, pair for encoders with segment ids].")
+@fail_cleanly
+def reward_export(src: str, out: Path, int8: bool, task: str, opset: int, atol: float, label: str | None, input_mode: str | None) -> None:
+    """Export a Hugging Face sequence classifier / reward model (local folder or hub id) to a validated reward folder.
+
+    \b
+    sia reward export ./Skywork-Reward-V2-Qwen3-0.6B rm-skywork --int8
+    sia reward export ./distilbert-sst2 rm-sst2 --label POSITIVE --input response
+    """
+    from ..export import export_reward
+
+    with progress("exporting") as tick:
+        report = export_reward(src, out, int8=int8, task=task, opset=opset, atol=atol, label=label, input_mode=input_mode,
+                               progress=lambda msg: tick(0, 0, msg))
+    click.echo(json.dumps(dataclasses.asdict(report), indent=1))
+    click.echo(f"wrote {out} (fp32 max |torch - onnx| = {report.fp32_max_abs_diff:.2e}"
+               + (f", int8 Kendall tau over k=10 candidates = {report.int8_kendall_tau:.3f})" if report.int8 else ")"), err=True)
+
+
+@reward.command("check")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--reward-label", default=None)
+@click.option("--reward-provider", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@fail_cleanly
+def reward_check(folder: Path, reward_label: str | None, reward_provider: str, as_json: bool) -> None:
+    """Load a reward folder, show its inputs, outputs, labels and provider, score sample texts, time a junction."""
+    from ..rewardkit import check
+
+    result = check(folder, provider=reward_provider, label=reward_label)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    info = result["info"]
+    click.echo(f"{folder}: inputs {', '.join(info['inputs'])} -> {info['output']} ({info['n_labels']} label(s)"
+               + (f", reward = log p({info['label']})" if info["label"] else ", reward = the raw score") + ")")
+    click.echo(f"provider {info['provider']}" + (f" ({info['provider_note']})" if info["provider_note"] else "")
+               + f"; input {info['input_mode']}; max length {info['max_length']}")
+    if info.get("objective"):
+        click.echo(f"objective: {info['objective']}")
+    for text, score in result["scores"].items():
+        click.echo(f"  {score:8.3f}  {text}")
+    for n, ms in result["ms_per_junction"].items():
+        cut = f" (cut to {info['max_length']})" if int(n) > info["max_length"] else ""
+        click.echo(f"  junction (k={result['k']}) at {n:>3} tokens: {ms:.1f} ms{cut}")
+
+
+@reward.command("build")
+@click.argument("kind", type=click.Choice(["default", "attribute"]))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Folder to write [default: the user cache, for `default`].")
+@click.option("--positive", multiple=True, help="attribute: a description of the wanted text (repeatable).")
+@click.option("--negative", multiple=True, help="attribute: a description of the unwanted text (repeatable).")
+@fail_cleanly
+def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negative: tuple[str, ...]) -> None:
+    """Build a reward model offline from installed packages.
+
+    \b
+    sia reward build default                       # the positive-tone model `sia generate` uses by default
+    sia reward build attribute -o rm-polite --positive "polite, warm and respectful" --negative "rude, dismissive, insulting"
+    """
+    from ..defaults import default_reward_dir
+
+    with progress(f"building {kind}") as tick:
+        say = lambda m: tick(0, 0, m)  # noqa: E731
+        if kind == "default" and out is None:
+            notes: list[str] = []
+            folder = default_reward_dir(progress=say, note=notes.append)
+            click.echo(f"{'wrote' if notes else 'up to date:'} {folder}; try: sia reward check {folder}")
+            return
+        if kind == "default":
+            from ..sentiment import build_reward_folder, load_head
+
+            folder = build_reward_folder(out, load_head(), progress=say) if out else default_reward_dir(progress=say)
+        else:
+            if out is None:
+                raise click.UsageError("attribute rewards need --out DIR")
+            from ..rewardkit import build_attribute
+
+            folder = build_attribute(out, positive, negative, progress=say)
+    click.echo(f"wrote {folder}; try: sia reward check {folder}")
+
+
+@click.group()
+def vm() -> None:
+    """Token-level value models: on-policy distillation from your GGUF, cached scoring, latency."""
+
+
+@vm.command("distill")
+@model_options
+@click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples (the teacher) [default: built-in positive tone].")
+@click.option("--reward-label", default=None)
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="JSONL or text prompts [default: the 304 shipped distillation prompts, disjoint from the bench's].")
+@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--limit", type=click.IntRange(min=4), default=None, help="Use only the first N prompts.")
+@click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the prefix head's bilinear term.")
+@click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fresh", is_flag=True, help="Start over: delete the data sampled in OUT by an earlier run (else it is resumed, with the same settings only).")
+@fail_cleanly
+def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
+               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, fresh: bool) -> None:
+    """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit value heads on the LM's hidden state.
+
+    \b
+    sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 7 samples x 48 tokens (~20 min on 2 cores)
+    sia generate "..." --vm head-smollm2 --ratio 0.2   # the branch head (k-branch decode at a junction)
+    sia generate "..." --vm head-smollm2/prefix.npz    # the prefix head (no decode at a junction)
+    Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl, with the settings they were
+    sampled with (OUT/run.json); other settings are refused, --fresh starts over.
+    """
+    from ..prompts import load_prompts
+    from ..runtime import ScorerSettings, load_lm, load_scorer
+
+    prompts = load_prompts(prompts_file, default="distill")
+    prompts = prompts[:limit] if limit else prompts
+    model = load_lm(replace(lm, hidden=not onnx_graph))
+    teacher = load_scorer(ScorerSettings(path=reward, label=reward_label, verbose=lm.verbose), model, note=note)
+    with progress("distilling") as tick:
+        if onnx_graph:
+            from ..distill import distill
+
+            card = distill(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed, fresh=fresh,
+                           progress=lambda d, t, what: tick(d, t, what))
+            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g} (x feature variance), "
+                       f"corr(V, R) = {card['test_corr_V_R']:.3f} on {card['test_prompts']} test prompts of unseen situations")
+        else:
+            from ..distill import distill_head
+
+            card = distill_head(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
+                                seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what))
+            v = card["test"]
+            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts in {card['seconds']['total']:.0f} s; "
+                       f"on {card['split']['test']} test prompts of situations nothing was fitted or chosen on: "
+                       f"branch head ({v['branch']['objective']} objective) corr(V, R) per position {v['branch']['per_position_corr']:.3f}; "
+                       f"prefix head: corr with the branch value {v['prefix']['corr_with_branch_value']:.3f}, "
+                       f"Kendall tau vs the branch head at junctions {v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
+    click.echo(f"steer with it: sia generate \"...\" -m {model.path} --vm {out_dir}", err=True)
+
+
+@vm.command("export")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--head", "head_file", type=click.Path(path_type=Path), default=None, help=".npz with the value head's `weight` and `bias`.")
+@click.option("--atol", type=float, default=1e-3, show_default=True)
+@fail_cleanly
+def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None:
+    """A Hugging Face Llama-style causal LM + value head -> a cached ONNX value-model folder (needs the export extra)."""
+    from ..distill import export_hf
+
+    card = export_hf(src, out, head_file=head_file, atol=atol)
+    click.echo(f"wrote {out}: max |torch - onnx| hidden = {card['torch_max_abs_diff']:.2e}, "
+               f"max |cached - uncached| = {card['cached_vs_uncached_max_abs_diff']:.2e}")
+
+
+@vm.command("latency")
+@model_options
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--lengths", default="64,256,512,1024", show_default=True)
+@click.option("--uncached-up-to", type=int, default=512, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+@fail_cleanly
+def vm_latency(lm: LMSettings, folder: Path, lengths: str, uncached_up_to: int, json_out: Path | None) -> None:
+    """Junction latency (k=10) of a value model at several context lengths, cached vs uncached; for a
+    head folder, a junction's cost in plain decode steps (k = 5 and 10 branches, the prefix head)."""
+    from ..head import head_file, junction_cost
+    from ..runtime import load_lm
+    from ..vm import ValueModel, junction_latency
+
+    sizes = int_list(lengths, "--lengths")
+    if head_file(folder) is not None:
+        model = load_lm(replace(lm, hidden=True))
+        if max(sizes) + 1 >= model.n_ctx:
+            raise ConfigError(f"--lengths up to {max(sizes)} do not fit the context of {model.n_ctx}", "raise --ctx-size or lower --lengths")
+        from ..prompts import shipped
+
+        text = " ".join(shipped("bench")) * 50
+        with progress("timing junctions") as tick:
+            cost = junction_cost(model, model.tokenize(text, add_special=False), sizes, progress=lambda m: tick(0, 0, m))
+        click.echo(f"{'context':>8} {'step ms':>8} {'k=5 steps':>10} {'k=10 steps':>11} {'prefix head ms':>15}")
+        for n, row in cost.items():
+            click.echo(f"{n:>8} {row['step_ms']:8.1f} {row['k5']['branch_in_steps']:10.1f} {row['k10']['branch_in_steps']:11.1f} {row['prefix_head_ms_k10']:15.3f}")
+        if json_out:
+            json_out.write_text(json.dumps(cost, indent=1))
+        return
+    model = load_lm(lm)
+    value_model = ValueModel(folder, model, verbose=lm.verbose)
+    with progress("timing junctions") as tick:
+        table = junction_latency(value_model, sizes, uncached_up_to=uncached_up_to, progress=lambda m: tick(0, 0, m))
+    click.echo(f"{'context':>8} {'cached ms':>10} {'uncached ms':>12} {'speed-up':>9}")
+    for n, row in table.items():
+        u, c = row["uncached_ms"], row["cached_ms"]
+        assert c is not None
+        click.echo(f"{n:>8} {c:10.1f} " + (f"{u:12.1f} {u / c:9.1f}" if u else f"{'-':>12} {'-':>9}"))
+    if json_out:
+        json_out.write_text(json.dumps(table, indent=1))
+
+
+COMMANDS = (calibrate, bench, reward, vm)
