@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sia_local.bench import SPEED_PROMPT
+from sia_local.speed import SPEED_PROMPT
 from sia_local.config import SteerConfig
 from sia_local.defaults import default_model_path
 from sia_local.llama import LM, physical_cores

@@ -1,12 +1,21 @@
-"""Closed-form fitting and the statistics that judge a fit: what distillation (and any later fitting) shares.
+"""Closed-form fitting and what judges a fit: ridge, correlations, splits by situation, the value heads' fits.
 
 Ridge regression with optional per-row weights, in closed form on a CPU; the correlation and the
-Kendall rank correlation that measure a scorer against its teacher.
+Kendall rank correlation that measure a scorer against its teacher; prompts split by situation so a
+held-out figure is about situations nothing was fitted on; and the two fits of value heads on hidden
+states (`fit_value_heads`, `fit_prefix_head`). Pure numpy: distillation (and any later fitting, such
+as objectives fitted from examples) calls these.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from typing import Any, Sequence
+
 import numpy as np
+
+from .errors import ConfigError
 
 
 def ridge(x: np.ndarray, y: np.ndarray, alpha: float, weight: np.ndarray | None = None, *,
@@ -45,3 +54,135 @@ def kendall(a: np.ndarray, b: np.ndarray) -> float:
 def grouped_kendall(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Mean Kendall tau over consecutive groups of k items (e.g. a junction's k candidates)."""
     return float(np.mean([kendall(a[g : g + k], b[g : g + k]) for g in range(0, len(a) - k + 1, k)]))
+
+
+ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean feature variance (`fit.ridge(relative=True)`)
+
+
+TEST_SHARE = VAL_SHARE = 0.1
+
+
+def situation_groups(prompts: Sequence[str], n: int = 4) -> list[int]:
+    """A group per prompt: prompts that share a rare phrase are one situation. A phrase is a word n-gram;
+    it is rare when it is in more than one prompt but in no more than the typical (median) shared phrase. Templated prompts ("Write a diary entry about X", "How should I deal with X?") then group by
+    X: a template's phrases recur in many more prompts than a situation's, so they join nothing, and no
+    situation straddles a split. Prompts that share nothing stay alone."""
+    words = [re.findall(r"[\w']+", p.lower()) for p in prompts]
+    grams = [{" ".join(w[i : i + n]) for i in range(len(w) - n + 1)} for w in words]
+    freq = Counter(g for gs in grams for g in gs)
+    shared = [f for f in freq.values() if f >= 2]
+    limit = max(2, int(np.median(shared))) if shared else 2
+    parent = list(range(len(prompts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, gs in enumerate(grams):
+        for g in sorted(gs):
+            if 2 <= freq[g] <= limit:
+                if g in first:
+                    parent[root(i)] = root(first[g])
+                else:
+                    first[g] = i
+    return [root(i) for i in range(len(prompts))]
+
+
+def split_by_situation(prompts: Sequence[str], seed: int = 0) -> np.ndarray:
+    """"train", "val" or "test" per prompt, whole situations at a time: alpha and the objective are chosen
+    on val; the card's figures come from test, on which nothing was chosen."""
+    groups = situation_groups(prompts)
+    order = sorted(set(groups))
+    np.random.default_rng(seed).shuffle(order)
+    n_test = max(1, round(len(order) * TEST_SHARE))
+    n_val = max(1, round(len(order) * VAL_SHARE))
+    if len(order) < n_test + n_val + 1:
+        raise ConfigError(f"the prompts form {len(order)} situation(s); distillation needs at least 3 (train, validation, test)",
+                          "give prompts about more different situations (--prompts)")
+    part = {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(order)}
+    return np.array([part[g] for g in groups])
+
+
+def fit_value_heads(h_resp: list[np.ndarray], rewards: np.ndarray, split: np.ndarray) -> dict[str, Any]:
+    """Both objectives in closed form, alpha picked on the validation rows; the better head (by validation
+    per-position correlation of V(h_t) with R, what a junction uses) is returned as `best`, and each
+    objective's chosen head is measured on the test rows (`test_*`, nan without test rows).
+
+    - "mean" (the paper's Eq. 6): mean_t V(h_t) = R, i.e. ridge of R on each response's mean hidden state.
+    - "prefix-value" (Monte-Carlo value): V(h_t) ≈ R at every position t, each response weighted equally.
+
+    `split` holds "train" / "val" / "test" per response (a boolean array means val = True, no test).
+    """
+    split = np.asarray(split)
+    if split.dtype == bool:
+        split = np.where(split, "val", "train")
+    y = rewards.astype(np.float64)
+    means = np.stack([h.mean(axis=0) for h in h_resp]).astype(np.float64)
+    pos_x = np.concatenate(h_resp).astype(np.float64)
+    owner = np.concatenate([np.full(len(h), i) for i, h in enumerate(h_resp)])
+    pos_y, pos_w = y[owner], np.concatenate([np.full(len(h), 1.0 / len(h)) for h in h_resp])
+    rows = {part: split == part for part in ("train", "val", "test")}
+    pos = {part: rows[part][owner] for part in rows}
+
+    def measure(w: np.ndarray, b: float, part: str) -> tuple[float, float]:
+        return corr(pos_x[pos[part]] @ w + b, pos_y[pos[part]]), corr(means[rows[part]] @ w + b, y[rows[part]])
+
+    report: dict[str, Any] = {}
+    for name in ("mean", "prefix-value"):
+        curve, best = [], None
+        for alpha in ALPHAS:
+            if name == "mean":
+                w, b = ridge(means[rows["train"]], y[rows["train"]], alpha, relative=True)
+                mse = {part: float(np.mean((means[rows[part]] @ w + b - y[rows[part]]) ** 2)) for part in ("train", "val")}
+            else:
+                w, b = ridge(pos_x[pos["train"]], pos_y[pos["train"]], alpha, pos_w[pos["train"]], relative=True)
+                mse = {part: float(np.average((pos_x[pos[part]] @ w + b - pos_y[pos[part]]) ** 2, weights=pos_w[pos[part]]))
+                       for part in ("train", "val")}
+            val_mse = mse["val"]
+            per_pos, mean_corr = measure(w, b, "val")
+            curve.append({"alpha": alpha, "val_per_position_corr": per_pos, "val_mean_corr": mean_corr, "val_mse": val_mse,
+                          "train_mse": mse["train"]})
+            if best is None or val_mse < best[0]:  # each objective picks alpha by its own validation loss
+                best = (val_mse, alpha, w, b)
+        assert best is not None
+        chosen = next(c for c in curve if c["alpha"] == best[1])
+        test_per_pos, test_mean = measure(best[2], best[3], "test")
+        report[name] = {"alpha": best[1], "alpha_on_edge": best[1] in (ALPHAS[0], ALPHAS[-1]), "w": best[2], "b": best[3], "curve": curve,
+                        **{k: v for k, v in chosen.items() if k != "alpha"}, "test_per_position_corr": test_per_pos, "test_mean_corr": test_mean}
+    score = {n: report[n]["val_per_position_corr"] for n in report}
+    report["best"] = max(score, key=lambda n: -np.inf if np.isnan(score[n]) else score[n])
+    return report
+
+
+def fit_prefix_head(h_prev: np.ndarray, tokens: np.ndarray, target: np.ndarray, emb: np.ndarray, *, rank: int = 4, alpha: float = 10.0,
+                    iters: int = 3, max_pairs: int = 30000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Q(h, c) = a·h + u·e_c + (A h)·(B e_c) + b fitted to `target` (the branch head's value after appending c).
+
+    Linear part in closed form on [h, e_c]; the rank-r bilinear part on the residual by alternating
+    least squares (for fixed B the model is linear in A, and back). Returns per-token tables so a
+    junction is k dot products: tok_u[c] = u·e_c, tok_L[c] = B e_c.
+    """
+    rng = np.random.default_rng(seed)
+    if len(target) > max_pairs:
+        keep = rng.choice(len(target), max_pairs, replace=False)
+        h_prev, tokens, target = h_prev[keep], tokens[keep], target[keep]
+    h = h_prev.astype(np.float64)
+    e = emb[tokens].astype(np.float64)
+    d, de = h.shape[1], e.shape[1]
+    coef, b = ridge(np.concatenate([h, e], axis=1), target, alpha)
+    a, u = coef[:d], coef[d:]
+    resid = target - (h @ a + e @ u + b)
+    B = rng.normal(0, 1 / np.sqrt(de), size=(rank, de))
+    A = np.zeros((rank, d))
+    for _ in range(iters):
+        be = e @ B.T  # (N, r)
+        feats = (be[:, :, None] * h[:, None, :]).reshape(len(h), rank * d)  # (N, r*d): row j holds (B e)_j h
+        A = ridge(feats, resid, alpha)[0].reshape(rank, d)
+        ah = h @ A.T  # (N, r)
+        feats = (ah[:, :, None] * e[:, None, :]).reshape(len(h), rank * de)
+        B = ridge(feats, resid, alpha)[0].reshape(rank, de)
+    return {"a": a.astype(np.float32), "b": np.float32(b), "A": A.astype(np.float32),
+            "tok_u": (emb @ u).astype(np.float32), "tok_L": (emb @ B.T).astype(np.float32)}

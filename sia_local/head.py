@@ -66,8 +66,6 @@ def read_card(folder: Path) -> dict[str, Any]:
     missing = [k for k in CARD_KEYS if not isinstance(card.get(k), int)]
     if missing:
         raise RewardModelError(f"{where} lacks {', '.join(missing)} (an integer each)", "rerun `sia vm distill` to write the folder again")
-    if not isinstance(card.get("vocab_sample", {}), dict):
-        raise RewardModelError(f"{where}: vocab_sample must be an object of token id -> text", "rerun `sia vm distill`")
     return card
 
 
@@ -116,12 +114,9 @@ class _Head:
             raise RewardModelError(f"{where} is for a model with hidden size {card['n_embd']} and {card['n_vocab']} tokens, "
                                    f"but {lm.path.name} has {lm.n_embd} and {lm.n_vocab}",
                                    "use a head distilled for this model (sia vm distill -m MODEL)")
-        for tid, text in card.get("vocab_sample", {}).items():
-            if not str(tid).isdigit() or not 0 <= int(tid) < lm.n_vocab:
-                raise RewardModelError(f"{where}: vocab_sample has token id {tid!r}, outside this vocabulary", "rerun `sia vm distill`")
-            if lm.token_text(int(tid)) != text:
-                raise RewardModelError(f"{where} and {lm.path.name} disagree on token {tid} ({text!r} vs {lm.token_text(int(tid))!r})",
-                                       "use a head distilled for this model")
+        why = lm.vocab_mismatch(card.get("vocab_sample", {}))
+        if why is not None:
+            raise RewardModelError(f"{where}: {why}", "use a head distilled for this model")
         if card.get("backbone_fingerprint") and card["backbone_fingerprint"] != file_fingerprint(lm.path):
             self.note = (f"{self.folder} was distilled on {card.get('backbone')} and runs on {lm.path.name}: same vocabulary and size "
                          "(another quantisation of the same model?), values may shift a little")

@@ -27,7 +27,6 @@ from .reward import open_session
 from .scorer import Junction, ScorerInfo
 from .vmgraph import Arch, feeds
 
-VOCAB_SAMPLE = 64
 
 
 @dataclass
@@ -77,10 +76,9 @@ class ValueModel:
         if lm.n_vocab != self.arch.n_vocab:
             raise RewardModelError(f"{self.folder} has a vocabulary of {self.arch.n_vocab} tokens but {lm.path.name} has {lm.n_vocab}",
                                    "use a value model distilled for this model (sia vm distill --model ...)")
-        for tid, text in self.card["vocab_sample"].items():
-            if lm.token_text(int(tid)) != text:
-                raise RewardModelError(f"{self.folder} and {lm.path.name} disagree on token {tid} ({text!r} vs {lm.token_text(int(tid))!r})",
-                                       "use a value model distilled for this model")
+        why = lm.vocab_mismatch(self.card.get("vocab_sample", {}))
+        if why is not None:
+            raise RewardModelError(f"{self.folder}: {why}", "use a value model distilled for this model")
 
     def info(self) -> ScorerInfo:
         return ScorerInfo(kind="value-model", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.provider_note,

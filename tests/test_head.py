@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from sia_local.config import SteerConfig
-from sia_local.distill import distill_head, fit_value_heads
+from sia_local.distill import distill_head
+from sia_local.fit import fit_value_heads
 from sia_local.fit import ridge as _weighted_ridge
 from sia_local.errors import RewardModelError
 from sia_local.head import BranchHead, PrefixHead, load_head

@@ -179,7 +179,7 @@ def test_head_files_from_elsewhere_say_what_is_wrong(head: Path, tiny_gguf: Path
         "non-finite": broken("nan", lambda f: np.savez(f / "branch.npz", w=np.full(lm.n_embd, np.nan), b=np.float64(0))),
         "disagree on token": broken("vocab", lambda f: (f / "head.json").write_text(json.dumps(
             {**card, "vocab_sample": {**card["vocab_sample"], next(iter(card["vocab_sample"])): "not-this-token"}}))),
-        "outside this vocabulary": broken("vocab-id", lambda f: (f / "head.json").write_text(json.dumps(
+        "outside the": broken("vocab-id", lambda f: (f / "head.json").write_text(json.dumps(
             {**card, "vocab_sample": {"99999999": "x"}}))),
     }
     for fragment, folder in cases.items():

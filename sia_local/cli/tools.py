@@ -127,7 +127,7 @@ def bench_speed(settings: tuple[LMSettings, Steering], tokens: int, repeats: int
     sia bench speed --head head-smollm2            # + head-branch / head-prefix at the ratio and dense
     sia bench speed --head head-smollm2 --head-k 5 # + the branch head with 5 candidates
     """
-    from ..bench import speed
+    from ..speed import speed
 
     lm, steering = settings
     steerer = load_steerer(replace(lm, hidden=head_dir is not None), steering, need_scorer=True)

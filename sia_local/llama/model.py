@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import ContextLengthError, ModelError, PromptError
 from ..threads import ThreadGovernor
+VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
+
 from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
                      _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
                      physical_cores)
@@ -129,6 +131,22 @@ class LM:
     def token_text(self, token: int) -> str:
         """The token's text as the GGUF vocabulary stores it (e.g. 'Ġthe'), for vocabulary checks."""
         return str(self._llm._model.token_get_text(token))
+
+    def vocab_sample(self) -> dict[str, str]:
+        """Token texts at VOCAB_SAMPLE spread-out ids: stored in a scorer's card to recognise this vocabulary later."""
+        ids = sorted({int(i) for i in np.linspace(0, self.n_vocab - 1, VOCAB_SAMPLE)})
+        return {str(i): self.token_text(i) for i in ids}
+
+    def vocab_mismatch(self, sample: Any) -> str | None:
+        """Why a card's `vocab_sample` is not this model's vocabulary (one line), or None when it is."""
+        if not isinstance(sample, dict):
+            return "its vocab_sample is not an object of token id -> text"
+        for tid, text in sample.items():
+            if not str(tid).isdigit() or not 0 <= int(tid) < self.n_vocab:
+                return f"its vocab_sample has token id {tid!r}, outside the {self.n_vocab} tokens of {self.path.name}"
+            if self.token_text(int(tid)) != text:
+                return f"it and {self.path.name} disagree on token {tid} ({text!r} vs {self.token_text(int(tid))!r})"
+        return None
 
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, end-of-turn, ...), as the GGUF vocabulary marks them."""
