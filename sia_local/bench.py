@@ -74,7 +74,7 @@ class Arm:
     best_of: int = 1
     match: str | None = None  # random arms: take the ratio SIA realised in this arm
 
-    def overrides(self) -> dict[str, Any]:
+    def changes(self) -> dict[str, Any]:
         out: dict[str, Any] = {"gate": self.gate}
         if self.ratio is not None:
             out["ratio"] = self.ratio  # SteerConfig.updated: a ratio clears tau
@@ -167,7 +167,7 @@ def run_grid(
             jobs: dict[str, tuple[Arm, int, int, dict[str, Any]]] = {}
             todo: list[Row] = []
             for arm in phase:
-                overrides = arm.overrides()
+                changes = arm.changes()
                 matched = {(r["prompt_index"], r["seed"]): r["ratio"] for r in rows if r["arm"] == arm.match}
                 if arm.match is not None and not matched:
                     raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
@@ -175,7 +175,7 @@ def run_grid(
                     for seed in seeds:
                         if (arm.name, i, seed) in done:
                             continue
-                        changes = dict(overrides)
+                        changes = dict(changes)
                         if arm.match is not None:
                             changes["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
                         key = f"{arm.name}|{i}|{seed}"

@@ -114,7 +114,7 @@ class ChatSession:
         config = self.steerer.config.updated(**given).replace(**cleared)
         if config.steers() and self.steerer.scorer is None:
             raise SiaError("no reward model is loaded", "use /reward on or /reward DIR first")
-        self.steerer.tau_for(config)  # calibrate now (announced), not in the middle of the next answer
+        self.steerer.gate_tau(config)  # calibrate now (announced), not in the middle of the next answer
         self.steerer.config = config
 
     def _reward_command(self, arg: str) -> str:

@@ -2,7 +2,7 @@
 
 `SteerConfig` is the single source of every steering setting: each field carries its type, range,
 default, unit and help in a `Setting`, and the CLI flags (`cli.steer_options`), the server's `sia`
-request object (`server.SiaParams`), chat's slash commands and bench's arm overrides are all derived
+request object (`server.SiaParams`), chat's slash commands and bench's arm changes are all derived
 from it or validated by it. Names follow the paper (k, tau, ratio, w) and llama.cpp (top_k,
 temperature, max_tokens).
 """

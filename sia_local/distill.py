@@ -1,10 +1,12 @@
 """Value-model workflows: on-policy distillation from a GGUF, and export from Hugging Face.
 
 Distillation (the paper's Eq. 6, on-policy): sample responses from the user's GGUF with the
-runtime, score them with any sequence reward model, and regress the mean of V over each response's
-positions onto its reward. With V linear in the final hidden state, mean V = w . mean(h) + b, so
-the head is a ridge regression on mean hidden states: exact, closed form, on CPU. The scorer these
-produce is `vm.ValueModel`.
+runtime, score them with any sequence reward model (the teacher), and regress the mean of V over each
+response's positions onto its reward. With V linear in the final hidden state, mean V = w . mean(h) + b,
+so the head is a ridge regression on mean hidden states: exact, closed form, on CPU. Two products:
+a head folder for `head.BranchHead` / `head.PrefixHead` (`distill_head`, hidden states from llama.cpp
+itself, the default) and an ONNX value-model folder for `vm.ValueModel` (`distill`, `export_hf`).
+Sampled rows are kept with the settings that made them (`check_run`) and every rewrite is atomic.
 """
 
 from __future__ import annotations

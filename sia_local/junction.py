@@ -2,7 +2,8 @@
 
 A step is a *junction* when the gate says so. The entropy is that of softmax(top-k logits) at T=1 in
 nats, as in the paper's code: renormalised over the k candidates, so it lies in [0, ln k].
-Gates never edit logits; they only answer "steer this step?".
+Gates never edit logits; they only answer "steer this step?". At a junction the loop hands the scorer
+a `Junction`: the step's candidates and what a scorer may need to score them.
 
 Gates live in one registry. Adding one is a class (or any callable) plus one `register_gate` line;
 the CLI's `--gate`, the server's `sia.gate`, chat's `/gate` and `sia bench --arms` all read the
@@ -12,7 +13,7 @@ registry, so nothing else changes (docs/architecture.md shows the recipe).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -88,6 +89,19 @@ def pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -
         p = p * mask
     cdf = np.cumsum(p)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(scores) - 1))
+
+
+@dataclass
+class Junction:
+    """What a scorer may need at a junction: text for sequence reward models, token ids for value models."""
+
+    prompt: str  # the user's message
+    prompt_ids: Sequence[int]  # the LM's prompt tokens (chat template applied)
+    response_ids: Sequence[int]  # tokens generated so far
+    candidates: np.ndarray  # (k,) candidate token ids
+    texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
+    key: int = 0  # which sequence (Best-of-N): stateful scorers keep per-sequence state under this key
+    decoder: Any = None  # where the sequence's KV lives (the `LM`, or Best-of-N's `BatchContext`): heads on the LM's hidden state branch there
 
 
 class Gate(Protocol):

@@ -1,36 +1,29 @@
 """The steering signal's seam: what the loop asks of anything that scores candidates.
 
-Two kinds implement `Scorer` today: sequence reward models on text (`reward.OnnxReward`) and
-token-level value models on the LM's own token ids (`vm.ValueModel`). The steering loop, Best-of-N,
-bench, chat and the server use only this protocol; none of them checks a concrete class.
+Four kinds implement `Scorer`: sequence reward models on text (`reward.OnnxReward`, kind "reward"),
+token-level ONNX value models on the LM's own token ids (`vm.ValueModel`, "value-model"), and value
+heads on the LM's own hidden state, scored inside llama.cpp (`head.BranchHead` and `head.PrefixHead`,
+"lm-head"). The steering loop, Best-of-N, bench, chat and the server use only this protocol; none of
+them checks a concrete class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from .junction import Junction  # what a scorer receives at a junction (defined beside the gates)
 
-@dataclass
-class Junction:
-    """What a scorer may need at a junction: text for sequence reward models, token ids for value models."""
-
-    prompt: str  # the user's message
-    prompt_ids: Sequence[int]  # the LM's prompt tokens (chat template applied)
-    response_ids: Sequence[int]  # tokens generated so far
-    candidates: np.ndarray  # (k,) candidate token ids
-    texts: Callable[[], list[str]]  # the response so far + each candidate, decoded (computed on demand)
-    key: int = 0  # which sequence (Best-of-N): stateful scorers keep per-sequence state under this key
-    decoder: Any = None  # where the sequence's KV lives (the `LM`, or Best-of-N's `BatchContext`): heads on the LM's hidden state branch there
+__all__ = ["Junction", "Scorer", "ScorerInfo"]
 
 
 @dataclass(frozen=True)
 class ScorerInfo:
     """What `sia info`, `--json` and the server report about a loaded scorer."""
 
-    kind: str  # "reward" (a sequence reward model) or "value-model"
+    kind: str  # "reward" (a sequence reward model), "value-model" (an ONNX value model) or "lm-head" (a value head on the LM)
     name: str
     path: str
     provider: str  # the onnxruntime provider that really runs it

@@ -77,11 +77,11 @@ def best_of_n(
     on_piece: Callable[[int, Piece], None] | None = None,
     cancel: threading.Event | None = None,
     keep_hidden: bool = False,
-    **overrides: Any,
+    **changes: Any,
 ) -> BestOfN:
     """Decode `n` samples of `prompt` together and keep the one the reward model scores highest.
 
-    Each sample is steered as `steerer.config` (plus `overrides`) says; ``gate="none"`` gives plain
+    Each sample is steered as `steerer.config` (plus `changes`) says; ``gate="none"`` gives plain
     Best-of-N. `on_piece(i, piece)` sees every sequence's text as it is generated. Setting `cancel`
     stops the search at the next step (raises `Cancelled`): the server uses it when a client leaves.
     `keep_hidden` (an LM loaded with hidden states): each candidate also gets `hidden`, the final
@@ -93,7 +93,7 @@ def best_of_n(
         raise ConfigError("Best-of-N needs a reward model to pick the winner", "pass --reward")
     if n < 1:
         raise ConfigError(f"`n` must be >= 1, got {n}", "fix --best-of")
-    cfg = steerer.config_for(**overrides)
+    cfg = steerer.config_for(**changes)
     lm, reward = steerer.lm, steerer.scorer
     prepared = steerer.prepare(prompt, system, raw)
     room = lm.n_ctx - len(prepared.ids) - 1  # the batch context is sized from this: never more than the model's context
@@ -101,7 +101,7 @@ def best_of_n(
         raise ContextLengthError(f"the prompt has {len(prepared.ids)} tokens but the context holds {lm.n_ctx}", "shorten the prompt or raise --ctx-size",
                                  api_hint="shorten the messages")
     cfg = cfg.replace(max_tokens=min(cfg.max_tokens, room))
-    tau = steerer.tau_for(cfg)
+    tau = steerer.gate_tau(cfg)
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(cfg.stop) + prepared.stops
 

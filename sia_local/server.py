@@ -122,9 +122,7 @@ class Engine:
                     emit("piece", piece)
                 self.served += 1
                 emit("done", stream.generation)
-            except SiaError as exc:
-                emit("error", exc)
-            except Exception as exc:  # a bug: report it as a 500 rather than hang the client
+            except Exception as exc:  # a SiaError becomes its 4xx/5xx; anything else (a bug) a 500 rather than a hung client
                 emit("error", exc)
             finally:
                 loop.call_soon_threadsafe(finished)

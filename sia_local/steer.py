@@ -158,17 +158,17 @@ class Steerer:
         assert stream.generation is not None
         return stream.generation
 
-    def stream(self, prompt: str | Sequence[Message], *, system: str | None = None, raw: bool = False, **overrides: Any) -> Stream:
+    def stream(self, prompt: str | Sequence[Message], *, system: str | None = None, raw: bool = False, **changes: Any) -> Stream:
         """Like `generate`, yielding `Piece`s as tokens are chosen."""
-        config = self.config_for(**overrides)
+        config = self.config_for(**changes)
         prepared = self.prepare(prompt, system, raw)
         self.calibration_seconds = 0.0
-        tau = self.tau_for(config)
+        tau = self.gate_tau(config)
         return Stream(self._decode(prepared, config, tau, self.calibration_seconds))
 
-    def config_for(self, **overrides: Any) -> SteerConfig:
+    def config_for(self, **changes: Any) -> SteerConfig:
         """This steerer's config with per-call changes, checked against what is loaded."""
-        config = self.config.updated(**overrides) if overrides else self.config
+        config = self.config.updated(**changes) if changes else self.config
         if config.steers() and self.scorer is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
                               api_hint="the server has no reward model: use sia.gate \"none\"")
@@ -177,7 +177,7 @@ class Steerer:
                               f"use --top-k {self.lm.max_branches} or less", api_hint=f"use sia.top_k <= {self.lm.max_branches}")
         return config
 
-    def tau_for(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
+    def gate_tau(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
         """The tau the gate gets: given, calibrated from the ratio, or None for gates that do not use it."""
         spec = gate_spec(config.gate)
         return self.resolve_tau(config, progress) if spec is not None and spec.uses_tau else None
@@ -271,7 +271,7 @@ class Steerer:
 class SequenceState:
     """One response being decoded: its sampler stream, gate, text, stats and trace.
 
-    A driver feeds it logits (`propose`), scores `candidate_texts()` when `junction` is set, and hands
+    A driver feeds it logits (`propose`), scores `scoring_request(...)` when `junction` is set, and hands
     the rewards back (`commit`). `Steerer` drives one sequence; Best-of-N (`search.py`) drives N in
     one llama.cpp batch, with the junctions of all of them scored in one reward-model run.
     """
