@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .junction import entropy, pick, top_k as take_top_k
+from .junction import DEFAULT_K, entropy, pick, top_k as take_top_k
 from .llama import LM
 from .paths import cache_dir
 from .prompts import shipped
@@ -36,7 +36,7 @@ def calibration_prompts() -> list[str]:
 def entropy_profile(
     lm: LM,
     *,
-    top_k: int = 10,
+    top_k: int = DEFAULT_K,
     temperature: float = 1.0,
     prompts: Sequence[str] | None = None,
     tokens_per_prompt: int = TOKENS_PER_PROMPT,
@@ -96,7 +96,7 @@ def tau_from_entropies(entropies: np.ndarray, ratio: float) -> float:
     return float(np.quantile(entropies, 1.0 - ratio, method="higher"))
 
 
-def tau_for_ratio(lm: LM, ratio: float, *, top_k: int = 10, progress: Callable[[int, int], None] | None = None) -> float:
+def tau_for_ratio(lm: LM, ratio: float, *, top_k: int = DEFAULT_K, progress: Callable[[int, int], None] | None = None) -> float:
     """Calibrated tau for `ratio` on `lm` (decodes the calibration prompts once per model and k, then cached)."""
     return tau_from_entropies(entropy_profile(lm, top_k=top_k, progress=progress), ratio)
 

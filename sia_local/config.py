@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError
-from .junction import gate_names, gate_spec
+from .junction import DEFAULT_K, gate_names, gate_spec
 
 
 MAX_TOP_K = 64  # candidates per step: more is no longer "sparse" (a branch head has 63 branch sequences at most)
@@ -74,7 +74,7 @@ class SteerConfig:
     """
 
     gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
-    top_k: int = _s(10, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, hi=MAX_TOP_K, api="sia",
+    top_k: int = _s(DEFAULT_K, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, hi=MAX_TOP_K, api="sia",
                                 chat=("top-k", "topk", "k")))
     weight: float = _s(1.0, Setting("w in s = z + w*r", float, "--weight", "-w", lo=-1000.0, hi=1000.0, api="sia", chat=("weight",)))
     temperature: float = _s(1.0, Setting("sampling temperature (0 = greedy); the entropy always uses T = 1", float, "--temperature",

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
+from .junction import DEFAULT_K
 from .fit import corr, fit_prefix_head, fit_value_heads, kendall, ridge, situation_groups, split_by_situation
 from .llama import LM, VOCAB_SAMPLE, file_fingerprint
 from .config import SteerConfig
@@ -398,7 +399,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _junction_agreement(lm: LM, rows: list[dict[str, Any]], held_out: np.ndarray, w: np.ndarray, b: float, prefix: dict[str, np.ndarray],
-                        *, k: int = 10, n: int = 30, seed: int = 0) -> float:
+                        *, k: int = DEFAULT_K, n: int = 30, seed: int = 0) -> float:
     """Mean Kendall tau between the prefix head's and the branch head's ranking of the top-k candidates at
     `n` held-out positions (real branch decodes): how well the no-decode head orders what a junction sees."""
     from .junction import top_k

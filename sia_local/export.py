@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import RewardModelError, SiaError
+from .junction import DEFAULT_K
 
 ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "xlm-roberta", "electra", "albert", "mpnet"}
 
@@ -194,7 +195,7 @@ def validation_texts(n: int = 240, seed: int = 0) -> list[str]:
     return out
 
 
-def candidate_groups(n_groups: int = 30, k: int = 10, seed: int = 1) -> list[tuple[str, str]]:
+def candidate_groups(n_groups: int = 30, k: int = DEFAULT_K, seed: int = 1) -> list[tuple[str, str]]:
     """`n_groups` junctions: a response prefix with k different next words, as (prompt, response) pairs."""
     texts = validation_texts(n_groups + 50, seed)
     words = " ".join(texts).split()
@@ -229,7 +230,7 @@ def _ort_scores(model_file: Path, tokenizer: Any, names: list[str], pairs: list[
     return np.concatenate(out)
 
 
-def _grouped_kendall(a: np.ndarray, b: np.ndarray, n_labels: int, index: int | None, k: int = 10) -> float:
+def _grouped_kendall(a: np.ndarray, b: np.ndarray, n_labels: int, index: int | None, k: int = DEFAULT_K) -> float:
     """Mean Kendall tau between two scorings over consecutive groups of k texts (a junction's candidates)."""
     from .fit import grouped_kendall
 

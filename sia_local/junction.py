@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 
+DEFAULT_K = 10  # candidates per step, the paper's k: SteerConfig's default, and every tool's that scores "a junction"
 _BLOCK = 256  # top_k's block size: a few hundred blocks for a 49k-262k vocabulary
 
 
@@ -149,7 +150,7 @@ class ControlledEntropyGate:
     possible entropy. `gain` is in nats per junction of surplus.
     """
 
-    def __init__(self, tau: float, ratio: float, gain: float = 0.7, bound: float = 1.2, k: int = 10) -> None:
+    def __init__(self, tau: float, ratio: float, gain: float = 0.7, bound: float = 1.2, k: int = DEFAULT_K) -> None:
         self.tau, self.ratio, self.gain, self.bound = tau, ratio, gain, bound
         self.floor = certain_entropy(k)
         self.ceiling = 0.98 * float(np.log(max(k, 2)))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
+from .junction import DEFAULT_K
 from .reward import OnnxReward
 
 CHECK_TEXTS = [
@@ -27,7 +28,7 @@ CHECK_TEXTS = [
 
 
 def check(folder: str | Path, *, provider: str = "auto", label: str | None = None, lengths: Sequence[int] = (64, 256, 512),
-          k: int = 10, repeats: int = 5) -> dict[str, Any]:
+          k: int = DEFAULT_K, repeats: int = 5) -> dict[str, Any]:
     """Load the folder, score the built-in texts and time one junction (k candidates) at each length."""
     if not Path(folder).is_dir():
         raise RewardModelError(f"reward folder not found: {folder}" if not Path(folder).exists() else f"{folder} is not a folder",

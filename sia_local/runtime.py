@@ -19,7 +19,7 @@ from typing import Callable
 
 from .config import SteerConfig
 from .errors import PromptError, RewardModelError
-from .llama import LM
+from .llama import DEFAULT_N_CTX, LM
 from .scorer import Scorer
 from .steer import Steerer
 
@@ -35,7 +35,7 @@ class LMSettings:
     """
 
     model: str | os.PathLike[str] | None = None
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_N_CTX
     n_threads: int | None = None
     n_gpu_layers: int = 0
     chat_format: str | None = None

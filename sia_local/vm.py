@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import RewardModelError
+from .junction import DEFAULT_K
 from .llama import LM
 from .reward import open_session
 from .scorer import Junction, ScorerInfo
@@ -158,7 +159,7 @@ class ValueModel:
         return np.zeros((1, self.arch.n_kv, 0, self.arch.head_dim), dtype=np.float32)
 
 
-def junction_latency(vm: ValueModel, lengths: Sequence[int] = (64, 256, 512, 1024), *, k: int = 10, delta: int = 4, repeats: int = 3,
+def junction_latency(vm: ValueModel, lengths: Sequence[int] = (64, 256, 512, 1024), *, k: int = DEFAULT_K, delta: int = 4, repeats: int = 3,
                      uncached_up_to: int = 512, progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float | None]]:
     """Median ms of one junction (k candidates) at each context length, cached (Δ = `delta` new tokens since the
     last junction) and uncached (k full passes; only up to `uncached_up_to`, it grows quadratically)."""

@@ -7,6 +7,6 @@ for Best-of-N) and `compat` (version shims, llama.cpp's log, GGUF checks).
 
 from .batch import BatchContext
 from .compat import FLASH_ATTN, Message, file_fingerprint, gpu_offload_supported, physical_cores, system_info
-from .model import LM, VOCAB_SAMPLE
+from .model import DEFAULT_N_CTX, LM, VOCAB_SAMPLE
 
-__all__ = ["LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info"]
+__all__ = ["DEFAULT_N_CTX", "LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info"]

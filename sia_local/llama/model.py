@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ContextLengthError, ModelError, PromptError
 from ..threads import ThreadGovernor
+DEFAULT_N_CTX = 4096  # tokens of context when none is asked (capped at the model's training context)
 VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
 
 from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
@@ -47,7 +48,7 @@ class LM:
         self,
         path: str | os.PathLike[str],
         *,
-        n_ctx: int = 4096,
+        n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
