@@ -43,6 +43,9 @@ def _apply(fn: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Calla
     return fn
 
 
+reward_label_option = click.option("--reward-label", default=None,
+                                   help="For classifier reward models: the label whose log-probability is the reward.")
+
 MODEL_FLAGS = ("model", "n_ctx", "n_threads", "n_gpu_layers", "chat_format", "flash_attn", "verbose")
 
 
@@ -143,7 +146,7 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Reward-model, value-model or head folder (recognised by its files) [default: built-in positive-tone model]."),
         click.option("--vm", "vm", type=click.Path(path_type=Path), default=None,
                      help="Steer with a value head (sia vm distill) or value-model folder; the same as --reward DIR, except in `sia bench`, where --reward stays the teacher."),
-        click.option("--reward-label", default=None, help="For classifier reward models: the label whose log-probability is the reward."),
+        reward_label_option,
         click.option("--reward-provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt, coreml, directml."),
         click.option("--reward-threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads [default: physical cores]."),
     ])

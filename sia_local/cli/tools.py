@@ -13,7 +13,7 @@ import click
 from ..config import setting_default
 from ..errors import ConfigError
 from ..runtime import LMSettings
-from .options import Steering, fail_cleanly, int_list, load_steerer, model_options, need, note, progress, steer_options
+from .options import Steering, fail_cleanly, int_list, load_steerer, model_options, need, note, progress, reward_label_option, steer_options
 
 if TYPE_CHECKING:
     from ..scorer import Scorer
@@ -191,7 +191,7 @@ def reward_export(src: str, out: Path, int8: bool, task: str, opset: int, atol: 
 
 @reward.command("check")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--reward-label", default=None)
+@reward_label_option
 @click.option("--reward-provider", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @fail_cleanly
@@ -260,7 +260,7 @@ def vm() -> None:
 @vm.command("distill")
 @model_options
 @click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples (the teacher) [default: built-in positive tone].")
-@click.option("--reward-label", default=None)
+@reward_label_option
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="JSONL or text prompts [default: the 304 shipped distillation prompts, disjoint from the bench's].")
 @click.option("--samples-per-prompt", type=click.IntRange(min=1), default=7, show_default=True)
