@@ -73,7 +73,21 @@ def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
 
 def needs_hidden(scorer: ScorerSettings | None) -> bool:
     """Whether this scorer runs inside the LM (a head folder), so the LM must be loaded with `hidden`."""
-    return scorer is not None and scorer.path is not None and scorer_kind(Path(scorer.path)) == "lm-head"
+    if scorer is None or scorer.path is None or not Path(scorer.path).exists():
+        return False  # no scorer, the default reward, or a named objective (a reward); a missing folder is load_scorer's to report
+    return scorer_kind(Path(scorer.path)) == "lm-head"
+
+
+def resolve_scorer_path(path: str | os.PathLike[str], *, progress: Callable[[str], None] | None = None, note: Note | None = None) -> Path:
+    """A folder as given, or a named objective (`kind`, or one fitted with `sia reward fit NAME`) when no such folder exists."""
+    from .objectives import find_objective
+
+    folder = Path(path)
+    if not folder.exists() and os.sep not in str(path):
+        named = find_objective(str(path), progress=progress, note=note)
+        if named is not None:
+            return named
+    return folder
 
 
 def scorer_kind(folder: Path) -> str:
@@ -87,7 +101,8 @@ def scorer_kind(folder: Path) -> str:
     if folder.is_file() and folder.suffix == ".onnx" or (folder / "model.onnx").exists():
         return "reward"
     if not folder.exists():
-        raise RewardModelError(f"reward folder not found: {folder}", "pass --reward with a folder holding model.onnx and tokenizer.json")
+        raise RewardModelError(f"reward folder not found, and no objective is named so: {folder}",
+                               "pass a folder holding model.onnx and tokenizer.json, or an objective name (`sia reward list`)")
     raise RewardModelError(f"{folder} has no model.onnx", "pass a reward folder (sia reward export/build) or a value-model folder (sia vm distill)")
 
 
@@ -97,10 +112,11 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     from .reward import OnnxReward
     from .vm import ValueModel
 
+    say = (lambda msg: progress(0, 0, msg)) if progress else None
     if settings.path is None:
-        folder = default_reward_dir(progress=(lambda msg: progress(0, 0, msg)) if progress else None, note=note)
+        folder = default_reward_dir(progress=say, note=note)
     else:
-        folder = Path(settings.path)
+        folder = resolve_scorer_path(settings.path, progress=say, note=note)
     scorer: Scorer
     kind = scorer_kind(folder)
     if kind == "lm-head":

@@ -252,6 +252,82 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
     click.echo(f"wrote {folder}; try: sia reward check {folder}")
 
 
+@reward.command("fit")
+@click.argument("name")
+@click.option("--good", type=click.Path(path_type=Path), default=None, help="Texts like the ones you want (one a line, or JSONL with \"text\").")
+@click.option("--bad", type=click.Path(path_type=Path), default=None, help="Texts like the ones you do not want.")
+@click.option("--scored", type=click.Path(path_type=Path), default=None, help="Instead of --good/--bad: JSONL with \"text\" and \"score\" (a regression).")
+@click.option("--describe", required=True, help="One line saying what the objective wants (what a system prompt would ask for).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the folder here [default: the named objectives in the cache].")
+@fail_cleanly
+def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | None, describe: str, out: Path | None) -> None:
+    """Make an objective from examples: embed them (MiniLM), fit a head with cross-validation, keep it by NAME.
+
+    \b
+    sia reward fit polite --good polite.txt --bad rude.txt --describe "Answer politely."
+    sia generate "..." -r polite                        # steer with it by name
+    sia reward score polite my-texts.txt                # how it scores your own texts
+    """
+    from ..objectives import fit_objective, read_scored, read_texts
+
+    if scored is None and (good is None or bad is None):
+        raise click.UsageError("give --good FILE and --bad FILE, or --scored FILE")
+    with progress(f"fitting {name}") as tick:
+        say = lambda m: tick(0, 0, m)  # noqa: E731
+        if scored is not None:
+            card = fit_objective(name, scored=read_scored(scored), describe=describe, out=out, progress=say)
+        else:
+            assert good is not None and bad is not None
+            card = fit_objective(name, good=read_texts(good), bad=read_texts(bad), describe=describe, out=out, progress=say)
+    cv = card["cv"]
+    sizes = ", ".join(f"{v} {k}" for k, v in card["examples"].items())
+    click.echo(f"{name}: {sizes}; cross-validated {cv['metric'].upper()} {cv['mean']:.3f} ± {cv['std']:.3f} over {cv['folds']} folds; "
+               f"reward mean {card['reward']['mean']:.2f}, spread {card['reward']['std']:.2f}; fitted in {card['fit_seconds']:.1f} s")
+    click.echo(f"steer with it: sia generate \"...\" -r {out or name}", err=True)
+
+
+@reward.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@fail_cleanly
+def reward_list(as_json: bool) -> None:
+    """The objectives `-r NAME` accepts: the built-in ones and those made with `sia reward fit`."""
+    from ..objectives import list_objectives
+
+    found = list_objectives()
+    if as_json:
+        click.echo(json.dumps(found, indent=1))
+        return
+    for o in found:
+        cv = f"CV {o['cv']['metric'].upper()} {o['cv']['mean']:.2f}" if o["cv"] else "built in"
+        click.echo(f"{o['name']:16} {cv:16} {o['created'] or '':16} {o['description']}")
+
+
+@reward.command("score")
+@click.argument("name")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@fail_cleanly
+def reward_score(name: str, file: Path | None) -> None:
+    """Score texts with an objective or reward folder: one JSON line per text with its `score` (FILE, or stdin).
+
+    \b
+    sia reward score polite my-texts.txt
+    echo "Thanks a lot!" | sia reward score kind
+    """
+    import sys
+
+    from ..objectives import read_texts
+    from ..reward import OnnxReward
+    from ..runtime import resolve_scorer_path
+
+    texts = read_texts(file) if file is not None else [line.strip() for line in sys.stdin.read().splitlines()]
+    texts = [t for t in texts if t]
+    rm = OnnxReward(resolve_scorer_path(name, note=note), provider="cpu")
+    for start in range(0, len(texts), 64):
+        chunk = texts[start : start + 64]
+        for text, score in zip(chunk, rm.score("", chunk)):
+            click.echo(json.dumps({"text": text, "score": round(float(score), 4)}, ensure_ascii=False))
+
+
 @click.group()
 def vm() -> None:
     """Token-level value models: on-policy distillation from your GGUF, cached scoring, latency."""

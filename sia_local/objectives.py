@@ -1,0 +1,247 @@
+"""Objectives a user makes from examples: `sia reward fit NAME --good F --bad F` (or `--scored F`), kept by name.
+
+An objective is a reward folder in the same layout as the built-in one (MiniLM + mean pooling + a
+linear head as one ONNX graph, so `sia reward check` and every shell load it like any reward) plus a
+card, `objective.json`: its name, a one-line description (what a system prompt would ask for), the
+example counts, the cross-validated quality with its spread over folds, the embedder's fingerprint,
+and the reward's mean and spread over the examples (so weights of different objectives compare).
+
+Good/bad examples fit a logistic head (the reward is its logit); scored examples fit a ridge head.
+The regularisation is chosen by k-fold cross-validation; a fit whose examples do not separate is
+refused rather than written. Fitted objectives live in the user's cache under `objectives/NAME`;
+the built-in "kind" is the default positive-tone reward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, RewardModelError
+from .fit import corr, ridge
+from .paths import cache_dir
+
+MIN_PER_SIDE = 20
+MAX_BAD_SHARE = 0.1  # duplicate or empty examples beyond this share of a file are refused
+MIN_AUC = 0.65
+MIN_CORR = 0.3
+C_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 strength of the logistic head
+ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge alpha (x the mean feature variance) for scored examples
+BUILT_IN = {"kind": "a positive, kind tone (the default objective)"}
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
+CARD = "objective.json"
+
+
+def objectives_dir() -> Path:
+    return cache_dir() / "objectives"
+
+
+def read_texts(path: Path) -> list[str]:
+    """Texts of a file: one per line, or JSONL objects with "text"."""
+    if not path.is_file():
+        raise ConfigError(f"examples file not found: {path}", "pass a text file (one example a line) or JSONL with \"text\"")
+    texts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("{"):
+            try:
+                texts.append(str(json.loads(line)["text"]).strip())
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{n} is not a JSON object with \"text\"", "fix that line") from None
+        else:
+            texts.append(line.strip())
+    return texts
+
+
+def read_scored(path: Path) -> tuple[list[str], np.ndarray]:
+    """(texts, scores) of a JSONL file of {"text": ..., "score": number}."""
+    texts, scores = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.is_file() else [], 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]).strip())
+            scores.append(float(row["score"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ConfigError(f"{path}:{n} is not a JSON object with \"text\" and a numeric \"score\"", "fix that line") from None
+    if not path.is_file():
+        raise ConfigError(f"scored examples file not found: {path}", "pass JSONL with \"text\" and \"score\"")
+    return texts, np.asarray(scores, dtype=np.float64)
+
+
+def clean(texts: Sequence[str], where: str) -> list[str]:
+    """The distinct non-empty texts; refuses a file whose duplicates and empties pass MAX_BAD_SHARE."""
+    kept, seen = [], set()
+    for t in texts:
+        if t and t.lower() not in seen:
+            seen.add(t.lower())
+            kept.append(t)
+    if len(texts) and (len(texts) - len(kept)) / len(texts) > MAX_BAD_SHARE:
+        raise ConfigError(f"{where}: {len(texts) - len(kept)} of {len(texts)} examples are empty or repeated",
+                          "give distinct examples, one per line")
+    return kept
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random good example outscores a random bad one (ties half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def logistic(x: np.ndarray, y: np.ndarray, c: float, iters: int = 30) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression (penalty |w|² / (2 c n)) by Newton's method; returns (w, b)."""
+    n, d = x.shape
+    xb = np.c_[x, np.ones(n)]
+    w = np.zeros(d + 1)
+    reg = np.eye(d + 1) / (c * n)
+    reg[-1, -1] = 0.0  # the bias is not penalised
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
+        grad = xb.T @ (p - y) / n + reg @ w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb / n + reg
+        step = np.linalg.solve(hess + 1e-9 * np.eye(d + 1), grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w[:-1], float(w[-1])
+
+
+def folds_of(n: int, k: int, labels: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """A fold number per example; with labels, each fold gets its share of both classes."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=int)
+    groups = [np.flatnonzero(labels == v) for v in (0, 1)] if labels is not None else [np.arange(n)]
+    for idx in groups:
+        idx = rng.permutation(idx)
+        out[idx] = np.arange(len(idx)) % k
+    return out
+
+
+@dataclass
+class Fit:
+    w: np.ndarray
+    b: float
+    kind: str  # "classifier" (good/bad) or "regression" (scored)
+    cv_metric: str  # "auc" or "corr"
+    cv_mean: float
+    cv_std: float
+    choice: float  # C or alpha
+    curve: list[dict[str, float]]
+
+
+def fit_classifier(x: np.ndarray, y: np.ndarray, k: int = 5) -> Fit:
+    """Logistic head with C chosen by k-fold CV AUC."""
+    folds = folds_of(len(y), k, y)
+    curve, best = [], None
+    for c in C_GRID:
+        scores = [auc(x[folds == f] @ w + b, y[folds == f]) for f in range(k)
+                  for w, b in [logistic(x[folds != f], y[folds != f], c)]]
+        curve.append({"C": c, "auc_mean": float(np.mean(scores)), "auc_std": float(np.std(scores))})
+        if best is None or np.mean(scores) > best[1]:
+            best = (c, float(np.mean(scores)), float(np.std(scores)))
+    assert best is not None
+    w, b = logistic(x, y, best[0])
+    return Fit(w, b, "classifier", "auc", best[1], best[2], best[0], curve)
+
+
+def fit_regression(x: np.ndarray, y: np.ndarray, k: int = 5) -> Fit:
+    """Ridge head with alpha chosen by k-fold CV correlation."""
+    folds = folds_of(len(y), k)
+    curve, best = [], None
+    for alpha in ALPHA_GRID:
+        scores = [corr(x[folds == f] @ w + b, y[folds == f]) for f in range(k)
+                  for w, b in [ridge(x[folds != f], y[folds != f], alpha, relative=True)]]
+        scores = [s for s in scores if np.isfinite(s)] or [float("nan")]
+        curve.append({"alpha": alpha, "corr_mean": float(np.mean(scores)), "corr_std": float(np.std(scores))})
+        if best is None or np.nan_to_num(np.mean(scores), nan=-1) > best[1]:
+            best = (alpha, float(np.nan_to_num(np.mean(scores), nan=-1)), float(np.std(scores)))
+    assert best is not None
+    w, b = ridge(x, y, best[0], relative=True)
+    return Fit(w, b, "regression", "corr", best[1], best[2], best[0], curve)
+
+
+def embedder_fingerprint() -> str:
+    from .sentiment import minilm_files
+
+    model, _ = minilm_files()
+    h = hashlib.sha256(str(model.stat().st_size).encode())
+    with model.open("rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (), scored: tuple[Sequence[str], np.ndarray] | None = None,
+                  describe: str, out: Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit an objective from examples and write it (default: the named objectives folder); returns its card."""
+    from .sentiment import Embedder, build_reward_folder
+
+    if not NAME.fullmatch(name) or name in BUILT_IN:
+        raise ConfigError(f"{name!r} cannot name an objective" + (" (it is built in)" if name in BUILT_IN else ""),
+                          "use lowercase letters, digits, - and _, and a name that is not built in")
+    if not describe.strip():
+        raise ConfigError("an objective needs a one-line description", "pass --describe \"Answer politely.\" (a system prompt would say it)")
+    started = time.perf_counter()
+    if scored is not None:
+        texts, targets = list(scored[0]), np.asarray(scored[1], dtype=np.float64)
+        if len(texts) < 2 * MIN_PER_SIDE:
+            raise ConfigError(f"{len(texts)} scored examples; at least {2 * MIN_PER_SIDE} are needed", "add more examples")
+    else:
+        good, bad = clean(good, "--good"), clean(bad, "--bad")
+        if len(good) < MIN_PER_SIDE or len(bad) < MIN_PER_SIDE:
+            raise ConfigError(f"{len(good)} good and {len(bad)} bad examples; at least {MIN_PER_SIDE} of each are needed", "add more examples")
+        texts, targets = [*good, *bad], np.r_[np.ones(len(good)), np.zeros(len(bad))]
+    if progress:
+        progress(f"embedding {len(texts)} examples")
+    x = Embedder()(texts).astype(np.float64)
+    if progress:
+        progress("cross-validating the head")
+    fit = fit_regression(x, targets) if scored is not None else fit_classifier(x, targets)
+    if fit.cv_metric == "auc" and fit.cv_mean < MIN_AUC:
+        raise ConfigError(f"these examples do not separate: cross-validated AUC {fit.cv_mean:.2f} (< {MIN_AUC})",
+                          "add more examples or make the good and bad ones clearer")
+    if fit.cv_metric == "corr" and fit.cv_mean < MIN_CORR:
+        raise ConfigError(f"the scores are not predictable from the texts: cross-validated correlation {fit.cv_mean:.2f} (< {MIN_CORR})",
+                          "add more examples or check the scores")
+    rewards = x @ fit.w + fit.b
+    card = {"name": name, "description": describe.strip(), "kind": fit.kind, "examples": {"good": int(targets.sum()), "bad": int(len(targets) - targets.sum())}
+            if scored is None else {"scored": len(texts)}, "cv": {"metric": fit.cv_metric, "folds": 5, "mean": fit.cv_mean, "std": fit.cv_std,
+                                                                  "chosen": fit.choice, "curve": fit.curve},
+            "embedder": {"name": "all-MiniLM-L6-v2 int8, mean pooling, L2 norm", "fingerprint": embedder_fingerprint()},
+            "reward": {"mean": float(rewards.mean()), "std": float(rewards.std())}, "created": time.strftime("%Y-%m-%d %H:%M"),
+            "fit_seconds": time.perf_counter() - started}
+    folder = out or objectives_dir() / name
+    head = {"name": f"objective-{name}", "weights": [float(v) for v in fit.w], "bias": float(fit.b), "fitted_on": f"{len(texts)} examples"}
+    build_reward_folder(folder, head, progress=progress, objective=card["description"])
+    (folder / CARD).write_text(json.dumps(card, indent=1))
+    return card
+
+
+def find_objective(name: str, *, progress: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
+    """The folder of a named objective (built-in or fitted), or None when no objective has that name."""
+    if name in BUILT_IN:
+        from .defaults import default_reward_dir
+
+        return default_reward_dir(progress=progress, note=note)
+    folder = objectives_dir() / name
+    return folder if NAME.fullmatch(name) and (folder / CARD).exists() else None
+
+
+def list_objectives() -> list[dict[str, Any]]:
+    """Every objective by name: the built-in ones, then the fitted ones (name, description, CV figure, date)."""
+    out: list[dict[str, Any]] = [{"name": n, "description": d, "cv": None, "created": None, "built_in": True} for n, d in BUILT_IN.items()]
+    root = objectives_dir()
+    for card_file in sorted(root.glob(f"*/{CARD}")) if root.exists() else []:
+        try:
+            card = json.loads(card_file.read_text())
+            out.append({"name": card["name"], "description": card["description"], "cv": card["cv"], "created": card.get("created"), "built_in": False})
+        except (OSError, ValueError, KeyError) as exc:
+            raise RewardModelError(f"{card_file} is not a readable objective card ({exc})", f"delete {card_file.parent} and fit it again") from None
+    return out

@@ -1,0 +1,95 @@
+"""`sia reward fit`: objectives from examples, kept by name, loaded by name, refused when the examples do not separate."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import needs_minilm
+from sia_local.cli import main
+from sia_local.errors import ConfigError
+
+TOPICS = ["the report", "the delivery", "the meeting notes", "your help", "the invoice", "the schedule", "the repair", "the draft",
+          "the booking", "the slides", "the refund", "the update", "the parcel", "the review", "the recipe", "the photos", "the list",
+          "the plan", "the tickets", "the form", "the budget", "the timetable", "the map", "the feedback", "the contract"]
+POLITE = ["Thank you so much for {t}, I really appreciate it.", "Could you please send me {t} when you have a moment? Many thanks!"]
+RUDE = ["Send me {t} already, it is not hard.", "Nobody cares about {t}, stop wasting my time."]
+
+
+def _examples() -> tuple[list[str], list[str]]:
+    return [p.format(t=t) for t in TOPICS for p in POLITE], [r.format(t=t) for t in TOPICS for r in RUDE]
+
+
+@needs_minilm
+def test_fit_keep_by_name_score_and_steer(tmp_path: Path, tiny_gguf: Path) -> None:
+    from sia_local.objectives import find_objective, fit_objective
+    from sia_local.reward import OnnxReward
+    from sia_local.rewardkit import check
+    from sia_local.sentiment import Embedder
+
+    good, bad = _examples()
+    card = fit_objective("polite", good=good, bad=bad, describe="Answer politely.")
+    assert card["cv"]["metric"] == "auc" and card["cv"]["mean"] > 0.95 and card["examples"] == {"good": 50, "bad": 50}
+    folder = find_objective("polite")
+    assert folder is not None and check(folder)["info"]["objective"] == "Answer politely."
+    texts = ["Thanks so much, that was kind of you.", "Stop bothering me with this."]
+    head = json.loads((folder / "objective.json").read_text())
+    assert head["reward"]["std"] > 0
+    rm = OnnxReward(folder, provider="cpu")
+    kind, rude = rm.score("", texts)
+    assert kind > rude
+    # the ONNX folder computes exactly the numpy head on the same embeddings
+    from sia_local.objectives import fit_classifier
+
+    x = Embedder()(good + bad).astype(np.float64)
+    fit = fit_classifier(x, np.r_[np.ones(50), np.zeros(50)])
+    np.testing.assert_allclose(rm.score("", good[:3]), x[:3] @ fit.w + fit.b, atol=2e-3)
+    listed = CliRunner().invoke(main, ["reward", "list"])
+    assert listed.exit_code == 0 and "polite" in listed.output and "kind" in listed.output and "CV AUC" in listed.output
+    scored = CliRunner().invoke(main, ["reward", "score", "polite"], input="\n".join(texts) + "\n")
+    rows = [json.loads(line) for line in scored.output.splitlines()]
+    assert [r["text"] for r in rows] == texts and rows[0]["score"] > rows[1]["score"]
+    steered = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "-c", "256", "-r", "polite", "--gate", "dense", "-n", "4",
+                                        "--json"])
+    assert steered.exit_code == 0, steered.output
+    assert json.loads(steered.stdout)["reward"]["name"].startswith("objective-polite") or "polite" in json.loads(steered.stdout)["reward"]["path"]
+
+
+@needs_minilm
+def test_examples_that_do_not_separate_are_refused() -> None:
+    from sia_local.objectives import fit_objective
+
+    good, bad = _examples()
+    mixed = good + bad
+    random.Random(0).shuffle(mixed)
+    with pytest.raises(ConfigError, match="do not separate"):
+        fit_objective("shuffled", good=mixed[:50], bad=mixed[50:], describe="Nothing in particular.")
+
+
+def test_too_few_repeated_or_unnamed_examples_are_refused(tmp_path: Path) -> None:
+    from sia_local.objectives import fit_objective
+
+    good, bad = _examples()
+    with pytest.raises(ConfigError, match="at least 20"):
+        fit_objective("few", good=good[:5], bad=bad, describe="x")
+    with pytest.raises(ConfigError, match="empty or repeated"):
+        fit_objective("dups", good=good[:20] * 2, bad=bad, describe="x")
+    with pytest.raises(ConfigError, match="built in"):
+        fit_objective("kind", good=good, bad=bad, describe="x")
+    with pytest.raises(ConfigError, match="cannot name"):
+        fit_objective("../escape", good=good, bad=bad, describe="x")
+    result = CliRunner().invoke(main, ["reward", "fit", "x", "--good", str(tmp_path / "missing.txt"), "--bad", str(tmp_path / "m.txt"),
+                                       "--describe", "x"])
+    assert result.exit_code != 0 and "not found" in result.output
+
+
+def test_auc_by_hand() -> None:
+    from sia_local.objectives import auc
+
+    assert auc(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 1, 0, 0])) == 1.0
+    assert auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
