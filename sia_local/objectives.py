@@ -216,7 +216,8 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
                                                                   "chosen": fit.choice, "curve": fit.curve},
             "embedder": {"name": "all-MiniLM-L6-v2 int8, mean pooling, L2 norm", "fingerprint": embedder_fingerprint()},
             "reward": {"mean": float(rewards.mean()), "std": float(rewards.std())}, "created": time.strftime("%Y-%m-%d %H:%M"),
-            "fit_seconds": time.perf_counter() - started}
+            "fit_seconds": time.perf_counter() - started,
+            "head": {"weights": [float(v) for v in fit.w], "bias": float(fit.b)}}  # the same head as in the graph: mixes share the embedder
     folder = out or objectives_dir() / name
     head = {"name": f"objective-{name}", "weights": [float(v) for v in fit.w], "bias": float(fit.b), "fitted_on": f"{len(texts)} examples"}
     build_reward_folder(folder, head, progress=progress, objective=card["description"])

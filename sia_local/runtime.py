@@ -48,12 +48,15 @@ class LMSettings:
 class ScorerSettings:
     """How to load the steering signal.
 
-    path: a reward folder (model.onnx + tokenizer.json) or a value-model folder (model.onnx + vm.json),
-    recognised by its files; None = the built-in positive-tone reward. label: for classifier rewards.
-    provider: onnxruntime provider (auto, cpu, cuda, ...). threads: onnxruntime threads.
+    path: a reward folder (model.onnx + tokenizer.json), a value-model folder (model.onnx + vm.json) or
+    a head folder, recognised by its files, or an objective's name; None = the built-in positive-tone
+    reward. mix: several objectives (name or folder, weight) scored together at each junction (`mix.py`),
+    instead of `path`. label: for classifier rewards. provider: onnxruntime provider (auto, cpu, cuda,
+    ...). threads: onnxruntime threads.
     """
 
     path: str | os.PathLike[str] | None = None
+    mix: tuple[tuple[str, float], ...] = ()
     label: str | None = None
     provider: str = "auto"
     threads: int | None = None
@@ -73,7 +76,7 @@ def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
 
 def needs_hidden(scorer: ScorerSettings | None) -> bool:
     """Whether this scorer runs inside the LM (a head folder), so the LM must be loaded with `hidden`."""
-    if scorer is None or scorer.path is None or not Path(scorer.path).exists():
+    if scorer is None or scorer.mix or scorer.path is None or not Path(scorer.path).exists():
         return False  # no scorer, the default reward, or a named objective (a reward); a missing folder is load_scorer's to report
     return scorer_kind(Path(scorer.path)) == "lm-head"
 
@@ -113,6 +116,10 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     from .vm import ValueModel
 
     say = (lambda msg: progress(0, 0, msg)) if progress else None
+    if settings.mix:
+        from .mix import Objectives
+
+        return Objectives(settings.mix, provider=settings.provider, threads=settings.threads, verbose=settings.verbose, progress=say, note=note)
     if settings.path is None:
         folder = default_reward_dir(progress=say, note=note)
     else:

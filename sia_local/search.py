@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import Cancelled, ConfigError, ContextLengthError
 from .llama import BatchContext, Message
-from .steer import Generation, Piece, SequenceState, Steerer
+from .steer import Generation, Piece, SequenceState, Steerer, objective_parts
 
 
 @dataclass
@@ -128,17 +128,19 @@ def best_of_n(
             steered = [i for i in live if seqs[i].junction]
             rewards: dict[int, np.ndarray] = {}
             shares: dict[int, float] = {}
+            parts: dict[int, dict[str, list[float]] | None] = {}
             if steered:
                 t = time.perf_counter()
                 scored = reward.score_junctions([seqs[i].scoring_request(prepared.reward_prompt, prepared.ids, key=i, decoder=ctx) for i in steered])
                 dt = time.perf_counter() - t
                 reward_seconds += dt
                 reward_calls += 1
-                for i, r in zip(steered, scored):  # a sequence reward model scores all of them in one run
+                for n_j, (i, r) in enumerate(zip(steered, scored)):  # a sequence reward model scores all of them in one run
                     rewards[i] = r
                     shares[i] = dt / len(steered)
+                    parts[i] = objective_parts(reward, n_j)
             for i in live:
-                piece = seqs[i].commit(rewards.get(i), shares.get(i, 0.0))
+                piece = seqs[i].commit(rewards.get(i), shares.get(i, 0.0), parts=parts.get(i))
                 if piece is not None and on_piece is not None:
                     on_piece(i, piece)
                 if not seqs[i].done and ctx.pos[i] + 1 >= min(lm.n_ctx, ctx.n_ctx):

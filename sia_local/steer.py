@@ -46,6 +46,7 @@ class TokenInfo:
     rewards: list[float] | None = None  # the k candidates' rewards at a junction (after --normalize)
     kl: float = 0.0  # KL(steered || base) over the k candidates at this step, nats (0 off junctions)
     logprob: float | None = None  # log p_base(token) over the full vocabulary, T = 1 (with config.logprobs)
+    objectives: dict[str, list[float]] | None = None  # with a mix of objectives: each one's raw rewards of the k candidates
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Stats:
     changed: int = 0  # junctions where the reward changed the sampled token
     kl_per_token: float = 0.0  # mean KL(steered || base) per generated token, nats
     perplexity: float | None = None  # of the response under the base model (with config.logprobs)
+    objectives: dict[str, float] | None = None  # with a mix: each objective's mean raw reward of the chosen candidates at junctions
     reward_calls: int = 0  # batched reward-model runs
     candidates_scored: int = 0
     prefill_seconds: float = 0.0
@@ -255,7 +257,7 @@ class Steerer:
                 t = time.perf_counter()
                 rewards = reward.score_junctions([seq.scoring_request(prompt.reward_prompt, prompt.ids)])[0]  # (k,) in one batched run
                 seconds = time.perf_counter() - t
-            piece = seq.commit(rewards, seconds)
+            piece = seq.commit(rewards, seconds, parts=objective_parts(reward, 0) if rewards is not None else None)
             if piece is not None:
                 yield piece
             if seq.done:
@@ -300,6 +302,8 @@ class SequenceState:
         self._lse = 0.0
         self._kl_sum = 0.0
         self._logprob_sum = 0.0
+        self._objective_sums: dict[str, float] = {}
+        self._objective_count = 0
 
     def propose(self, logits: np.ndarray) -> None:
         """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
@@ -322,8 +326,9 @@ class SequenceState:
         done = bytes(self._bytes)
         return [(done + self.lm.piece(int(c))).decode("utf-8", "ignore") for c in self._cand]
 
-    def commit(self, rewards: np.ndarray | None, reward_seconds: float = 0.0) -> Piece | None:
-        """Choose this step's token (steered if `rewards` is given) and append it; returns the new text."""
+    def commit(self, rewards: np.ndarray | None, reward_seconds: float = 0.0, parts: dict[str, list[float]] | None = None) -> Piece | None:
+        """Choose this step's token (steered if `rewards` is given) and append it; returns the new text.
+        `parts`: with a mix of objectives, each objective's raw rewards of the k candidates."""
         cfg, stats = self.cfg, self.stats
         choice, kept, kl = self._base, None, 0.0
         if rewards is not None:
@@ -351,7 +356,12 @@ class SequenceState:
         piece = self.lm.piece(token)
         self._bytes += piece
         self._text += self._decoder.decode(piece)
-        self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept, kl, logprob)
+        self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept, kl, logprob,
+                               parts)
+        if parts:
+            for name, values in parts.items():
+                self._objective_sums[name] = self._objective_sums.get(name, 0.0) + values[choice]
+            self._objective_count += 1
         if self.trace is not None:
             self.trace.append(self._info)
         cut = _find_stop(self._text, self.stops, self._emitted)
@@ -380,6 +390,8 @@ class SequenceState:
         stats.tokens = len(self.ids)
         stats.ratio = stats.junctions / stats.tokens if stats.tokens else 0.0
         stats.kl_per_token = self._kl_sum / stats.tokens if stats.tokens else 0.0
+        if self._objective_count:
+            stats.objectives = {k: v / self._objective_count for k, v in self._objective_sums.items()}
         if self.cfg.logprobs and stats.tokens:
             stats.perplexity = float(np.exp(-self._logprob_sum / stats.tokens))
         stats.seconds = seconds
@@ -393,6 +405,12 @@ class SequenceState:
         piece = Piece(self._text[self._emitted : upto], self._info)
         self._emitted = upto
         return piece
+
+
+def objective_parts(scorer: Any, i: int) -> dict[str, list[float]] | None:
+    """Junction i's per-objective rewards from the last scoring call, when the scorer is a mix (`mix.Objectives`)."""
+    parts = getattr(scorer, "last_parts", None)
+    return parts[i] if parts and i < len(parts) else None
 
 
 def _kl(steered: np.ndarray, base: np.ndarray, temperature: float) -> float:

@@ -93,3 +93,56 @@ def test_auc_by_hand() -> None:
 
     assert auc(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 1, 0, 0])) == 1.0
     assert auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
+
+
+# -- several objectives at one junction ---------------------------------------------------------------------
+def _steerer(tiny_gguf: Path, scorer, **config):
+    from sia_local.config import SteerConfig
+    from sia_local.llama import LM
+    from sia_local.steer import Steerer
+
+    return Steerer(LM(tiny_gguf, n_ctx=256), scorer, SteerConfig(**{"gate": "dense", "max_tokens": 24, **config}))
+
+
+def test_a_negative_weight_steers_away(tiny_gguf: Path, tiny_reward: Path) -> None:
+    """The tiny reward favours the byte 'e': +1 raises it, -1 lowers it, 0 is no objective at all."""
+    from sia_local.mix import load_objectives
+
+    def e_share(weight: float) -> float:
+        s = _steerer(tiny_gguf, load_objectives([(str(tiny_reward), weight)], provider="cpu"), weight=4.0)
+        texts = [s.generate("Hi", raw=True, seed=i).text for i in range(6)]
+        return sum(t.count("e") for t in texts) / max(1, sum(len(t) for t in texts))
+
+    towards, away = e_share(1.0), e_share(-1.0)
+    assert towards > away
+    plain = _steerer(tiny_gguf, None, gate="none").generate("Hi", raw=True, seed=3).text
+    assert _steerer(tiny_gguf, load_objectives([(str(tiny_reward), 0.0)], provider="cpu")).generate("Hi", raw=True, seed=3).text == plain
+
+
+@needs_minilm
+def test_objectives_on_one_embedder_run_it_once_per_junction(tiny_gguf: Path) -> None:
+    from sia_local.mix import load_objectives
+    from sia_local.objectives import fit_objective
+
+    good, bad = _examples()
+    fit_objective("polite", good=good, bad=bad, describe="Answer politely.")
+    mix = load_objectives(["kind", "polite:0.5"], provider="cpu")
+    before = mix.embedder.runs  # kind's scale was measured at load
+    g = _steerer(tiny_gguf, mix).generate("Hi", seed=1, trace=True)
+    assert g.stats.reward_calls == g.stats.junctions > 0 and mix.embedder.runs - before == g.stats.reward_calls  # two objectives, one run a junction
+    assert set(g.stats.objectives or {}) == {"kind", "polite"} and g.trace and set(g.trace[0].objectives or {}) == {"kind", "polite"}
+    # the combined reward is sum_j w_j (r_j - mean_j) / std_j, each on its card's scale
+    texts = ["Thank you, that is kind.", "Go away."]
+    combined = mix.score_responses("", [], [(t, []) for t in texts])
+    parts = mix.last_parts[0]
+    by_name = {m.name: m for m in mix.members}
+    expected = sum(m.weight * (np.asarray(parts[m.name]) - m.mean) / m.std for m in mix.members)
+    np.testing.assert_allclose(combined, expected, atol=1e-9)
+    assert by_name["polite"].std > 0 and mix.info().kind == "objectives"
+    result = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "-c", "256", "-r", "kind", "-r", "polite:0.5", "--gate", "dense",
+                                       "-n", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["reward"]["kind"] == "objectives" and set(data["stats"]["objectives"]) == {"kind", "polite"}
+    unknown = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "-r", "kind", "-r", "nosuch:1", "--gate", "dense", "-n", "2"])
+    assert unknown.exit_code != 0 and "nosuch" in unknown.output and "polite" in unknown.output

@@ -18,6 +18,7 @@ import click
 from ..config import Setting, SteerConfig, setting_default, settings
 from ..errors import MissingPackageError, SiaError
 from ..junction import gate_names, gate_spec
+from ..mix import parse_objective
 from ..runtime import LMSettings, ScorerSettings
 
 if TYPE_CHECKING:
@@ -132,9 +133,14 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         given = {k: v for k, v in given.items() if v not in (None, ())}
         flags = {name: kwargs.pop(name) for name in SCORER_FLAGS}
         verbose = bool(getattr(kwargs.get("lm"), "verbose", False))
-        reward = ScorerSettings(path=flags["reward"], label=flags["reward_label"], provider=flags["reward_provider"] or "auto",
-                                threads=flags["reward_threads"], verbose=verbose)
-        scorer = replace(reward, path=flags["vm"] or flags["reward"])
+        named = list(flags["reward"] or ())
+        try:
+            mix = tuple(parse_objective(r) for r in named) if len(named) > 1 or any(":" in str(r) and not Path(r).exists() for r in named) else ()
+        except SiaError as exc:
+            raise click.ClickException(str(exc)) from None
+        reward = ScorerSettings(path=named[0] if len(named) == 1 and not mix else None, mix=mix, label=flags["reward_label"],
+                                provider=flags["reward_provider"] or "auto", threads=flags["reward_threads"], verbose=verbose)
+        scorer = replace(reward, path=flags["vm"], mix=()) if flags["vm"] else reward
         try:
             config = SteerConfig().updated(**given)
         except SiaError as exc:  # NaN passes click's range check; SteerConfig says why, in one line
@@ -142,8 +148,9 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, steering=Steering(config, scorer, reward), **kwargs)
 
     return _apply(wrapper, [setting_option(name, setting) for name, setting in settings() if setting.flag] + [
-        click.option("-r", "--reward", "reward", type=click.Path(path_type=Path), default=None, envvar="SIA_REWARD",
-                     help="Reward-model, value-model or head folder (recognised by its files) [default: built-in positive-tone model]."),
+        click.option("-r", "--reward", "reward", multiple=True, envvar="SIA_REWARD",
+                     help="Reward-model, value-model or head folder (recognised by its files), or an objective's name (`sia reward list`); "
+                          "repeat with weights to mix objectives: -r kind -r polite:0.5 -r rude:-1 [default: kind, the built-in positive tone]."),
         click.option("--vm", "vm", type=click.Path(path_type=Path), default=None,
                      help="Steer with a value head (sia vm distill) or value-model folder; the same as --reward DIR, except in `sia bench`, where --reward stays the teacher."),
         reward_label_option,
@@ -160,7 +167,7 @@ def load_steerer(lm: LMSettings, steering: Steering, *, need_scorer: bool = Fals
     from ..runtime import load
 
     config = steering.config.updated(**config_changes)
-    scorer = steering.scorer if (config.steers() or need_scorer or steering.scorer.path is not None) else None
+    scorer = steering.scorer if (config.steers() or need_scorer or steering.scorer.path is not None or steering.scorer.mix) else None
     with progress("loading (a calibration or a reward build runs once per model)") as tick:
         return load(lm, scorer, config, progress=tick, note=note, chat=chat)
 

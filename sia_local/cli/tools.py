@@ -84,7 +84,7 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     prompts = load_prompts(prompts_file)[:limit]
     grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
     the_judge = RewardJudge(OnnxReward(judge, provider=steering.reward.provider)) if judge else VaderJudge()
-    teacher = load_scorer(steering.reward, steerer.lm, note=note) if steering.scorer.path != steering.reward.path else None  # --vm steers; --reward scores
+    teacher = load_scorer(steering.reward, steerer.lm, note=note) if steering.scorer != steering.reward else None  # --vm steers; --reward scores
     spec = None
     if workers > 1 or ray_address:
         from ..batch import WorkerSpec

@@ -1,0 +1,184 @@
+"""Several objectives at one junction: `-r kind -r polite:0.5 -r rude:-1`, at about the cost of one.
+
+The combined reward of a candidate is sum_j w_j * (r_j - mean_j) / std_j, each objective on its own
+card's scale (so a weight means the same for any objective; a negative weight steers away). The
+objectives built on the default embedder (the built-in `kind` and everything `sia reward fit` makes)
+are linear heads on the same pooled MiniLM embedding, so the embedder runs once per junction and each
+head is one dot product: three objectives cost about what one does. Any other reward folder in the
+mix runs as its own scorer (its scale: 0 and 1, unless its sia.json gives `scale`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, RewardModelError
+from .objectives import CARD, find_objective
+from .reward import OnnxReward, open_session
+from .scorer import Junction, Scorer, ScorerInfo
+from .sentiment import load_head, minilm_files, pool
+
+Progress = Callable[[str], None]
+
+
+def parse_objective(text: str) -> tuple[str, float]:
+    """"polite:0.5" -> ("polite", 0.5); "kind" -> ("kind", 1.0)."""
+    name, sep, weight = str(text).rpartition(":") if ":" in str(text) else (str(text), "", "1")
+    try:
+        w = float(weight)
+    except ValueError:
+        raise ConfigError(f"-r {text!r}: the weight after ':' must be a number", "write e.g. -r polite:0.5") from None
+    if not np.isfinite(w) or abs(w) > 1000:
+        raise ConfigError(f"-r {text!r}: the weight must be a finite number in [-1000, 1000]", "write e.g. -r rude:-1")
+    return name, w
+
+
+class SharedEmbedder:
+    """All-MiniLM-L6-v2 with mean pooling and L2 norm, tokenised as the reward folders are (left truncation, 128
+    tokens): the one embedding every default-embedder objective's head reads. Loaded on first use."""
+
+    def __init__(self, provider: str = "auto", threads: int | None = None, verbose: bool = False, max_length: int = 128) -> None:
+        self.options = (provider, threads, verbose)
+        self.max_length = max_length
+        self.session: Any = None
+        self.provider, self.provider_note = "CPUExecutionProvider", None
+        self.runs = 0  # embedder runs: one per junction step however many objectives share it
+
+    def _load(self) -> None:
+        from tokenizers import Tokenizer
+
+        onnx_file, tokenizer = minilm_files()
+        self.session, self.provider, self.provider_note = open_session(onnx_file, *self.options)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.enable_truncation(max_length=self.max_length, direction="left")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if self.session is None:
+            self._load()
+        encs = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        self.runs += 1
+        return pool(hidden, mask).astype(np.float64)
+
+
+@dataclass
+class Member:
+    """One objective of a mix: a head on the shared embedding (w, b), or a scorer of its own."""
+
+    name: str
+    weight: float
+    mean: float
+    std: float
+    description: str | None
+    w: np.ndarray | None = None
+    b: float = 0.0
+    scorer: Scorer | None = None
+
+    def standardise(self, r: np.ndarray) -> np.ndarray:
+        return (r - self.mean) / self.std
+
+
+def reference_scale(w: np.ndarray, b: float, embed: SharedEmbedder) -> tuple[float, float]:
+    """Mean and spread of a head's reward over the shipped calibration and bench prompts (for heads without examples)."""
+    from .prompts import shipped
+
+    r = embed(shipped("calibration") + shipped("bench")) @ w + b
+    return float(r.mean()), float(max(r.std(), 1e-6))
+
+
+def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, threads: int | None, verbose: bool,
+           progress: Progress | None = None, note: Callable[[str], None] | None = None) -> Member:
+    """The objective `name` (a name from `sia reward list`, or a reward folder) with its weight and scale."""
+    folder = find_objective(name, progress=progress, note=note) if not Path(name).exists() else Path(name)
+    if folder is None:
+        from .objectives import list_objectives
+
+        names = ", ".join(o["name"] for o in list_objectives())
+        raise RewardModelError(f"no objective or folder named {name!r}; the objectives here: {names}", "fit one with `sia reward fit NAME`")
+    card_file = folder / CARD
+    if card_file.exists():  # fitted with `sia reward fit`: a head on the shared embedding, on its examples' scale
+        card = json.loads(card_file.read_text())
+        head = card.get("head")
+        if head is not None:
+            return Member(name, weight, card["reward"]["mean"], max(card["reward"]["std"], 1e-6), card.get("description"),
+                          np.asarray(head["weights"], dtype=np.float64), float(head["bias"]))
+    spec = json.loads((folder / "sia.json").read_text()) if (folder / "sia.json").exists() else {}
+    if spec.get("head", {}).get("name") == load_head()["name"]:  # the built-in kind: the shipped head
+        head = load_head()
+        w, b = np.asarray(head["weights"], dtype=np.float64), float(head["bias"])
+        mean, std = reference_scale(w, b, embed)
+        return Member(name, weight, mean, std, spec.get("objective"), w, b)
+    scorer = OnnxReward(folder, provider=provider, threads=threads, verbose=verbose)
+    scale = spec.get("scale") or {}
+    return Member(name, weight, float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)), scorer.objective, scorer=scorer)
+
+
+class Objectives:
+    """A `Scorer` that scores candidates by a weighted mix of objectives, each on its own scale."""
+
+    lm_state: str | None = None
+
+    def __init__(self, specs: Sequence[tuple[str, float]], *, provider: str = "auto", threads: int | None = None, verbose: bool = False,
+                 progress: Progress | None = None, note: Callable[[str], None] | None = None) -> None:
+        if not specs:
+            raise ConfigError("a mix needs at least one objective", "pass -r NAME[:WEIGHT]")
+        self.embedder = SharedEmbedder(provider, threads, verbose)
+        self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, progress=progress, note=note)
+                        for n, w in specs]
+        self.name = "+".join(f"{Path(m.name).name}:{m.weight:g}" for m in self.members)
+        own = [m.scorer for m in self.members if m.scorer is not None]
+        self.provider = self.embedder.provider if any(m.w is not None for m in self.members) or not own else own[0].provider
+        self.last_parts: list[dict[str, list[float]]] = []  # per junction of the last call: each objective's raw rewards
+
+    @property
+    def objective(self) -> str | None:
+        return "; ".join(f"{m.weight:+g} x {m.name} ({m.description or 'no description'})" for m in self.members if m.weight)
+
+    def _combine(self, texts: list[str], sizes: list[int], prompt: str) -> list[np.ndarray]:
+        heads = [m for m in self.members if m.w is not None and m.weight]
+        emb = self.embedder(texts) if heads else None
+        total = np.zeros(len(texts))
+        parts: dict[str, np.ndarray] = {}
+        for m in self.members:
+            if not m.weight:
+                continue
+            r = emb @ m.w + m.b if m.w is not None and emb is not None else m.scorer.score(prompt, texts)  # type: ignore[union-attr]
+            parts[m.name] = r
+            total += m.weight * m.standardise(r)
+        out, self.last_parts, start = [], [], 0
+        for n in sizes:
+            out.append(total[start : start + n])
+            self.last_parts.append({k: [float(x) for x in v[start : start + n]] for k, v in parts.items()})
+            start += n
+        return out
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        texts = [t for j in junctions for t in j.texts()]
+        return self._combine(texts, [len(j.candidates) for j in junctions], junctions[0].prompt if junctions else "")
+
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        return self._combine([text for text, _ in responses], [len(responses)], prompt)[0]
+
+    def info(self) -> ScorerInfo:
+        details = {"objectives": [{"name": m.name, "weight": m.weight, "mean": m.mean, "std": m.std, "shared_embedder": m.w is not None}
+                                  for m in self.members]}
+        return ScorerInfo(kind="objectives", name=self.name, path="", provider=self.provider, provider_note=self.embedder.provider_note,
+                          objective=self.objective, details=details)
+
+    def reset(self) -> None:
+        for m in self.members:
+            if m.scorer is not None:
+                m.scorer.reset()
+
+
+def load_objectives(specs: Sequence[str | tuple[str, float]], **kwargs: Any) -> Objectives:
+    """The Python front door: `load_objectives(["kind", "polite:0.5"])` or `[("kind", 1), ("polite", 0.5)]`."""
+    return Objectives([parse_objective(s) if isinstance(s, str) else (s[0], float(s[1])) for s in specs], **kwargs)
