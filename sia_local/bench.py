@@ -73,6 +73,7 @@ class Arm:
     first_n: int | None = None
     best_of: int = 1
     match: str | None = None  # random arms: take the ratio SIA realised in this arm
+    prompted: bool = False  # the objective's description goes in as a system message (the prompt baseline)
 
     def changes(self) -> dict[str, Any]:
         out: dict[str, Any] = {"gate": self.gate}
@@ -96,17 +97,54 @@ def default_arms(max_tokens: int, ratios: Sequence[float] = REPORT_RATIOS, best_
 
 
 def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
-    """Arms by name: any of `default_arms`, or any registered gate's name (that gate with the run's settings)."""
+    """Arms by name: any of `default_arms`; `sia@R`, `random@R`, `prompt`, `prompt+sia@R` for any ratio R (the
+    prompt arms put the objective's description in as a system message: would asking have done the same?);
+    or any registered gate's name (that gate with the run's settings)."""
     grid = {a.name: a for a in default_arms(max_tokens)}
     out = []
     for name in names:
-        if name in grid:
+        prompted, _, rest = name.partition("+") if name.startswith("prompt+") else ("", "", name)
+        kind, _, ratio_text = rest.partition("@")
+        ratio = _ratio(ratio_text, name) if ratio_text else None
+        if name == "prompt":
+            out.append(Arm("prompt", "none", prompted=True))
+        elif name in grid and not prompted:
             out.append(grid[name])
+        elif kind == "sia" and ratio is not None:
+            out.append(Arm(name, "entropy", ratio=ratio, prompted=bool(prompted)))
+        elif kind == "random" and ratio is not None and not prompted:
+            out.append(Arm(name, "random", match=f"sia@{ratio:g}"))
         elif name in gate_names():
             out.append(Arm(name, name))
         else:
-            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)} or a gate ({', '.join(gate_names())})")
+            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, sia@R, random@R or a gate "
+                                                       f"({', '.join(gate_names())})")
     return out
+
+
+def _ratio(text: str, name: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise ConfigError(f"arm {name!r}: {text!r} is not a ratio", "write e.g. sia@0.25") from None
+    if not 0 < r <= 1:
+        raise ConfigError(f"arm {name!r}: the ratio must be in (0, 1]", "write e.g. sia@0.25")
+    return r
+
+
+def objective_prompt_of(scorer: Any) -> str | None:
+    """What a system prompt asking for the scorer's objective would say: a fitted objective's --describe line,
+    the built-in kind's, a mix's descriptions (positive weights), else None (pass --objective-prompt)."""
+    from .objectives import BUILT_IN_PROMPTS, CARD
+
+    members = getattr(scorer, "members", None)
+    if members is not None:
+        return " ".join(t for t in (BUILT_IN_PROMPTS.get(m.name) or m.description for m in members if m.weight > 0) if t) or None
+    folder = getattr(scorer, "folder", None)
+    if folder is not None and (folder / CARD).exists():
+        return json.loads((folder / CARD).read_text()).get("description")
+    objective = getattr(scorer, "objective", None) or ""
+    return BUILT_IN_PROMPTS["kind"] if objective.startswith("positive, kind tone") else None
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -137,8 +175,12 @@ def run_grid(
     workers: int = 1,
     use_ray: bool = False,
     ray_address: str | None = None,
+    objective_prompt: str | None = None,
 ) -> GridResult:
     """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
+
+    Prompt arms (`prompt`, `prompt+sia@R`) send `objective_prompt` (default: `objective_prompt(scorer)`)
+    as a system message: the honest baseline for "would asking have done the same?".
 
     Each row's sampler seed is derived from (seed, prompt index), so random gates draw differently
     per prompt; a random arm takes, per prompt and seed, the ratio its SIA arm realised there. The
@@ -160,6 +202,13 @@ def run_grid(
     total = len(arms) * len(prompts) * len(seeds)
     count = len(done)
     raw = not steerer.lm.has_chat_template  # a GGUF without a chat template gets the prompt as plain text
+    if any(a.prompted for a in arms):
+        objective_prompt = objective_prompt or objective_prompt_of(steerer.scorer)
+        if raw:
+            raise ConfigError(f"{steerer.lm.path.name} has no chat template, so the prompt arms have no system message to use",
+                              "drop the prompt arms, or pass --chat-format NAME")
+        if not objective_prompt:
+            raise ConfigError("the prompt arms need a description of the objective", "pass --objective-prompt \"Answer politely.\"")
     here = Worker(WorkerSpec(LMSettings(), None, steerer.config, raw=raw), steerer)
     spec = replace(worker_spec, raw=raw) if worker_spec is not None else None
     with results_file.open("a", encoding="utf-8") as out:
@@ -180,7 +229,7 @@ def run_grid(
                             changes["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
                         key = f"{arm.name}|{i}|{seed}"
                         jobs[key] = (arm, i, seed, changes)
-                        todo.append(Row(len(todo) + 1, key, prompt, best_of=arm.best_of, detail=True,
+                        todo.append(Row(len(todo) + 1, key, prompt, best_of=arm.best_of, detail=True, system=objective_prompt if arm.prompted else None,
                                         changes={**changes, "seed": row_seed(seed, i), "trace": True, "logprobs": True}))
             results = batch_run(todo, spec or here.spec, workers=workers, use_ray=use_ray, ray_address=ray_address,
                                 here=None if spec is not None and (workers > 1 or use_ray) else here)
@@ -196,6 +245,8 @@ def run_grid(
                     progress(count, total, arm.name)
     summary = summarise(rows, arms, taus)
     summary["setup"] = _setup(steerer, judge, prompts, seeds)
+    if any(a.prompted for a in arms):
+        summary["setup"]["objective_prompt"] = objective_prompt
     summary["setup"]["teacher"] = getattr(teacher, "name", None)
     runs = sorted({r.get("run", "?") for r in rows})
     if len(runs) > 1:
@@ -311,8 +362,11 @@ def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[st
     front = [name for name, v in sorted(by_arm.items(), key=lambda item: item[1]["seconds_per_token"])  # cheapest first
              if not any(o["judge"] >= v["judge"] and o["seconds_per_token"] <= v["seconds_per_token"] and
                         (o["judge"] > v["judge"] or o["seconds_per_token"] < v["seconds_per_token"]) for o in by_arm.values())]
-    comparisons = {f"{arm.match} vs {arm.name}": {key: paired(rows, arm.match, arm.name, key) for key in ("judge", "reward")}
-                   for arm in arms if arm.match is not None and arm.match in by_arm and arm.name in by_arm}
+    pairs = [(arm.match, arm.name) for arm in arms if arm.match is not None]  # SIA vs random gating at the ratio SIA realised
+    if "prompt" in by_arm:  # the prompt baseline: asking vs nothing, steering vs asking, asking + steering vs asking
+        pairs += [("prompt", "base")] + [(a.name, "prompt") for a in arms if a.gate == "entropy" and a.best_of == 1]
+    comparisons = {f"{a} vs {b}": {key: paired(rows, a, b, key) for key in ("judge", "reward")}
+                   for a, b in pairs if a in by_arm and b in by_arm}
     return {"arms": by_arm, "pareto_front": front, "paired": comparisons}
 
 

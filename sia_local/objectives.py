@@ -35,6 +35,7 @@ MIN_CORR = 0.3
 C_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 strength of the logistic head
 ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge alpha (x the mean feature variance) for scored examples
 BUILT_IN = {"kind": "a positive, kind tone (the default objective)"}
+BUILT_IN_PROMPTS = {"kind": "Answer in a warm, kind and positive tone."}  # what a system prompt asking for it says (`sia bench`'s prompt arms)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
 CARD = "objective.json"
 

@@ -106,3 +106,25 @@ def test_speed_table(tiny_gguf: Path, tiny_reward: Path) -> None:
     assert result.exit_code == 0, result.stderr
     for label in ("llama-cpp-python", "entropy@0.2", "dense", "bon-3 batched", "bon-3 sequential", "BoN-3 batched / sequential"):
         assert label in result.stdout
+
+
+def test_prompt_baseline_arms(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    """`prompt` and `prompt+sia@R` send the objective as a system message; summary.json pairs them with SEs."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there.\nTell me a story.\nWhy?\n")
+    out = tmp_path / "out"
+    args = ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--judge", str(tiny_reward), "--prompts", str(prompts), "-n", "8",
+            "--arms", "base,prompt,sia@0.25,prompt+sia@0.25,random@0.25", "--objective-prompt", "Use the letter e a lot.", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"prompt vs base", "sia@0.25 vs prompt", "prompt+sia@0.25 vs prompt", "sia@0.25 vs random@0.25"} <= set(summary["paired"])
+    assert all({"mean_diff", "se"} <= set(summary["paired"]["prompt vs base"][k]) for k in ("judge", "reward"))
+    assert summary["setup"]["objective_prompt"] == "Use the letter e a lot."
+    rows = {(r["arm"], r["prompt_index"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows[("prompt", 0)]["text"] != rows[("base", 0)]["text"] or rows[("prompt", 1)]["text"] != rows[("base", 1)]["text"]  # the system message changed the context
+    unknown = CliRunner().invoke(main, args[:-2] + ["--arms", "prompt+random@0.2", "-o", str(tmp_path / "x")])
+    assert unknown.exit_code != 0 and "unknown arm" in unknown.output
+    no_prompt = CliRunner().invoke(main, ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--judge", str(tiny_reward), "--prompts",
+                                          str(prompts), "-n", "4", "--arms", "base,prompt", "-o", str(tmp_path / "y")])
+    assert no_prompt.exit_code != 0 and "--objective-prompt" in no_prompt.output  # the tiny reward has no description to ask for
