@@ -22,7 +22,8 @@ from .scorer import Scorer
 from .steer import Generation, Piece, Steerer
 
 _OTHER = [
-    ("/reward off|on|DIR", "stop, resume or switch the reward model"), ("/highlight", "toggle junction colours"),
+    ("/reward off|on|DIR", "stop, resume or switch the reward model"), ("/objective NAME[:W] ...", "steer with a mix of named objectives"),
+    ("/highlight", "toggle junction colours"),
     ("/stats", "settings and the last answer's statistics"), ("/reset", "forget the conversation"),
     ("/save FILE", "write the conversation and settings as JSON"), ("/quit", "leave (or Ctrl-D)"),
 ]
@@ -81,6 +82,8 @@ class ChatSession:
                 self._set(**{field: parse_value(field, arg)})  # SteerConfig.updated's rules apply (a ratio asks for steering)
             elif name == "reward":
                 return self._reward_command(arg)
+            elif name == "objective":
+                return self._objective_command(arg)
             elif name == "reset":
                 self.messages.clear()
                 self.last = None
@@ -116,6 +119,18 @@ class ChatSession:
             raise SiaError("no reward model is loaded", "use /reward on or /reward DIR first")
         self.steerer.gate_tau(config)  # calibrate now (announced), not in the middle of the next answer
         self.steerer.config = config
+
+    def _objective_command(self, arg: str) -> str:
+        """/objective kind:1 polite:0.5: steer with a mix of named objectives (the embedder shared)."""
+        from .mix import Objectives, parse_objective
+
+        if not arg:
+            return "usage: /objective NAME[:WEIGHT] ... (names from `sia reward list`)"
+        self._reward = Objectives([parse_objective(part) for part in arg.split()])
+        self.steerer.scorer = self._reward
+        if self.steerer.config.gate == "none":
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+        return f"objectives {self._reward.name}"
 
     def _reward_command(self, arg: str) -> str:
         if arg == "off":

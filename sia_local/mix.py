@@ -118,7 +118,7 @@ def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, th
         return Member(name, weight, mean, std, spec.get("objective"), w, b)
     scorer = OnnxReward(folder, provider=provider, threads=threads, verbose=verbose)
     scale = spec.get("scale") or {}
-    return Member(name, weight, float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)), scorer.objective, scorer=scorer)
+    return Member(folder.name if Path(name).exists() else name, weight, float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)), scorer.objective, scorer=scorer)
 
 
 class Objectives:
@@ -133,7 +133,7 @@ class Objectives:
         self.embedder = SharedEmbedder(provider, threads, verbose)
         self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, progress=progress, note=note)
                         for n, w in specs]
-        self.name = "+".join(f"{Path(m.name).name}:{m.weight:g}" for m in self.members)
+        self.name = "+".join(f"{m.name}:{m.weight:g}" for m in self.members)
         own = [m.scorer for m in self.members if m.scorer is not None]
         self.provider = self.embedder.provider if any(m.w is not None for m in self.members) or not own else own[0].provider
         self.last_parts: list[dict[str, list[float]]] = []  # per junction of the last call: each objective's raw rewards
@@ -177,6 +177,41 @@ class Objectives:
         for m in self.members:
             if m.scorer is not None:
                 m.scorer.reset()
+
+
+class MixCache:
+    """The last few mixes a server or a batch worker was asked for, loaded once each (a request names its
+    objectives; loading them again per request would cost seconds)."""
+
+    def __init__(self, size: int = 4, **options: Any) -> None:
+        self.size, self.options = size, options
+        self._mixes: dict[tuple[tuple[str, float], ...], Objectives] = {}
+
+    def get(self, specs: Sequence[tuple[str, float]]) -> Objectives:
+        key = tuple((str(n), float(w)) for n, w in specs)
+        mix = self._mixes.pop(key, None) or Objectives(key, **self.options)
+        self._mixes[key] = mix  # most recently used last
+        while len(self._mixes) > self.size:
+            self._mixes.pop(next(iter(self._mixes)))
+        return mix
+
+
+def as_specs(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """A request's or a row's `rewards`: a list of {"name", "weight"} objects or of "name[:weight]" strings."""
+    if not isinstance(value, list) or not 1 <= len(value) <= 8:
+        raise ConfigError(f"{where} must be a list of 1 to 8 objectives", 'write e.g. [{"name": "kind", "weight": 1}, "polite:0.5"]')
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out.append(parse_objective(item))
+        elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "weight"}:
+            w = item.get("weight", 1.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or abs(w) > 1000:
+                raise ConfigError(f"{where}: the weight of {item['name']!r} must be a number in [-1000, 1000]", "fix that weight")
+            out.append((item["name"], float(w)))
+        else:
+            raise ConfigError(f"{where}: {str(item)[:60]!r} is not an objective", 'write {"name": "kind", "weight": 1} or "kind:1"')
+    return tuple(out)
 
 
 def load_objectives(specs: Sequence[str | tuple[str, float]], **kwargs: Any) -> Objectives:

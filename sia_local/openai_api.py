@@ -65,7 +65,17 @@ def _fields(api: str) -> dict[str, Any]:
     return fields
 
 
-SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"))
+class ObjectiveWeight(BaseModel):
+    """One objective of a request's mix: a name from `sia reward list` (or a reward folder on the server) and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    weight: float = Field(default=1.0, ge=-1000.0, le=1000.0)
+
+
+SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"),
+                         rewards=(list[ObjectiveWeight] | None, Field(default=None, min_length=1, max_length=8,
+                                                                       description="objectives to mix at each junction (the scorer, not a setting)")))
 
 
 class StreamOptions(BaseModel):
@@ -147,7 +157,13 @@ async def parse(request: Any, model: type[Request], max_body_bytes: int) -> Any:
 def options_of(req: Request) -> dict[str, Any]:
     """The request's SteerConfig changes: its OpenAI fields and its `sia` object (None = not given)."""
     fields = req.model_dump(exclude_none=True, exclude={"sia"})
-    return request_changes(fields, req.sia.model_dump(exclude_none=True) if req.sia else None)
+    return request_changes(fields, req.sia.model_dump(exclude_none=True, exclude={"rewards"}) if req.sia else None)
+
+
+def mix_of(req: Request) -> tuple[tuple[str, float], ...] | None:
+    """The request's own mix of objectives (`sia.rewards`), or None for the server's scorer."""
+    rewards = getattr(req.sia, "rewards", None) if req.sia else None
+    return tuple((r.name, r.weight) for r in rewards) if rewards else None
 
 
 def as_api_error(exc: BaseException) -> ApiError:

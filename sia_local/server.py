@@ -29,8 +29,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .config import MAX_TOP_K
 from .errors import Cancelled, SiaError
 from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, as_api_error, finish_reason_of, finite, full_response,
-                         options_of, parse, sse)
+                         mix_of, options_of, parse, sse)
 from .openai_api import Request as ApiRequest
+from .mix import MixCache
 from .steer import Steerer
 
 
@@ -62,6 +63,7 @@ class Engine:
     def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue) -> None:
         self.steerer = steerer
         self.model_id = model_id
+        self.mixes = MixCache()  # requests' own objectives (`sia.rewards`)
         self.max_queue = max_queue
         self.waiting = 0
         self.active = 0
@@ -95,7 +97,8 @@ class Engine:
             assert self._lock is not None
             self._lock.release()
 
-    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event) -> AsyncGenerator[tuple[str, Any], None]:
+    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event,
+                  steerer: Steerer | None = None) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
         await self._admit()
         loop = asyncio.get_running_loop()
@@ -111,7 +114,7 @@ class Engine:
 
         def worker() -> None:
             try:
-                stream = self.steerer.stream(prompt, **options)
+                stream = (steerer or self.steerer).stream(prompt, **options)
                 for piece in stream:
                     if cancel.is_set():
                         stream.close()
@@ -187,12 +190,12 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
         return await _respond(request, engine, req, prompt, {"raw": True}, chat=False)
 
-    def _check(req: ApiRequest, prompt: Any, options: dict[str, Any]) -> None:
+    def _check(req: ApiRequest, prompt: Any, options: dict[str, Any], steerer: Steerer) -> None:
         """Refuse, before the model is touched, a request that would cost more than this server allows."""
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
         try:
-            config = engine.steerer.config_for(**{k: v for k, v in options.items() if k != "raw"})
+            config = steerer.config_for(**{k: v for k, v in options.items() if k != "raw"})
         except SiaError as exc:
             raise as_api_error(exc) from None
         if config.max_tokens > token_limit:
@@ -201,16 +204,16 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         if config.top_k > top_k_limit:
             raise ApiError(400, f"sia.top_k is {config.top_k} but this server allows at most {top_k_limit} (each junction scores k candidates); "
                            "lower sia.top_k", param="sia.top_k")
-        if config.needs_tau() and not engine.steerer.is_calibrated(config.top_k):
+        if config.needs_tau() and not steerer.is_calibrated(config.top_k):
             raise ApiError(400, f"tau was never calibrated for top_k {config.top_k} on this model, and a calibration does not run inside a "
                            f"request; run `sia calibrate --top-k {config.top_k}` before starting the server, or give sia.tau",
                            param="sia.top_k", code="not_calibrated")
         if req.n > 1:
             try:
-                prompt_tokens = len(engine.steerer.prepare(prompt, None, bool(options.get("raw"))).ids)
+                prompt_tokens = len(steerer.prepare(prompt, None, bool(options.get("raw"))).ids)
             except SiaError as exc:
                 raise as_api_error(exc) from None
-            answer = min(config.max_tokens, max(engine.steerer.lm.n_ctx - prompt_tokens, 0))
+            answer = min(config.max_tokens, max(steerer.lm.n_ctx - prompt_tokens, 0))
             cells = req.n * (prompt_tokens + answer)
             if cells > batch_limit:
                 raise ApiError(400, f"n={req.n} x ({prompt_tokens} prompt + {answer} answer tokens) = {cells} KV cells, but this server allows "
@@ -220,13 +223,20 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         options = {**extra, **options_of(req)}
         if "max_tokens" not in options and engine.steerer.config.max_tokens > token_limit:
             options["max_tokens"] = token_limit  # the server's own default never exceeds its limit
-        _check(req, prompt, options)
+        mix = mix_of(req)
+        steerer = engine.steerer
+        if mix is not None:  # the request's own objectives: loaded once (off the event loop), then cached
+            try:
+                steerer = engine.steerer.with_scorer(await asyncio.to_thread(engine.mixes.get, mix))
+            except SiaError as exc:  # an unknown objective name: the client's to fix
+                raise ApiError(400, exc.message, param="sia.rewards", code="unknown_objective") from None
+        _check(req, prompt, options, steerer)
         cancel = threading.Event()
         if request_timeout:
             asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
         if req.n > 1:
-            return await _best_of(request, engine, req, prompt, options, chat, cancel)
-        events = engine.run(prompt, options, cancel)
+            return await _best_of(request, engine, steerer, req, prompt, options, chat, cancel)
+        events = engine.run(prompt, options, cancel, steerer)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -316,16 +326,16 @@ async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any
     return kind, item
 
 
-async def _best_of(request: Any, engine: Engine, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool,
+async def _best_of(request: Any, engine: Engine, steerer: Steerer, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool,
                    cancel: threading.Event) -> Any:
     """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
     from .search import best_of_n
 
     if req.stream:
         raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
-    if engine.steerer.scorer is None:
+    if steerer.scorer is None:
         raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
-    job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer, prompt, req.n, cancel=cancel, **options)))
+    job = asyncio.ensure_future(engine.call(lambda: best_of_n(steerer, prompt, req.n, cancel=cancel, **options)))
     left = False
     while not job.done():
         await asyncio.wait([job], timeout=0.1)

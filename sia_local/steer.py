@@ -148,6 +148,12 @@ class Steerer:
         self._taus: dict[tuple[int, float], float] = {}
         self.calibration_seconds = 0.0  # what the last resolve_tau spent calibrating (0 when the profile was cached)
 
+    def with_scorer(self, scorer: Scorer | None) -> "Steerer":
+        """The same model, settings and calibrations with another scorer (a request's own mix of objectives)."""
+        other = Steerer(self.lm, scorer, self.config, announce=self.announce)
+        other._taus = self._taus  # calibrations are the model's, whatever scores the candidates
+        return other
+
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Generation:
         """Generate one response. `prompt` is a user message, or a list of chat messages.
 

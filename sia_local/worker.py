@@ -20,6 +20,7 @@ from typing import Any
 from .config import SteerConfig, request_changes, settings
 from .errors import ConfigError, SiaError
 from .runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
+from .mix import MixCache, as_specs
 from .steer import Steerer
 
 
@@ -38,6 +39,7 @@ class Row:
     error: str | None = None
     best_of: int | None = None  # Best-of-N for this row (None: the run's --best-of)
     detail: bool = False  # also return token ids, per-token entropies and the search's cost (sia bench uses these)
+    mix: tuple[tuple[str, float], ...] | None = None  # the row's own objectives ("sia": {"rewards": [...]}), else the run's scorer
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,19 @@ def parse_json_row(line: str, n: int, path: Path) -> Row:
         return row
     row.system = data.get("system")
     sia = data.get("sia") or {}
+    if isinstance(sia, dict) and "rewards" in sia:
+        try:
+            row.mix = as_specs(sia["rewards"], f"{path}:{n}: sia.rewards")
+        except ConfigError as exc:
+            row.error = exc.message
+            return row
+        sia = {k: v for k, v in sia.items() if k != "rewards"}
     api_names = {name for name, s in settings() if s.api == "sia"}
     unknown = sorted(set(sia) - api_names) if isinstance(sia, dict) else ["(not an object)"]
     extra = sorted(set(data) - {"id", "prompt", "messages", "system", "sia", *ROW_OPTIONS})
     if unknown or extra:
         bad = [f"sia.{k}" for k in unknown] + extra
-        row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} in \"sia\", or {', '.join(ROW_OPTIONS)}"
+        row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} or rewards in \"sia\", or {', '.join(ROW_OPTIONS)}"
         return row
     row.changes = request_changes(data, sia)
     try:  # every type and range, checked now by SteerConfig itself (the same checks as the CLI and the server)
@@ -163,6 +172,7 @@ class Worker:
             scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
             steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
         self.steerer = steerer
+        self.mixes = MixCache()  # rows' own objectives
 
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
         out: dict[str, Any] = {"id": row.id, "line": row.line}
@@ -175,16 +185,17 @@ class Worker:
         best_of = row.best_of or self.spec.best_of
         try:
             assert row.prompt is not None
+            steerer = self.steerer if row.mix is None else self.steerer.with_scorer(self.mixes.get(row.mix))
             t = time.perf_counter()
             if best_of > 1:
-                result = best_of_n(self.steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
+                result = best_of_n(steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
                 generation = result.best
                 out["samples"] = result.samples()
                 out["best_index"] = result.best_index
                 extra = {"generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
                 logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
             else:
-                generation = self.steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
+                generation = steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
                 extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
                 logprob_seconds = generation.stats.logprob_seconds
             if row.detail:

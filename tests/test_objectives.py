@@ -146,3 +146,42 @@ def test_objectives_on_one_embedder_run_it_once_per_junction(tiny_gguf: Path) ->
     assert data["reward"]["kind"] == "objectives" and set(data["stats"]["objectives"]) == {"kind", "polite"}
     unknown = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "-r", "kind", "-r", "nosuch:1", "--gate", "dense", "-n", "2"])
     assert unknown.exit_code != 0 and "nosuch" in unknown.output and "polite" in unknown.output
+
+
+def test_a_request_a_row_and_chat_choose_their_own_objectives(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from sia_local.batch import Worker, WorkerSpec, read_rows
+    from sia_local.chat import ChatSession
+    from sia_local.config import SteerConfig
+    from sia_local.llama import LM
+    from sia_local.runtime import LMSettings
+    from sia_local.server import create_app
+    from sia_local.steer import Steerer
+
+    steerer = Steerer(LM(tiny_gguf, n_ctx=256), None, SteerConfig(gate="none", max_tokens=6))
+    client = TestClient(create_app(steerer, model_id="tiny"))
+    body = {"prompt": "Hi", "sia": {"gate": "dense", "rewards": [{"name": str(tiny_reward), "weight": 2}]}}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["sia"]["junctions"] > 0 and "prefers-e" in r.json()["usage"]["sia"]["objectives"]
+    two = client.post("/v1/completions", json={**body, "n": 2})
+    assert two.status_code == 200 and len(two.json()["choices"]) == 2  # Best-of-N ranks by the request's mix
+    unknown = client.post("/v1/completions", json={"prompt": "Hi", "sia": {"rewards": [{"name": "nosuch"}]}})
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_objective" and "kind" in unknown.json()["error"]["message"]
+    assert client.post("/v1/completions", json={"prompt": "Hi", "sia": {"rewards": [{"name": "kind", "weight": 1e9}]}}).status_code == 400
+    assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).json()["usage"]["sia"]["junctions"] == 0  # the server's own scorer (none) again
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": 1, "prompt": "Hi", "sia": {"gate": "dense", "rewards": [f"{tiny_reward}:1"]}}) + "\n"
+                    + json.dumps({"id": 2, "prompt": "Hi", "sia": {"rewards": [{"name": "kind", "weight": "x"}]}}) + "\n")
+    worker = Worker(WorkerSpec(LMSettings(model=tiny_gguf, n_ctx=256), None, SteerConfig(gate="none", max_tokens=4)), steerer)
+    first, second = (worker.run(row, 0) for row in read_rows(rows))
+    assert first["error"] is None and "prefers-e" in first["stats"]["objectives"]
+    assert "weight" in second["error"]
+
+    session = ChatSession(steerer.with_scorer(None))
+    said = session.command(f"/objective {tiny_reward}:2")
+    assert said.startswith("objectives") and session.steerer.config.gate == "entropy"  # asking for objectives means steering
+    g = session.ask("Hello", lambda p: None)
+    assert g is not None and (g.stats.objectives is not None or g.stats.junctions == 0)
