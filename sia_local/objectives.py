@@ -34,7 +34,9 @@ MIN_AUC = 0.65
 MIN_CORR = 0.3
 C_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 strength of the logistic head
 ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge alpha (x the mean feature variance) for scored examples
-BUILT_IN = {"kind": "a positive, kind tone (the default objective)"}
+BUILT_IN = {"kind": "a positive, kind tone (the default objective)",
+            "concise": "direct and to the point, not padded (fitted on first use from sia_local/data/objectives/concise.jsonl)",
+            "formal": "a formal, professional register, not casual or slangy (fitted on first use from sia_local/data/objectives/formal.jsonl)"}
 BUILT_IN_PROMPTS = {"kind": "Answer in a warm, kind and positive tone."}  # what a system prompt asking for it says (`sia bench`'s prompt arms)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
 CARD = "objective.json"
@@ -180,11 +182,11 @@ def embedder_fingerprint() -> str:
 
 
 def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (), scored: tuple[Sequence[str], np.ndarray] | None = None,
-                  describe: str, out: Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  describe: str, out: Path | None = None, progress: Callable[[str], None] | None = None, built_in: bool = False) -> dict[str, Any]:
     """Fit an objective from examples and write it (default: the named objectives folder); returns its card."""
     from .sentiment import Embedder, build_reward_folder
 
-    if not NAME.fullmatch(name) or name in BUILT_IN:
+    if not NAME.fullmatch(name) or (name in BUILT_IN and not built_in):
         raise ConfigError(f"{name!r} cannot name an objective" + (" (it is built in)" if name in BUILT_IN else ""),
                           "use lowercase letters, digits, - and _, and a name that is not built in")
     if not describe.strip():
@@ -228,22 +230,41 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
 
 def find_objective(name: str, *, progress: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
     """The folder of a named objective (built-in or fitted), or None when no objective has that name."""
-    if name in BUILT_IN:
+    if name == "kind":
         from .defaults import default_reward_dir
 
         return default_reward_dir(progress=progress, note=note)
+    if name in BUILT_IN:  # fitted once from the shipped examples, like the default reward is built once
+        folder = objectives_dir() / name
+        if not (folder / CARD).exists():
+            if note:
+                note(f"fitting the built-in objective {name} from its shipped examples into {folder} (once, a few seconds)")
+            built_in_examples(name, progress=progress)
+        return folder
     folder = objectives_dir() / name
     return folder if NAME.fullmatch(name) and (folder / CARD).exists() else None
 
 
+def built_in_examples(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit the built-in objective `name` from sia_local/data/objectives/NAME.jsonl (+ NAME.txt, its description)."""
+    from importlib import resources
+
+    data = resources.files("sia_local.data").joinpath("objectives")
+    rows = [json.loads(line) for line in data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    describe = data.joinpath(f"{name}.txt").read_text(encoding="utf-8").strip()
+    return fit_objective(name, good=[r["text"] for r in rows if r["label"] == "good"], bad=[r["text"] for r in rows if r["label"] == "bad"],
+                         describe=describe, progress=progress, built_in=True)
+
+
 def list_objectives() -> list[dict[str, Any]]:
     """Every objective by name: the built-in ones, then the fitted ones (name, description, CV figure, date)."""
-    out: list[dict[str, Any]] = [{"name": n, "description": d, "cv": None, "created": None, "built_in": True} for n, d in BUILT_IN.items()]
+    out: dict[str, dict[str, Any]] = {n: {"name": n, "description": d, "cv": None, "created": None, "built_in": True} for n, d in BUILT_IN.items()}
     root = objectives_dir()
     for card_file in sorted(root.glob(f"*/{CARD}")) if root.exists() else []:
         try:
             card = json.loads(card_file.read_text())
-            out.append({"name": card["name"], "description": card["description"], "cv": card["cv"], "created": card.get("created"), "built_in": False})
+            row = {"name": card["name"], "description": card["description"], "cv": card["cv"], "created": card.get("created")}
         except (OSError, ValueError, KeyError) as exc:
             raise RewardModelError(f"{card_file} is not a readable objective card ({exc})", f"delete {card_file.parent} and fit it again") from None
-    return out
+        out[row["name"]] = {**row, "built_in": row["name"] in BUILT_IN}  # a built-in one fitted already shows its CV figure
+    return list(out.values())

@@ -185,3 +185,20 @@ def test_a_request_a_row_and_chat_choose_their_own_objectives(tiny_gguf: Path, t
     assert said.startswith("objectives") and session.steerer.config.gate == "entropy"  # asking for objectives means steering
     g = session.ask("Hello", lambda p: None)
     assert g is not None and (g.stats.objectives is not None or g.stats.junctions == 0)
+
+
+@needs_minilm
+def test_built_in_objectives_fit_once_from_shipped_examples() -> None:
+    from sia_local.objectives import find_objective, list_objectives
+    from sia_local.reward import OnnxReward
+
+    notes: list[str] = []
+    concise = find_objective("concise", note=notes.append)
+    assert concise is not None and find_objective("concise", note=notes.append) == concise and len(notes) == 1
+    card = json.loads((concise / "objective.json").read_text())
+    assert card["examples"]["good"] >= 150 and card["examples"]["bad"] >= 150 and card["cv"]["mean"] > 0.9
+    short, padded = OnnxReward(concise, provider="cpu").score("", ["Restart the router.",
+                                                                    "Well, so, basically, if you think about it, you could restart the router, more or less."])
+    assert short > padded
+    listed = {o["name"]: o for o in list_objectives()}
+    assert listed["concise"]["built_in"] and listed["concise"]["cv"] is not None and {"kind", "formal"} <= set(listed)
