@@ -45,7 +45,7 @@ def test_the_readme_has_blocks_and_directives_parse() -> None:
 @needs_minilm
 def test_every_readme_block_runs(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "SIA_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "sia-cache"), "PYTHONPATH": str(ROOT)}
+           "SIA_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "sia-cache"), "PYTHONPATH": str(ROOT), "SIA_REPO": str(ROOT)}
     background: list[subprocess.Popen] = []
     ran = 0
     try:
