@@ -7,7 +7,8 @@
 `load_default_lm()` / `load_default_reward()` give the embedded defaults (SmolLM2-135M-Instruct and
 the MiniLM positive-tone reward); `sia_local.runtime` has the loaders every command uses (a model by
 path or by local-store name, a reward or value-model folder recognised by its files, a calibrated
-Steerer).
+Steerer). Objectives: `fit_objective(name, good=[...], bad=[...], describe=...)` makes one from examples,
+`load_objectives(["kind", "polite:0.5"])` mixes several into one scorer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .config import SteerConfig
 from .errors import SiaError
 from .junction import register_gate
 from .llama import LM
+from .mix import Objectives, load_objectives
+from .objectives import fit_objective
 from .reward import OnnxReward
 from .runtime import LMSettings, ScorerSettings, build_steerer, load, load_lm, load_scorer
 from .scorer import Scorer, ScorerInfo
@@ -28,6 +31,7 @@ __all__ = [
     "LM", "OnnxReward", "Steerer", "SteerConfig", "Generation", "Stats", "TokenInfo", "Piece", "Stream",
     "SiaError", "Scorer", "ScorerInfo", "register_gate", "LMSettings", "ScorerSettings",
     "load", "load_lm", "load_scorer", "build_steerer", "load_default_lm", "load_default_reward",
+    "Objectives", "load_objectives", "fit_objective",
 ]
 
 

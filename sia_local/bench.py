@@ -176,6 +176,7 @@ def run_grid(
     use_ray: bool = False,
     ray_address: str | None = None,
     objective_prompt: str | None = None,
+    raw: bool = False,
 ) -> GridResult:
     """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
 
@@ -201,12 +202,12 @@ def run_grid(
     taus = {a.name: steerer.resolve_tau(base_cfg.updated(ratio=a.ratio)) for a in arms if a.gate == "entropy" and a.ratio is not None}
     total = len(arms) * len(prompts) * len(seeds)
     count = len(done)
-    raw = not steerer.lm.has_chat_template  # a GGUF without a chat template gets the prompt as plain text
+    raw = raw or not steerer.lm.has_chat_template  # plain-text completion: asked for, or a GGUF without a chat template
     if any(a.prompted for a in arms):
         objective_prompt = objective_prompt or objective_prompt_of(steerer.scorer)
         if raw:
-            raise ConfigError(f"{steerer.lm.path.name} has no chat template, so the prompt arms have no system message to use",
-                              "drop the prompt arms, or pass --chat-format NAME")
+            raise ConfigError("a raw completion (no chat template) has no system message for the prompt arms to use",
+                              "drop the prompt arms, or drop --raw (a GGUF without a template: pass --chat-format NAME)")
         if not objective_prompt:
             raise ConfigError("the prompt arms need a description of the objective", "pass --objective-prompt \"Answer politely.\"")
     here = Worker(WorkerSpec(LMSettings(), None, steerer.config, raw=raw), steerer)
@@ -245,6 +246,7 @@ def run_grid(
                     progress(count, total, arm.name)
     summary = summarise(rows, arms, taus)
     summary["setup"] = _setup(steerer, judge, prompts, seeds)
+    summary["setup"]["raw"] = raw
     if any(a.prompted for a in arms):
         summary["setup"]["objective_prompt"] = objective_prompt
     summary["setup"]["teacher"] = getattr(teacher, "name", None)

@@ -128,3 +128,14 @@ def test_prompt_baseline_arms(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path
     no_prompt = CliRunner().invoke(main, ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--judge", str(tiny_reward), "--prompts",
                                           str(prompts), "-n", "4", "--arms", "base,prompt", "-o", str(tmp_path / "y")])
     assert no_prompt.exit_code != 0 and "--objective-prompt" in no_prompt.output  # the tiny reward has no description to ask for
+
+
+def test_raw_completions_have_no_prompt_baseline(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe weather today\n")
+    base = ["bench", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--judge", str(tiny_reward), "--prompts", str(prompts), "-n", "6", "--raw"]
+    ok = CliRunner().invoke(main, base + ["--arms", "base,sia@0.3", "-o", str(tmp_path / "raw")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "raw" / "summary.json").read_text())["setup"]["raw"] is True
+    refused = CliRunner().invoke(main, base + ["--arms", "base,prompt", "--objective-prompt", "x", "-o", str(tmp_path / "p")])
+    assert refused.exit_code != 0 and "no system message" in refused.output

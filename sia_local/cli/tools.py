@@ -55,13 +55,14 @@ def calibrate(lm: LMSettings, top_k: int, temperature: float, ratios: tuple[floa
 @click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...), prompt and "
                                            "prompt+sia@R (the objective asked for in a system message), or any gate name [default: the whole grid].")
 @click.option("--objective-prompt", default=None, help="The system message of the prompt arms [default: the objective's own description].")
+@click.option("--raw", is_flag=True, help="Plain-text completions of the prompts, without the chat template (no system message exists then).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decode rows in N worker processes (as sia batch does).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, help="Decode rows on Ray actors (--ray alone: a local Ray; or an address).")
 @click.pass_context
 @fail_cleanly
 def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: Path | None, limit: int | None, seeds: int, judge: Path | None,
-          arms: str | None, objective_prompt: str | None, out_dir: Path, workers: int, ray_address: str | None) -> None:
+          arms: str | None, objective_prompt: str | None, raw: bool, out_dir: Path, workers: int, ray_address: str | None) -> None:
     """Measure alignment vs cost over a grid of arms; writes results.jsonl, summary.json and plots.
 
     \b
@@ -96,7 +97,7 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     with progress("benchmark", "rows") as tick:
         result = run_grid(steerer, the_judge, prompts, grid, out_dir, seeds=range(seeds), teacher=teacher, worker_spec=spec,
                           workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
-                          ray_address=None if ray_address in (None, "local") else ray_address, objective_prompt=objective_prompt,
+                          ray_address=None if ray_address in (None, "local") else ray_address, objective_prompt=objective_prompt, raw=raw,
                           progress=lambda d, t, name: tick(d, t, f"bench: {name}"))
     click.echo(markdown_table(result.summary))
     click.echo(f"Pareto front (judge vs cost, cheapest first): {', '.join(result.summary['pareto_front'])}")
