@@ -227,7 +227,11 @@ def run_grid(
                             continue
                         changes = dict(changes)
                         if arm.match is not None:
-                            changes["ratio"] = matched.get((i, seed), float(np.mean(list(matched.values()))))
+                            realised = matched.get((i, seed), float(np.mean(list(matched.values()))))
+                            if realised > 0:
+                                changes["ratio"] = realised
+                            else:  # SIA steered nothing here (e.g. an answer that ended at once): nor does the matched arm
+                                changes = {**{k: v for k, v in changes.items() if k != "ratio"}, "gate": "none"}
                         key = f"{arm.name}|{i}|{seed}"
                         jobs[key] = (arm, i, seed, changes)
                         todo.append(Row(len(todo) + 1, key, prompt, best_of=arm.best_of, detail=True, system=objective_prompt if arm.prompted else None,

@@ -139,3 +139,20 @@ def test_raw_completions_have_no_prompt_baseline(tmp_path: Path, tiny_gguf: Path
     assert json.loads((tmp_path / "raw" / "summary.json").read_text())["setup"]["raw"] is True
     refused = CliRunner().invoke(main, base + ["--arms", "base,prompt", "--objective-prompt", "x", "-o", str(tmp_path / "p")])
     assert refused.exit_code != 0 and "no system message" in refused.output
+
+
+def test_a_random_arm_matching_a_ratio_of_zero_steers_nothing(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    """Where SIA realised no junction (an answer that ended at once), its matched random arm runs unsteered, not as an error."""
+    out = tmp_path / "out"
+    out.mkdir()
+    sia_row = {"arm": "sia@0.25", "prompt_index": 0, "seed": 0, "gate": "entropy", "best_of": 1, "tau": 1.0, "ratio_target": 0.25, "text": "",
+               "tokens": 0, "ratio": 0.0, "junctions": 0, "changed": 0, "wall_seconds": 0.01, "reward": 0.0, "judge": 0.0, "kl_per_token": 0.0,
+               "perplexity": None, "finish_reason": "stop", "generated_tokens": 0, "reward_calls": 0}
+    (out / "results.jsonl").write_text(json.dumps(sia_row) + "\n")
+    steerer = Steerer(LM(tiny_gguf, n_ctx=256), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(max_tokens=6))
+    from sia_local.bench import select_arms
+
+    result = run_grid(steerer, RewardJudge(OnnxReward(tiny_reward, provider="cpu")), ["Hello there."], select_arms(["sia@0.25", "random@0.25"], 6),
+                      out, plots=False)
+    random_row = next(r for r in result.rows if r["arm"] == "random@0.25")
+    assert random_row["gate"] == "none" and random_row["junctions"] == 0
