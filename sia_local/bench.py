@@ -225,7 +225,7 @@ def run_grid(
                     for seed in seeds:
                         if (arm.name, i, seed) in done:
                             continue
-                        changes = dict(changes)
+                        changes = arm.changes()  # a fresh copy per row: a matched row may change the gate
                         if arm.match is not None:
                             realised = matched.get((i, seed), float(np.mean(list(matched.values()))))
                             if realised > 0:

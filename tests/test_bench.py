@@ -152,7 +152,8 @@ def test_a_random_arm_matching_a_ratio_of_zero_steers_nothing(tmp_path: Path, ti
     steerer = Steerer(LM(tiny_gguf, n_ctx=256), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(max_tokens=6))
     from sia_local.bench import select_arms
 
-    result = run_grid(steerer, RewardJudge(OnnxReward(tiny_reward, provider="cpu")), ["Hello there."], select_arms(["sia@0.25", "random@0.25"], 6),
-                      out, plots=False)
-    random_row = next(r for r in result.rows if r["arm"] == "random@0.25")
-    assert random_row["gate"] == "none" and random_row["junctions"] == 0
+    result = run_grid(steerer, RewardJudge(OnnxReward(tiny_reward, provider="cpu")), ["Hello there.", "Tell me more."],
+                      select_arms(["sia@0.25", "random@0.25"], 6), out, plots=False)
+    by = {(r["arm"], r["prompt_index"]): r for r in result.rows}
+    assert by[("random@0.25", 0)]["gate"] == "none" and by[("random@0.25", 0)]["junctions"] == 0
+    assert by[("random@0.25", 1)]["gate"] == "random"  # the next row matches its own SIA row again
