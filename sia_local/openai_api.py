@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
-from typing import Annotated, Any, AsyncGenerator, AsyncIterator
+from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Callable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .config import request_changes, settings
 from .errors import SiaError
 from .junction import gate_names
-from .steer import Generation
+from .steer import Generation, TokenInfo
 
 
 MAX_BODY_BYTES = 1 << 20
@@ -74,6 +74,7 @@ class ObjectiveWeight(BaseModel):
 
 
 SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"),
+                         trace=(bool | None, Field(default=None, description="each token's steering info in the answer (`sia.tokens`)")),
                          rewards=(list[ObjectiveWeight] | None, Field(default=None, min_length=1, max_length=8,
                                                                        description="objectives to mix at each junction (the scorer, not a setting)")))
 
@@ -201,21 +202,52 @@ def usage_of(generation: Generation) -> dict[str, Any]:
     }
 
 
-def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool) -> dict[str, Any]:
+TokenTrace = Callable[[TokenInfo], dict[str, Any]]
+
+
+def token_tracer(piece: Callable[[int], bytes]) -> TokenTrace:
+    """A token's steering info for clients (the web page): its text, entropy, whether it was a junction and
+    whether the reward changed it, and its k candidates as text with their base and steered probabilities
+    and rewards. `piece` gives a candidate token's bytes."""
+
+    def trace(t: TokenInfo) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": t.text, "entropy": round(t.entropy, 4), "junction": t.junction, "changed": t.changed, "rank": t.rank}
+        if t.candidates is not None:
+            cands = []
+            for i, c in enumerate(t.candidates):
+                row: dict[str, Any] = {"text": piece(c).decode("utf-8", "replace"), "p_base": t.p_base[i] if t.p_base else None}
+                if t.rewards is not None:
+                    row["reward"] = round(t.rewards[i], 4)
+                if t.p_steered is not None:
+                    row["p_steered"] = t.p_steered[i]
+                if t.objectives:
+                    row["rewards"] = {name: round(v[i], 4) for name, v in t.objectives.items()}
+                cands.append(row)
+            out["candidates"] = cands
+        return finite(out)
+
+    return trace
+
+
+def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None) -> dict[str, Any]:
     if chat:
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": finish_reason_of(generation)}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": generation.text, "logprobs": None, "finish_reason": finish_reason_of(generation)}
         obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice], "usage": usage_of(generation)}
+    out = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice], "usage": usage_of(generation)}
+    if trace is not None and generation.trace is not None:
+        out["sia"] = {"tokens": [trace(t) for t in generation.trace]}
+    return out
 
 
 async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
-              chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
+              chat: bool, include_usage: bool, trace: TokenTrace | None = None) -> AsyncIterator[bytes]:
+    """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`)."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(text: str | None, finish: str | None, *, role: bool = False) -> bytes:
+    def chunk(text: str | None, finish: str | None, *, role: bool = False, tokens: list[dict[str, Any]] | None = None) -> bytes:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -224,6 +256,8 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
         payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
         if include_usage:
             payload["usage"] = None
+        if tokens is not None:
+            payload["sia"] = {"tokens": tokens}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     if chat:
@@ -233,7 +267,9 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
         while True:
             kind, item = pending.pop() if pending else await events.__anext__()
             if kind == "piece":
-                if item.text:
+                if trace is not None:  # every token, even one whose text is held back (a stop string may follow)
+                    yield chunk(item.text, None, tokens=[trace(item.token)])
+                elif item.text:
                     yield chunk(item.text, None)
                 continue
             if kind == "error":

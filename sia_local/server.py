@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .config import MAX_TOP_K
 from .errors import Cancelled, SiaError
 from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, as_api_error, finish_reason_of, finite, full_response,
-                         mix_of, options_of, parse, sse)
+                         mix_of, options_of, parse, sse, token_tracer)
 from .openai_api import Request as ApiRequest
 from .mix import MixCache
 from .steer import Steerer
@@ -236,6 +236,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
             asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
         if req.n > 1:
             return await _best_of(request, engine, steerer, req, prompt, options, chat, cancel)
+        tracer = token_tracer(steerer.lm.piece) if options.get("trace") else None
         events = engine.run(prompt, options, cancel, steerer)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -249,9 +250,9 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                 kind, item = await events.__anext__()
             if kind == "error":
                 raise as_api_error(item)
-            return full_response(rid, created, model_id, item, chat)
+            return full_response(rid, created, model_id, item, chat, tracer)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage), media_type="text/event-stream",
+        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

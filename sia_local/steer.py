@@ -28,7 +28,7 @@ import numpy as np
 from .calibrate import is_calibrated, tau_for_ratio
 from .config import SteerConfig
 from .errors import ConfigError, PromptError
-from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, top_k
+from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, softmax, top_k
 from .llama import LM, Message
 from .scorer import Junction, Scorer
 
@@ -47,6 +47,9 @@ class TokenInfo:
     kl: float = 0.0  # KL(steered || base) over the k candidates at this step, nats (0 off junctions)
     logprob: float | None = None  # log p_base(token) over the full vocabulary, T = 1 (with config.logprobs)
     objectives: dict[str, list[float]] | None = None  # with a mix of objectives: each one's raw rewards of the k candidates
+    candidates: list[int] | None = None  # with config.trace: the k candidate ids, highest base logit first
+    p_base: list[float] | None = None  # ... their probabilities in the base draw (softmax of z / T over the k)
+    p_steered: list[float] | None = None  # ... and in the steered draw at a junction (softmax of (z + w r) / T)
 
 
 @dataclass
@@ -336,7 +339,7 @@ class SequenceState:
         """Choose this step's token (steered if `rewards` is given) and append it; returns the new text.
         `parts`: with a mix of objectives, each objective's raw rewards of the k candidates."""
         cfg, stats = self.cfg, self.stats
-        choice, kept, kl = self._base, None, 0.0
+        choice, kept, kl, steered = self._base, None, 0.0, None
         if rewards is not None:
             stats.reward_seconds += reward_seconds
             stats.reward_calls += 1
@@ -364,6 +367,11 @@ class SequenceState:
         self._text += self._decoder.decode(piece)
         self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept, kl, logprob,
                                parts)
+        if cfg.trace:  # what a page needs to show why this token: the candidates and both draws
+            t = cfg.temperature or 1.0
+            self._info.candidates = [int(c) for c in self._cand]
+            self._info.p_base = [round(float(p), 5) for p in softmax(self._z / t)]
+            self._info.p_steered = [round(float(p), 5) for p in softmax(steered / t)] if steered is not None else None
         if parts:
             for name, values in parts.items():
                 self._objective_sums[name] = self._objective_sums.get(name, 0.0) + values[choice]

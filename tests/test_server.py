@@ -140,7 +140,8 @@ def test_completion_endpoint(client) -> None:
     assert isinstance(r.choices[0].text, str)
 
 
-def test_steering_params_change_the_stats(client) -> None:
+def test_steering_params_change_the_stats(client, steerer: Steerer) -> None:
+    steerer.resolve_tau(steerer.config.updated(ratio=0.5))  # k = 10 calibrated, as `sia serve` would be (a request never calibrates)
     msgs = [{"role": "user", "content": "Tell me something."}]
     none = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=2, extra_body={"sia": {"gate": "none"}})
     dense = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=20, seed=2, extra_body={"sia": {"gate": "dense", "weight": 2.0}})
@@ -272,3 +273,22 @@ def test_zero_queue_still_serves_one(steerer: Steerer) -> None:
     with _Server(app, _free_port()) as s:
         r = httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
         assert r.status_code == 200, r.text
+
+
+def test_the_trace_rides_along_and_the_openai_client_parses_it(client) -> None:
+    """With sia.trace each streamed chunk carries its token's steering info; a whole answer carries the list."""
+    msgs = [{"role": "user", "content": "Tell me something."}]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, seed=1, stream=True,
+                                                 extra_body={"sia": {"trace": True, "gate": "dense"}}))
+    tokens = [t for c in chunks for t in ((c.model_extra or {}).get("sia") or {}).get("tokens", [])]
+    assert 1 <= len(tokens) <= 8
+    for t in tokens:
+        assert t["junction"] is True and len(t["candidates"]) == 10
+        assert abs(sum(c["p_base"] for c in t["candidates"]) - 1) < 1e-3 and abs(sum(c["p_steered"] for c in t["candidates"]) - 1) < 1e-3
+        assert all("reward" in c and isinstance(c["text"], str) for c in t["candidates"])
+    full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, seed=1, extra_body={"sia": {"trace": True, "gate": "dense"}})
+    listed = full.model_extra["sia"]["tokens"]
+    assert len(listed) == full.usage.completion_tokens == len(tokens)
+    assert [t["text"] for t in listed] == [t["text"] for t in tokens] and [t["changed"] for t in listed] == [t["changed"] for t in tokens]
+    plain = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, stream=True))
+    assert all("sia" not in (c.model_extra or {}) for c in plain)  # off by default
