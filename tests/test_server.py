@@ -292,3 +292,15 @@ def test_the_trace_rides_along_and_the_openai_client_parses_it(client) -> None:
     assert [t["text"] for t in listed] == [t["text"] for t in tokens] and [t["changed"] for t in listed] == [t["changed"] for t in tokens]
     plain = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, stream=True))
     assert all("sia" not in (c.model_extra or {}) for c in plain)  # off by default
+
+
+def test_settings_endpoint_states_each_range_once(server: _Server) -> None:
+    from sia_local.config import settings
+
+    data = httpx.get(server.url + "/v1/sia/settings").json()
+    by = {f["name"]: f for f in data["settings"]}
+    for name, s in settings():
+        if s.api:
+            assert (by[name]["lo"], by[name]["hi"], by[name]["lo_open"]) == (s.lo, s.hi, s.lo_open), name
+    assert by["ratio"]["place"] == "sia.ratio" and by["temperature"]["place"] == "temperature" and by["tau"]["default"] == 1.3
+    assert "entropy" in data["gates"] and data["limits"]["top_k"] == 64 and any(o["name"] == "kind" for o in data["objectives"])

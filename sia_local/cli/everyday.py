@@ -26,9 +26,12 @@ from .options import Steering, fail_cleanly, load_steerer, model_options, note, 
 @click.option("--trace", is_flag=True, help="Keep per-token entropy, junction flag, rank and rewards (in --json).")
 @click.option("--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True,
               help="Decode N samples together (each steered as set) and print the one the reward model scores best.")
+@click.option("--html", "html_file", type=click.Path(path_type=Path), default=None,
+              help="Also write one self-contained page showing where the answer was steered (junctions, candidates).")
+@click.option("--compare", is_flag=True, help="With --html: the unsteered answer (same seed) beside the steered one.")
 @fail_cleanly
 def generate(prompt: str, lm: LMSettings, steering: Steering, system: str | None, raw: bool, stream: bool, as_json: bool, trace: bool,
-             best_of: int) -> None:
+             best_of: int, html_file: Path | None, compare: bool) -> None:
     """Generate a steered response to PROMPT.
 
     \b
@@ -38,7 +41,11 @@ def generate(prompt: str, lm: LMSettings, steering: Steering, system: str | None
     """
     if trace and not as_json:
         raise click.UsageError("--trace adds the per-token trace to the --json output; pass --json too")
-    steerer = load_steerer(lm, steering, need_scorer=best_of > 1, chat=not raw, trace=trace or None)  # BoN ranks with the scorer
+    if compare and html_file is None:
+        raise click.UsageError("--compare shows the two answers in the --html page; pass --html FILE too")
+    if html_file is not None and best_of > 1:
+        raise click.UsageError("--html shows one answer's tokens; it does not go with --best-of")
+    steerer = load_steerer(lm, steering, need_scorer=best_of > 1, chat=not raw, trace=(trace or html_file is not None) or None)
     if best_of > 1:
         _best_of(steerer, prompt, best_of, system=system, raw=raw, as_json=as_json)
         return
@@ -54,12 +61,30 @@ def generate(prompt: str, lm: LMSettings, steering: Steering, system: str | None
         return
     generation = s.generation
     assert generation is not None
+    if html_file is not None:
+        _write_page(html_file, steerer, prompt, generation, system=system, raw=raw, compare=compare)
     if as_json:
         payload = {"model": str(steerer.lm.path), "reward": scorer_summary(steerer), **generation.to_dict()}
         click.echo(json.dumps(payload, ensure_ascii=False, indent=1))
         return
     click.echo(generation.text if not live else "")
     click.echo(f"[{generation.stats.summary()}]", err=True)
+
+
+def _write_page(path: Path, steerer: Any, prompt: str, generation: Any, *, system: str | None, raw: bool, compare: bool) -> None:
+    """The answer (and with `compare` the unsteered one, same seed) as one self-contained page."""
+    from ..openai_api import token_tracer
+    from ..page import render_page
+
+    trace = token_tracer(steerer.lm.piece)
+    answers = []
+    if compare:
+        base = steerer.generate(prompt, system=system, raw=raw, gate="none", seed=generation.stats.seed, trace=True)
+        answers.append({"title": "unsteered (same seed)", "tokens": [trace(t) for t in base.trace or []], "stats": base.stats.summary()})
+    answers.append({"title": f"steered ({generation.stats.gate})", "tokens": [trace(t) for t in generation.trace or []],
+                    "stats": generation.stats.summary()})
+    path.write_text(render_page(prompt, answers), encoding="utf-8")
+    note(f"wrote {path}")
 
 
 def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool, as_json: bool) -> None:
