@@ -174,6 +174,13 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.waiting,
                 "served": engine.served, "cancelled": engine.cancelled}
 
+    @app.get("/")
+    async def page() -> Response:
+        """The chat page (static, offline: no CDN, font or external script) that talks to this server's own API."""
+        from importlib import resources
+
+        return Response(resources.files("sia_local").joinpath("web/index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sia-local"}]}
