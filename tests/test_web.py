@@ -57,6 +57,19 @@ def test_chat_junctions_candidates_and_stop_in_a_browser(server: _Server, endles
         assert junctions
         junctions[0].click()
         assert len(d.find_elements(By.CSS_SELECTOR, "#panel tr")) - 1 == 10  # the k candidates
+        d.find_element(By.ID, "input").send_keys("Compare this.")
+        d.find_element(By.ID, "compare").click()  # the same prompt and seed, unsteered and steered
+        _wait(lambda: (lambda p: p and sum("tokens" in s.text for s in p[-1].find_elements(By.CSS_SELECTOR, ".stats")) == 2)(
+            d.find_elements(By.CSS_SELECTOR, ".pair")))
+        pair = d.find_elements(By.CSS_SELECTOR, ".pair")[-1]
+        assert "unsteered" in pair.text and "steered" in pair.text
+        field = d.find_element(By.ID, "s-temperature")
+        field.clear()
+        field.send_keys("5")  # out of range: the server's 400 is shown, not swallowed
+        d.find_element(By.ID, "input").send_keys("Hi", Keys.ENTER)
+        _wait(lambda: any("400" in e.text and "temperature" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".stats.error")))
+        field.clear()
+        field.send_keys("1")
         d.get(endless.url + "/")  # answers that cannot end early: Stop must cancel one
         _wait(lambda: d.find_elements(By.ID, "s-max_tokens"))
         field = d.find_element(By.ID, "s-max_tokens")
