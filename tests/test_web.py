@@ -70,6 +70,13 @@ def test_chat_junctions_candidates_and_stop_in_a_browser(server: _Server, endles
         _wait(lambda: any("400" in e.text and "temperature" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".stats.error")))
         field.clear()
         field.send_keys("1")
+        best = d.find_element(By.ID, "bestof")
+        best.clear()
+        best.send_keys("3")
+        d.find_element(By.ID, "input").send_keys("Pick the best.", Keys.ENTER)
+        _wait(lambda: any("best of 3" in s.text for s in d.find_elements(By.CSS_SELECTOR, ".assistant .stats")))
+        best.clear()
+        best.send_keys("1")
         d.get(endless.url + "/")  # answers that cannot end early: Stop must cancel one
         _wait(lambda: d.find_elements(By.ID, "s-max_tokens"))
         field = d.find_element(By.ID, "s-max_tokens")
