@@ -81,7 +81,7 @@ def pick(scores: np.ndarray, temperature: float, u: float, top_p: float = 1.0) -
     """
     if temperature == 0:
         return int(np.argmax(scores))
-    p = softmax(scores / temperature)
+    p = softmax((scores - np.max(scores)) / temperature)  # shifted first: a tiny T gives -inf, never inf - inf
     if top_p < 1.0:
         order = np.argsort(-p, kind="stable")
         keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]

@@ -370,8 +370,8 @@ class SequenceState:
         if cfg.trace:  # what a page needs to show why this token: the candidates and both draws
             t = cfg.temperature or 1.0
             self._info.candidates = [int(c) for c in self._cand]
-            self._info.p_base = [round(float(p), 5) for p in softmax(self._z / t)]
-            self._info.p_steered = [round(float(p), 5) for p in softmax(steered / t)] if steered is not None else None
+            self._info.p_base = [round(float(p), 5) for p in softmax((self._z - self._z.max()) / t)]
+            self._info.p_steered = [round(float(p), 5) for p in softmax((steered - steered.max()) / t)] if steered is not None else None
         if parts:
             for name, values in parts.items():
                 self._objective_sums[name] = self._objective_sums.get(name, 0.0) + values[choice]
@@ -430,10 +430,13 @@ def objective_parts(scorer: Any, i: int) -> dict[str, list[float]] | None:
 def _kl(steered: np.ndarray, base: np.ndarray, temperature: float) -> float:
     """KL(softmax(steered/T) || softmax(base/T)) over the k candidates, nats (greedy counts as T = 1)."""
     t = temperature or 1.0
-    a, b = steered / t, base / t
-    log_p = a - a.max() - np.log(np.exp(a - a.max()).sum())
-    log_q = b - b.max() - np.log(np.exp(b - b.max()).sum())
-    return float((np.exp(log_p) * (log_p - log_q)).sum())
+    a, b = (steered - steered.max()) / t, (base - base.max()) / t  # shifted first: a tiny T gives -inf, never inf - inf
+    log_p = a - np.log(np.exp(a).sum())
+    log_q = b - np.log(np.exp(b).sum())
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (log_p - log_q), 0.0)  # 0 log 0 = 0
+    return float(terms.sum()) if np.isfinite(terms.sum()) else float("inf")
 
 
 def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:

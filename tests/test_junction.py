@@ -127,3 +127,20 @@ def test_stop_string_helpers() -> None:
     assert _held_back("hello E", ["END"]) == 1
     assert _held_back("hello EN", ["END", "ENOUGH"]) == 2
     assert _held_back("hello", ["END"]) == 0
+
+
+def test_a_tiny_temperature_is_greedy_not_nan() -> None:
+    import warnings
+
+    scores = np.array([1.0, 3.0, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value" on the way
+        assert all(_pick(scores, 1e-300, u) == 1 for u in (0.0, 0.5, 0.999))
+
+
+def test_kl_at_a_tiny_temperature_is_a_number() -> None:
+    from sia_local.steer import _kl
+
+    z = np.array([3.0, 2.0, 1.0])
+    assert _kl(z, z, 1e-300) == 0.0 and _kl(z, z, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert _kl(np.array([1.0, 3.0, 2.0]), z, 1.0) > 0
