@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .config import SteerConfig
 from .errors import ConfigError
 from .llama import physical_cores
+from .paths import write_atomic
 from .pool import MAX_TRIES, run_on_ray, run_processes
 from .runtime import LMSettings, ScorerSettings, load_lm
 from .worker import Row, Worker, WorkerSpec, error_row, finished_ids, parse_json_row, read_rows, row_key
@@ -163,8 +164,6 @@ def run_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str],
 def _drop_error_rows(out: Path) -> None:
     finished_ids(out)  # first mend a torn last line
     kept = [line for line in out.read_text(encoding="utf-8").splitlines() if json.loads(line).get("error") is None]
-    tmp = out.with_name(out.name + ".tmp")  # whole or not at all: an interrupted rewrite loses no row
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, "".join(line + "\n" for line in kept))  # an interrupted rewrite loses no row
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from .errors import ConfigError, RewardModelError
 from .junction import DEFAULT_K
 from .fit import corr, fit_prefix_head, fit_value_heads, kendall, ridge, situation_groups, split_by_situation
 from .llama import LM, VOCAB_SAMPLE, file_fingerprint
+from .paths import write_atomic
 from .config import SteerConfig
 from .scorer import Scorer
 from .steer import Steerer
@@ -40,16 +40,6 @@ def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
 
 
 RUN_FILE = "run.json"  # beside data.jsonl: the settings its rows were sampled with
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `path` whole or not at all (a temporary file beside it, then a rename): an interrupted rewrite loses nothing."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def check_run(data_file: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:

@@ -155,8 +155,6 @@ class ControlledEntropyGate:
         self.floor = certain_entropy(k)
         self.ceiling = 0.98 * float(np.log(max(k, 2)))
         self.error = 0.0
-        self.junctions = 0
-        self.steps = 0
 
     def threshold(self) -> float:
         return min(max(self.tau + self.gain * self.error, self.floor), self.ceiling)
@@ -164,8 +162,6 @@ class ControlledEntropyGate:
     def __call__(self, step: int, h: float) -> bool:
         hit = h >= self.threshold()
         self.error = min(max(self.error + hit - self.ratio, -self.bound), self.bound)
-        self.junctions += hit
-        self.steps += 1
         return hit
 
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, RewardModelError
 from .objectives import CARD, find_objective
 from .reward import OnnxReward, open_session
 from .scorer import Junction, Scorer, ScorerInfo
-from .sentiment import load_head, minilm_files, pool
+from .sentiment import Embedder, load_head, minilm_files
 
 Progress = Callable[[str], None]
 
@@ -39,34 +39,22 @@ def parse_objective(text: str) -> tuple[str, float]:
 
 
 class SharedEmbedder:
-    """All-MiniLM-L6-v2 with mean pooling and L2 norm, tokenised as the reward folders are (left truncation, 128
-    tokens): the one embedding every default-embedder objective's head reads. Loaded on first use."""
+    """The one embedding every default-embedder objective's head reads: `sentiment.Embedder` cut from the left
+    at 128 tokens, as the reward folders are, on a session made like the rewards' (provider, threads, no
+    spinning). Loaded on first use; counts its runs (one per junction step, however many objectives share it)."""
 
-    def __init__(self, provider: str = "auto", threads: int | None = None, verbose: bool = False, max_length: int = 128) -> None:
+    def __init__(self, provider: str = "auto", threads: int | None = None, verbose: bool = False) -> None:
         self.options = (provider, threads, verbose)
-        self.max_length = max_length
-        self.session: Any = None
+        self.embed: Embedder | None = None
         self.provider, self.provider_note = "CPUExecutionProvider", None
-        self.runs = 0  # embedder runs: one per junction step however many objectives share it
-
-    def _load(self) -> None:
-        from tokenizers import Tokenizer
-
-        onnx_file, tokenizer = minilm_files()
-        self.session, self.provider, self.provider_note = open_session(onnx_file, *self.options)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer))
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self.tokenizer.enable_truncation(max_length=self.max_length, direction="left")
+        self.runs = 0
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        if self.session is None:
-            self._load()
-        encs = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        if self.embed is None:
+            session, self.provider, self.provider_note = open_session(minilm_files()[0], *self.options)
+            self.embed = Embedder(keep_end=True, session=session)
         self.runs += 1
-        return pool(hidden, mask).astype(np.float64)
+        return self.embed(texts, batch=max(len(texts), 1)).astype(np.float64)
 
 
 @dataclass

@@ -11,6 +11,16 @@ import os
 from pathlib import Path
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, then a rename): an interrupted rewrite loses nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def cache_dir() -> Path:
     """Where sia-local keeps derived files (calibration profiles, built reward models, assembled models)."""
     from platformdirs import user_cache_dir

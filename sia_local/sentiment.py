@@ -47,17 +47,19 @@ def minilm_files() -> tuple[Path, Path]:
 
 
 class Embedder:
-    """Mean-pooled, L2-normalised MiniLM sentence embeddings in numpy (used to fit and to verify the head)."""
+    """Mean-pooled, L2-normalised MiniLM sentence embeddings in numpy (to fit heads, and to score a mix of
+    objectives that share them). `keep_end`: cut long texts from the left, as reward folders do (the
+    candidate is the last thing in them); `session`: an onnxruntime session on the same model to use."""
 
-    def __init__(self, max_length: int = 128) -> None:
+    def __init__(self, max_length: int = 128, *, keep_end: bool = False, session: Any = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         onnx_file, tokenizer = minilm_files()
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        self.tokenizer.enable_truncation(max_length=max_length, direction="left" if keep_end else "right")
+        self.session = session or ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
 
     def __call__(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
         out = []
