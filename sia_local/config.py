@@ -88,6 +88,9 @@ class SteerConfig:
     max_tokens: int = _s(256, Setting("most tokens to generate", int, "--max-tokens", "-n", lo=1, api="openai", chat=("max-tokens",)))
     seed: int | None = _s(None, Setting("sampler seed (the same seed gives the same text)", int, "--seed", lo=0, api="openai",
                                         chat=("seed",)))
+    min_prob: float = _s(0.0, Setting("at a junction, score only candidates with base probability >= this x the top one's (at least 2; "
+                                      "0 = all k): fewer branches, the rest keep their base logit and the lowest reward scored", float,
+                                      "--min-prob", lo=0.0, hi=1.0, api="sia", chat=("min-prob",)))
     normalize: bool = _s(False, Setting("standardise the k rewards at each junction before weighting", bool, "--normalize", api="sia",
                                         chat=("normalize",)))
     stop: tuple[str, ...] = _s((), Setting("stop string (repeatable, at most 4 of at most 64 characters)", "strs", "--stop", max_items=4,

@@ -305,8 +305,19 @@ def distill_head(
     seed: int = 0,
     fresh: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    junction_ratio: float = 0.25,
+    junction_tokens: int = 32,
+    layer: int | None = None,
+    layer_tolerance: float = 0.1,
 ) -> dict[str, Any]:
     """On-policy distillation of value heads on `lm`'s own hidden state into the head folder `out`.
+
+    Two stages. Samples (skipped with samples_per_prompt 0): the paper's regression of the final reward on
+    hidden states (branch.npz) and the prefix head. Junctions (`junction_data.record`, when the LM has
+    layer taps): the teacher's rewards of the k candidates at on-policy junctions, with the candidates'
+    states at several layers; a head per layer is fitted to them (`fit_junction_head`) and the smallest
+    layer whose validation Kendall tau is within `layer_tolerance` (relative) of the best is written as
+    layer.npz (`layer` picks one), the card's default when it is at least as good as the final-state head.
 
     Samples come from the runtime (resumable, out/data.jsonl), labels from the teacher, hidden states
     from the very llama.cpp decodes that sampled them (out/hidden/, float16; no ONNX graph, no second
@@ -316,6 +327,9 @@ def distill_head(
     """
     from .head import CARD
 
+    if samples_per_prompt == 0:
+        return _distill_junctions_only(lm, teacher, prompts, out, seed=seed, fresh=fresh, progress=progress, junction_ratio=junction_ratio,
+                                       junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance)
     if len(prompts) < 4:
         raise ConfigError("distillation needs at least 4 prompts (some are held out for validation)", "add prompts to --prompts")
     if not lm.hidden:
@@ -378,8 +392,97 @@ def distill_head(
                   "(A h)·(B e_c) + b fitted to the branch head's value after appending c (ridge + alternating least squares)",
         "seconds": {"sampling": sampled - started, "total": time.perf_counter() - started},
     }
+    if lm.taps is not None:
+        final = {"w": w, "b": b, "val": None}
+        card.update(_layer_heads(lm, teacher, prompts, parts, out, final, seed=seed, fresh=fresh, progress=progress, ratio=junction_ratio,
+                                 max_tokens=junction_tokens, layer=layer, tolerance=layer_tolerance))
+        card["seconds"]["total"] = time.perf_counter() - started
     write_atomic(out / CARD, json.dumps(card, indent=1))
     return card
+
+
+def _distill_junctions_only(lm: LM, teacher: Scorer, prompts: Sequence[str], out: Path, *, seed: int, fresh: bool,
+                            progress: Callable[[int, int, str], None] | None, junction_ratio: float, junction_tokens: int,
+                            layer: int | None, layer_tolerance: float) -> dict[str, Any]:
+    """`distill_head` without the sample stage: the final-state head (branch.npz) and the layer heads, all fitted at junctions."""
+    from .head import CARD
+
+    if lm.taps is None:
+        raise ConfigError(f"{lm.path.name} has no layer taps here (GPU offload?)", "use --samples-per-prompt 1 or more, or --n-gpu-layers 0")
+    parts = split_by_situation(prompts, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    card = {
+        "kind": "lm-head", "default": "branch", "backbone": lm.path.name, "backbone_fingerprint": file_fingerprint(lm.path),
+        "n_embd": lm.n_embd, "n_vocab": lm.n_vocab, "vocab_sample": lm.vocab_sample(),
+        "teacher": getattr(teacher, "name", "?"), "objective": teacher.objective, "prompts": len(prompts), "samples": 0,
+        "split": {"situations": len(set(situation_groups(prompts))), **{part: int((parts == part).sum()) for part in ("train", "val", "test")},
+                  "how": "whole situations (prompts sharing a rare phrase) per part; alpha and layer chosen on val, figures on test"},
+        "method": "the teacher's rewards of the top-k candidates at on-policy junctions (entropy gate, weight 0), centred per junction; "
+                  "a ridge head per layer on the candidates' RMS-normalised layer outputs (early exit) and on the final state (branch)",
+    }
+    card.update(_layer_heads(lm, teacher, prompts, parts, out, None, seed=seed, fresh=fresh, progress=progress, ratio=junction_ratio,
+                             max_tokens=junction_tokens, layer=layer, tolerance=layer_tolerance))
+    card["seconds"] = {"total": time.perf_counter() - started}
+    write_atomic(out / CARD, json.dumps(card, indent=1))
+    return card
+
+
+def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndarray, out: Path, final: dict[str, Any] | None, *, seed: int,
+                 fresh: bool, progress: Callable[[int, int, str], None] | None, ratio: float, max_tokens: int, layer: int | None,
+                 tolerance: float) -> dict[str, Any]:
+    """Record junctions, fit a head per tapped layer and on the final state, write layer.npz (and branch.npz when the
+    final-state junction head beats `final`, the sample stage's); the card's `layers` table, `layer` and `default`."""
+    from . import junction_data
+    from .fit import fit_junction_head, junction_agreement
+    from .head import rms_rows
+
+    started = time.perf_counter()
+    settings = junction_data.record(lm, teacher, prompts, out / "junctions", ratio=ratio, max_tokens=max_tokens, seed=seed, fresh=fresh,
+                                    progress=progress)
+    states, rewards, _, _, owner = junction_data.load(out / "junctions", len(prompts))
+    split = parts[owner]
+    layers = [*settings["layers"], lm.n_layer]
+    if layer is not None and layer not in settings["layers"]:
+        raise ConfigError(f"--layer {layer} was not tapped; the junctions hold layers {settings['layers']}", "pick one of them")
+    table, fits = [], {}
+    for i, x in enumerate(layers):
+        feats = states[:, i].astype(np.float32)
+        fit = fit_junction_head(rms_rows(feats) if x < lm.n_layer else feats, rewards.astype(np.float64), split)
+        fits[x] = fit
+        table.append({"layer": x, "share_of_layers": (x + 1) / lm.n_layer if x < lm.n_layer else 1.0, "alpha": fit["alpha"],
+                      "val": fit["val"], "test": fit["test"]})
+    finals = states[:, -1].astype(np.float32)
+    if final is not None:  # the sample stage's branch head, judged on the same held-out junctions
+        final["val"] = junction_agreement(finals[split == "val"] @ final["w"] + final["b"], rewards[split == "val"])
+        final["test"] = junction_agreement(finals[split == "test"] @ final["w"] + final["b"], rewards[split == "test"])
+    best_final = fits[lm.n_layer]
+    branch_from = "junctions"
+    if final is None or best_final["val"]["kendall"] > final["val"]["kendall"]:
+        _save_npz(out / "branch.npz", w=best_final["w"], b=np.float32(best_final["b"]))
+    else:
+        branch_from, best_final = "samples", final
+    early = [row for row in table if row["layer"] < lm.n_layer]
+    top = max(max(row["val"]["kendall"] for row in early), best_final["val"]["kendall"])
+    if layer is None:
+        good = [row for row in early if row["val"]["kendall"] >= (1 - tolerance) * top]
+        chosen = good[0]["layer"] if good else max(early, key=lambda row: row["val"]["kendall"])["layer"]
+    else:
+        chosen = layer
+    pick = fits[chosen]
+    _save_npz(out / "layer.npz", w=pick["w"], b=np.float32(pick["b"]), layer=np.int32(chosen))
+    meets = pick["val"]["kendall"] >= (1 - tolerance) * top
+    return {
+        "default": "layer" if meets else "branch",
+        "layer": {"layer": chosen, "n_layer": lm.n_layer, "tolerance": tolerance, "meets_tolerance": bool(meets),
+                  "how": "smallest tapped layer whose validation Kendall tau (head vs teacher ranking of a junction's k candidates) is "
+                         f"within {tolerance:.0%} of the best (all layers and the final-state head)" if layer is None else "--layer"},
+        "layers": table,
+        "branch_from": branch_from,
+        "final_state_head": {"val": best_final["val"], "test": best_final["test"]},
+        "junctions": {"count": int(len(rewards)), "per_part": {p: int((split == p).sum()) for p in ("train", "val", "test")},
+                      "ratio": ratio, "max_tokens": max_tokens, "k": int(rewards.shape[1]), "seconds": time.perf_counter() - started},
+    }
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

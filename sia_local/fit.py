@@ -186,3 +186,47 @@ def fit_prefix_head(h_prev: np.ndarray, tokens: np.ndarray, target: np.ndarray, 
         B = ridge(feats, resid, alpha)[0].reshape(rank, de)
     return {"a": a.astype(np.float32), "b": np.float32(b), "A": A.astype(np.float32),
             "tok_u": (emb @ u).astype(np.float32), "tok_L": (emb @ B.T).astype(np.float32)}
+
+
+def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas: Sequence[float] | None = None) -> dict[str, Any]:
+    """A linear head w fitted to the teacher's decisions at junctions: (J, k, d) candidate features `x`, (J, k)
+    teacher rewards `y`, the split of each junction. Only differences within a junction move a softmax, so
+    both are centred per junction and w is ridge on the centred pairs (alpha scaled by the mean feature
+    variance, chosen on val by the mean Kendall tau of each junction's ranking). Returns w, b (the mean
+    reward, so values sit where the teacher's do), alpha and the val / test figures: mean Kendall tau,
+    corr of the centred values, and how often the head's top candidate is the teacher's."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    train = split == "train"
+    d = x.shape[2]
+    flat = xc[train].reshape(-1, d).astype(np.float64)
+    target = yc[train].reshape(-1)
+    scale = float(np.mean(np.var(flat, axis=0))) or 1.0
+    gram, rhs = flat.T @ flat, flat.T @ target
+    grid = list(alphas) if alphas is not None else [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    best: tuple[float, float, np.ndarray] | None = None
+    curve = []
+    for alpha in grid:
+        w = np.linalg.solve(gram + alpha * scale * len(flat) * np.eye(d), rhs)  # alpha 1: as strong as the data's own diagonal
+        val = junction_agreement(xc[split == "val"] @ w, yc[split == "val"])
+        curve.append({"alpha": alpha, **{f"val_{k}": v for k, v in val.items()}})
+        score = val["kendall"] if not np.isnan(val["kendall"]) else -np.inf
+        if best is None or score > best[0]:
+            best = (score, alpha, w)
+    assert best is not None
+    w = best[2]
+    return {"w": w.astype(np.float32), "b": float(y[train].mean()), "alpha": best[1], "curve": curve,
+            "val": junction_agreement(xc[split == "val"] @ w, yc[split == "val"]),
+            "test": junction_agreement(xc[split == "test"] @ w, yc[split == "test"])}
+
+
+def junction_agreement(pred: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    """How a head's (J, k) values agree with the teacher's at J junctions: mean Kendall tau per junction, corr
+    of the values centred per junction, share of junctions where both pick the same top candidate."""
+    if len(pred) == 0:
+        return {"kendall": float("nan"), "corr": float("nan"), "same_top": float("nan"), "junctions": 0}
+    pc = pred - pred.mean(axis=1, keepdims=True)
+    tc = teacher - teacher.mean(axis=1, keepdims=True)
+    taus = [kendall(p, t) for p, t in zip(pred, teacher)]
+    return {"kendall": float(np.nanmean(taus)), "corr": corr(pc.reshape(-1), tc.reshape(-1)),
+            "same_top": float(np.mean(np.argmax(pred, axis=1) == np.argmax(teacher, axis=1))), "junctions": int(len(pred))}

@@ -29,7 +29,7 @@ from .llama import LM, file_fingerprint
 from .scorer import Junction, ScorerInfo
 
 CARD = "head.json"
-KINDS = ("branch", "prefix")
+KINDS = ("branch", "prefix", "layer")
 
 
 def head_file(path: str | Path) -> tuple[Path, str] | None:
@@ -48,7 +48,7 @@ def load_head(path: str | Path, lm: LM) -> "BranchHead | PrefixHead":
     if found is None:
         raise RewardModelError(f"{path} is not a head folder (needs {CARD})", "make one with `sia vm distill`")
     folder, kind = found
-    return BranchHead(folder, lm) if kind == "branch" else PrefixHead(folder, lm)
+    return {"branch": BranchHead, "prefix": PrefixHead, "layer": LayerHead}[kind](folder, lm)
 
 
 CARD_KEYS = ("n_embd", "n_vocab")
@@ -178,6 +178,65 @@ class BranchHead(_Head):
         decoder = self._decoder(junctions, self.lm)
         hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})  # one decode; chosen branches are kept
         return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
+
+
+def rms_rows(states: np.ndarray) -> np.ndarray:
+    """Each row divided by its root mean square: a layer's residual stream grows with depth and with the
+    token, and a linear head reads it best at one scale (what the model's own RMSNorm does, without weight)."""
+    x = np.asarray(states, dtype=np.float32)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+class LayerHead(_Head):
+    """V = w·rms(h_l(prefix + c)) + b on layer l's output: the k branches stop at layer l (early exit).
+
+    Fitted by `sia vm distill` on the teacher's own junction decisions (its rewards of the k candidates
+    at on-policy junctions, centred per junction), per layer; the card's `layers` table says how well each
+    layer ranks held-out junctions and which was picked. No branch is kept, so the chosen token is
+    decoded as an ordinary step: a junction costs about (l + 1) / n_layer of a k-branch decode on top of
+    the step it replaces. Without layer taps (GPU offload) it falls back to branch.npz on full branches."""
+
+    kind = "layer"
+    lm_state: str | None = "branches"
+
+    def shapes(self, lm: LM) -> dict[str, tuple[int, ...]]:
+        return {"w": (lm.n_embd,), "b": (), "layer": ()}
+
+    def __init__(self, folder: Path, lm: LM) -> None:
+        super().__init__(folder, lm)
+        self.w = self.weights["w"].astype(np.float32)
+        self.b = float(self.weights["b"])
+        self.layer = int(self.weights["layer"])
+        if not 0 <= self.layer < lm.n_layer - 1:
+            raise RewardModelError(f"{folder / 'layer.npz'} reads layer {self.layer}, which {lm.path.name} (layers 0..{lm.n_layer - 2}) has not",
+                                   "rerun `sia vm distill` for this model")
+        self.early_exit = lm.taps is not None
+        if not self.early_exit:
+            self.note = ((self.note + "; ") if self.note else "") + "no layer taps here (GPU offload): full branch decodes, final-state weights"
+            self.layer = lm.n_layer
+            w, self.b = self._value_head()
+            self.w = w.astype(np.float32)
+        self.name = f"{folder.name}/layer{self.layer}"
+
+    def info(self) -> ScorerInfo:
+        out = super().info()
+        out.details["layer"] = self.layer
+        out.details["n_layer"] = self.lm.n_layer
+        return out
+
+    def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
+        decoder = self._decoder(junctions, self.lm)
+        if not self.early_exit:  # full branches, the final-state head
+            hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})
+            return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
+        if decoder is not self.lm:
+            raise ConfigError("Best-of-N with an early-exit head is not supported yet", f"use {self.folder / 'branch.npz'} with --best-of",
+                              api_hint=f"use n = 1, or serve {self.folder / 'branch.npz'}")
+        out = []
+        for j in junctions:
+            states = self.lm.branch_layers([int(c) for c in j.candidates], [self.layer])[self.layer]
+            out.append((rms_rows(states) @ self.w + self.b).astype(np.float64))
+        return out
 
 
 class PrefixHead(_Head):

@@ -2,7 +2,9 @@
 
 - calibration: varied tasks and tones, decoded unsteered to calibrate tau (`calibrate.py`);
 - bench: 50 prompts, many about annoying or sad situations, so a tone objective has room to move (`sia bench`);
-- distill: 304 prompts, situations x ways of asking, disjoint from the two above (`sia vm distill`).
+- distill: 1,100 prompts, 220 situations from many parts of life x 24 kinds of request x 12 registers, disjoint from
+  the two above (`sia vm distill`);
+- heldout: 70 prompts of other situations, asked in other ways: evaluation only (`scripts/head_vs_teacher.py`).
 A user's file is JSONL ({"prompt": ...} per line) or plain text (one prompt a line).
 """
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-SHIPPED = {"calibration": "calibration_prompts.txt", "bench": "bench_prompts.jsonl", "distill": "distill_prompts.txt"}
+SHIPPED = {"calibration": "calibration_prompts.txt", "bench": "bench_prompts.jsonl", "distill": "distill_prompts.txt",
+           "heldout": "heldout_prompts.txt"}
 
 
 def shipped(name: str) -> list[str]:
-    """One of the shipped prompt sets by name: calibration, bench or distill."""
+    """One of the shipped prompt sets by name: calibration, bench, distill or heldout."""
     text = resources.files("sia_local.data").joinpath(SHIPPED[name]).read_text(encoding="utf-8")
     return _parse(text, f"sia_local/data/{SHIPPED[name]}")
 

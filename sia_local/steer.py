@@ -307,6 +307,7 @@ class SequenceState:
         self._cut_at_stop = False
         self._cand = np.zeros(0, dtype=np.int64)
         self._z = np.zeros(0)
+        self._scored: np.ndarray | None = None  # --min-prob: which candidates this junction scores (None = all)
         self._h, self._u, self._base = 0.0, 0.0, 0
         self._lse = 0.0
         self._kl_sum = 0.0
@@ -323,17 +324,21 @@ class SequenceState:
             self.stats.logprob_seconds += time.perf_counter() - t
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)
+        self._scored = scored_candidates(self._z, self.cfg.min_prob) if self.junction else None
         self._u = self.rng.random()
         self._base = pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
 
     def scoring_request(self, prompt: str, prompt_ids: Sequence[int], key: int = 0, decoder: Any = None) -> Junction:
         """This step's candidates, for the scorer; `decoder` holds the sequence's KV (default: the LM)."""
-        return Junction(prompt, prompt_ids, self.ids, self._cand, self.candidate_texts, key, decoder if decoder is not None else self.lm)
+        return Junction(prompt, prompt_ids, self.ids, self._scored_ids(), self.candidate_texts, key, decoder if decoder is not None else self.lm)
+
+    def _scored_ids(self) -> np.ndarray:
+        return self._cand if self._scored is None else self._cand[self._scored]
 
     def candidate_texts(self) -> list[str]:
-        """The response so far with each candidate appended (a partial UTF-8 character is dropped)."""
+        """The response so far with each scored candidate appended (a partial UTF-8 character is dropped)."""
         done = bytes(self._bytes)
-        return [(done + self.lm.piece(int(c))).decode("utf-8", "ignore") for c in self._cand]
+        return [(done + self.lm.piece(int(c))).decode("utf-8", "ignore") for c in self._scored_ids()]
 
     def commit(self, rewards: np.ndarray | None, reward_seconds: float = 0.0, parts: dict[str, list[float]] | None = None) -> Piece | None:
         """Choose this step's token (steered if `rewards` is given) and append it; returns the new text.
@@ -345,6 +350,11 @@ class SequenceState:
             stats.reward_calls += 1
             stats.candidates_scored += len(rewards)
             r = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
+            if self._scored is not None and len(r) < len(self._z):  # --min-prob: the unscored keep the lowest reward scored
+                r = np.where(self._scored, 0.0, float(r.min()))
+                r[self._scored] = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
+                if parts:
+                    parts = {name: _expand(values, self._scored) for name, values in parts.items()}
             steered = self._z + cfg.weight * r
             choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
             kept = [float(x) for x in r]
@@ -419,6 +429,23 @@ class SequenceState:
         piece = Piece(self._text[self._emitted : upto], self._info)
         self._emitted = upto
         return piece
+
+
+def scored_candidates(z: np.ndarray, min_prob: float) -> np.ndarray | None:
+    """Which of the k candidates (logits `z`, highest first) a junction scores: those with base probability
+    >= min_prob x the top one's, at least 2; None = all."""
+    if min_prob <= 0.0 or len(z) <= 2:
+        return None
+    keep = z >= z[0] + np.log(min_prob)
+    keep[:2] = True
+    return None if keep.all() else keep
+
+
+def _expand(values: list[float], scored: np.ndarray) -> list[float]:
+    """One objective's rewards of the scored candidates, back on all k (the unscored get the lowest)."""
+    out = np.full(len(scored), min(values))
+    out[scored] = values
+    return [float(v) for v in out]
 
 
 def objective_parts(scorer: Any, i: int) -> dict[str, list[float]] | None:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -342,9 +342,15 @@ def vm() -> None:
 @click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples (the teacher) [default: built-in positive tone].")
 @reward_label_option
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="JSONL or text prompts [default: the 304 shipped distillation prompts, disjoint from the bench's].")
-@click.option("--samples-per-prompt", type=click.IntRange(min=1), default=7, show_default=True)
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=48, show_default=True)
+              help="JSONL or text prompts [default: the 1,100 shipped distillation prompts, disjoint from the bench's and the held-out set].")
+@click.option("--samples-per-prompt", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also sample this many answers per prompt for the paper's final-reward regression and the prefix head (0: junctions only).")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=48, show_default=True, help="Tokens per sample (--samples-per-prompt).")
+@click.option("--junction-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens decoded per prompt while recording junctions.")
+@click.option("--junction-ratio", type=click.FloatRange(0.01, 1.0), default=0.25, show_default=True, help="Share of junction steps while recording.")
+@click.option("--layer", type=click.IntRange(min=0), default=None, help="Write the early-exit head at this tapped layer [default: the smallest within --layer-tolerance of the best].")
+@click.option("--layer-tolerance", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="How much lower (relative) than the best validation Kendall tau the chosen layer's may be.")
 @click.option("--limit", type=click.IntRange(min=4), default=None, help="Use only the first N prompts.")
 @click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the prefix head's bilinear term.")
 @click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
@@ -353,15 +359,17 @@ def vm() -> None:
 @click.option("--fresh", is_flag=True, help="Start over: delete the data sampled in OUT by an earlier run (else it is resumed, with the same settings only).")
 @fail_cleanly
 def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
+               junction_tokens: int, junction_ratio: float, layer: int | None, layer_tolerance: float,
                limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, fresh: bool) -> None:
-    """Distil a value model from your GGUF: sample on-policy, label with the reward model, fit value heads on the LM's hidden state.
+    """Distil a value head from your GGUF: record the teacher's rewards at on-policy junctions, fit heads on the LM's layers.
 
     \b
-    sia vm distill -o head-smollm2                    # default model and teacher, 304 prompts x 7 samples x 48 tokens (~20 min on 2 cores)
-    sia generate "..." --vm head-smollm2 --ratio 0.2   # the branch head (k-branch decode at a junction)
-    sia generate "..." --vm head-smollm2/prefix.npz    # the prefix head (no decode at a junction)
-    Rerunning resumes: the sampled and scored responses are kept in OUT/data.jsonl, with the settings they were
-    sampled with (OUT/run.json); other settings are refused, --fresh starts over.
+    sia vm distill -o head-smollm2                    # default model and teacher: 1,100 prompts x 32 tokens, junctions at 0.25
+    sia generate "..." --vm head-smollm2 --ratio 0.2   # its default head (early exit at the layer the card names, or the branch head)
+    sia generate "..." --vm head-smollm2/branch.npz    # the final-state head (full k-branch decode at a junction)
+    sia vm distill -o head2 --samples-per-prompt 2     # also the paper's final-reward regression and the prefix head (no decode)
+    Rerunning resumes: recorded junctions (OUT/junctions/) and samples (OUT/data.jsonl) are kept with the settings
+    they were made with (run.json); other settings are refused, --fresh starts over.
     """
     from ..prompts import load_prompts
     from ..runtime import ScorerSettings, load_lm, load_scorer
@@ -382,14 +390,27 @@ def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, pr
             from ..distill import distill_head
 
             card = distill_head(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
-                                seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what))
-            v = card["test"]
-            click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts in {card['seconds']['total']:.0f} s; "
-                       f"on {card['split']['test']} test prompts of situations nothing was fitted or chosen on: "
-                       f"branch head ({v['branch']['objective']} objective) corr(V, R) per position {v['branch']['per_position_corr']:.3f}; "
-                       f"prefix head: corr with the branch value {v['prefix']['corr_with_branch_value']:.3f}, "
-                       f"Kendall tau vs the branch head at junctions {v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
+                                seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what), junction_ratio=junction_ratio,
+                                junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance)
+            click.echo(head_summary(card, out_dir))
     click.echo(f"steer with it: sia generate \"...\" -m {model.path} --vm {out_dir}", err=True)
+
+
+def head_summary(card: dict[str, Any], out_dir: Path) -> str:
+    """What `sia vm distill` says when it is done: the data, the held-out agreement with the teacher, the default head."""
+    said = [f"wrote {out_dir} in {card['seconds']['total']:.0f} s from {card['prompts']} prompts"]
+    if card.get("samples"):
+        v = card["test"]
+        said.append(f"{card['samples']} samples: branch head ({v['branch']['objective']} objective) corr(V, R) per position "
+                    f"{v['branch']['per_position_corr']:.3f} on {card['split']['test']} test prompts; prefix head Kendall tau vs the branch head "
+                    f"{v['prefix']['kendall_tau_vs_branch_at_junctions']:.3f}")
+    if "layers" in card:
+        pick = next(row for row in card["layers"] if row["layer"] == card["layer"]["layer"])
+        final = card["final_state_head"]["test"]
+        said.append(f"{card['junctions']['count']} junctions; on {pick['test']['junctions']} test junctions of unseen situations, Kendall tau with "
+                    f"the teacher: layer {pick['layer']}/{card['layer']['n_layer']} {pick['test']['kendall']:.3f}, final state {final['kendall']:.3f}")
+    said.append(f"default head: {card['default']}" + (f" (layer {card['layer']['layer']})" if card["default"] == "layer" else ""))
+    return "; ".join(said)
 
 
 @vm.command("export")

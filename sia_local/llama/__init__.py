@@ -2,7 +2,8 @@
 
 This package is the only importer of `llama_cpp`: `model.LM` (one context: prefill, step, logits,
 chat template, hidden states and branches), `batch.BatchContext` (several sequences in one context,
-for Best-of-N) and `compat` (version shims, llama.cpp's log, GGUF checks).
+for Best-of-N), `taps` (intermediate layers' states read during a decode, which may stop there: early-exit
+branches) and `compat` (version shims, llama.cpp's log, GGUF checks).
 """
 
 from .batch import BatchContext

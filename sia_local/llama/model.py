@@ -19,6 +19,7 @@ from ..threads import ThreadGovernor
 DEFAULT_N_CTX = 4096  # tokens of context when none is asked (capped at the model's training context)
 VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
 
+from .taps import LayerTaps, layer_name
 from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
                      _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
                      physical_cores)
@@ -113,6 +114,10 @@ class LM:
         self._n_branches = 0
         self._logits_row = -1  # which output row of the last decode holds the current logits
         self._track_hidden = False
+        self.n_layer: int = int(llama_cpp.llama_model_n_layer(self._llm._model.model))
+        self.taps: LayerTaps | None = None  # early-exit branches (CPU only: a GPU layer's tensor is not in host memory)
+        if hidden and n_gpu_layers == 0:
+            self._install_taps()
         if hidden:
             llama_cpp.llama_set_embeddings(self._ctx, False)
             self._branch_batch = llama_cpp.llama_batch_init(max(self.max_branches, 1), 0, 1)
@@ -270,22 +275,10 @@ class LM:
 
         self._need_hidden()
         k, n = len(candidates), self.n_past
-        if not 1 <= k <= self.max_branches:
-            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
-        if n + 1 >= self.n_ctx:
-            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
-        if self._n_branches:
-            self._drop_branches()
-        context = self._llm._ctx
-        b = self._branch_batch
-        for i, c in enumerate(candidates):
-            context.kv_cache_seq_cp(0, i + 1, -1, -1)
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = int(c), n, 1, 1
-            b.seq_id[i][0] = i + 1
-        b.n_tokens = k
+        self._start_branches(candidates, outputs="all")
         llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
-            rc = llama_cpp.llama_decode(self._ctx, b)
+            rc = llama_cpp.llama_decode(self._ctx, self._branch_batch)
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         if rc != 0:
@@ -297,6 +290,87 @@ class LM:
         self._branch_at = n
         self._n_branches = k
         return hidden
+
+    def _install_taps(self) -> None:
+        """Remake the context with a layer-tap callback (llama-cpp-python makes its context before we can add one)."""
+        from llama_cpp._internals import LlamaContext
+
+        taps = LayerTaps()
+        params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)  # the Llama's own stay untouched
+        taps.install(params)
+        try:
+            context = LlamaContext(model=self._llm._model, params=params, verbose=False)
+        except ValueError:
+            return  # no memory for a second context while the first exists: plain branches only
+        self._llm._ctx.close()
+        self._llm._ctx = context
+        self._llm._stack.callback(context.close)
+        self._ctx = context.ctx
+        taps.attach(self._ctx)
+        self.taps = taps
+
+    def branch_layers(self, candidates: Sequence[int], layers: Sequence[int], *, final: bool = False) -> dict[int, np.ndarray]:
+        """{layer: (k, n_embd) outputs of that layer (the residual stream) for prefix + c}, from ONE llama_decode
+        that stops after the highest layer asked (`final`: the whole graph, and the final hidden states under key
+        n_layer). No branch is kept: the chosen token is decoded by the next `step` as usual."""
+        import llama_cpp
+
+        taps = self._need_taps()
+        k = len(candidates)
+        wanted = sorted({int(x) for x in layers})
+        if any(not 0 <= x < self.n_layer - 1 for x in wanted):
+            raise ModelError(f"layers {wanted} are not all in 0..{self.n_layer - 2} of {self.path.name}", "pick a lower --layer (the last layer is the branch head's)")
+        self._start_branches(candidates, outputs="all" if final else "last")
+        names = [layer_name(x) for x in wanted]
+        embeddings = final
+        for attempt in range(2):
+            taps.arm(names, None if final else names[-1])
+            llama_cpp.llama_set_embeddings(self._ctx, embeddings)
+            try:
+                rc = llama_cpp.llama_decode(self._ctx, self._branch_batch)
+            finally:
+                taps.disarm()
+            for s in range(1, k + 1):
+                self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
+            if rc != 0:
+                raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
+            if taps.calls or attempt:
+                break
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+            taps.always_on()  # the graph was reused from a build without the callback: build anew with it installed for good
+            embeddings = not embeddings
+            self._start_branches(candidates, outputs="all" if final else "last")
+        out = {x: taps.take(layer_name(x))[:k] for x in wanted}
+        if final:  # the embeddings rows of this decode (pooling none): the final hidden states
+            out[self.n_layer] = np.stack([np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(self._ctx, i), shape=(self.n_embd,))
+                                          for i in range(k)]).copy()
+        llama_cpp.llama_set_embeddings(self._ctx, False)
+        self._logits_row = -1
+        return out
+
+    def _need_taps(self) -> LayerTaps:
+        self._need_hidden()
+        if self.taps is None:
+            raise ModelError(f"{self.path.name} was loaded without layer taps (they need the CPU: --n-gpu-layers 0)",
+                             "use the branch head on a GPU (a junction costs little there)")
+        return self.taps
+
+    def _start_branches(self, candidates: Sequence[int], outputs: str) -> None:
+        """Fill the branch batch: candidate i on sequence i + 1 over sequence 0's cells, all at the next position."""
+        k, n = len(candidates), self.n_past
+        if not 1 <= k <= self.max_branches:
+            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
+        if n + 1 >= self.n_ctx:
+            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
+        if self._n_branches:
+            self._drop_branches()
+        context, b = self._llm._ctx, self._branch_batch
+        for i, c in enumerate(candidates):
+            context.kv_cache_seq_cp(0, i + 1, -1, -1)
+            b.token[i], b.pos[i], b.n_seq_id[i] = int(c), n, 1
+            b.logits[i] = 1 if outputs == "all" or i == k - 1 else 0
+            b.seq_id[i][0] = i + 1
+        b.n_tokens = k
 
     def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         """`branch` in the form Best-of-N's `BatchContext.branches` has: {0: candidates} -> {0: (k, n_embd)}."""
