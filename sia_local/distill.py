@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +25,7 @@ from .junction import DEFAULT_K
 from .fit import corr, fit_prefix_head, fit_value_heads, kendall, ridge, situation_groups, split_by_situation
 from .llama import LM, VOCAB_SAMPLE, file_fingerprint
 from .paths import write_atomic
+from .runs import check_run
 from .config import SteerConfig
 from .scorer import Scorer
 from .steer import Steerer
@@ -37,31 +37,6 @@ from .vmgraph import Arch, build_graph, feeds, read_gguf, save
 def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
     """(T, n_embd) final-norm hidden states of one full sequence through a head-less graph."""
     return session.run(["hidden"], feeds(arch, ids, len(ids)))[0][0]
-
-
-RUN_FILE = "run.json"  # beside data.jsonl: the settings its rows were sampled with
-
-
-def check_run(data_file: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
-    """Keep what a distillation was given: data sampled with other settings is refused (naming the setting), never
-    mixed or thrown away; `fresh` starts over. Data from before run files existed is taken as it is."""
-    run_file = data_file.parent / RUN_FILE
-    if fresh:
-        for old in (data_file, run_file):
-            old.unlink(missing_ok=True)
-        shutil.rmtree(data_file.parent / "hidden", ignore_errors=True)
-    if data_file.exists() and data_file.stat().st_size and run_file.exists():
-        try:
-            before = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            before = {}
-        differ = [k for k in settings if k in before and before[k] != settings[k]]
-        if differ:
-            said = ", ".join(f"{k} ({before[k]} then, {settings[k]} now)" if k != "prompts" else "the prompts" for k in differ)
-            raise ConfigError(f"{data_file} was sampled with other settings: {said}",
-                              "rerun with the same settings to resume, or pass --fresh to start over (the sampled data is deleted)")
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_file, json.dumps(settings, indent=1))
 
 
 def run_settings(lm: LM, teacher: Scorer, prompts: Sequence[str], samples_per_prompt: int, max_tokens: int, seed: int) -> dict[str, Any]:
@@ -479,6 +454,9 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
                          f"within {tolerance:.0%} of the best (all layers and the final-state head)" if layer is None else "--layer"},
         "layers": table,
         "branch_from": branch_from,
+        "sample_head_at_junctions": None if final is None else {"val": final["val"], "test": final["test"],
+                                                                "what": "the sample stage's branch head (final reward regressed on hidden states), "
+                                                                        "ranking the same held-out junctions"},
         "final_state_head": {"val": best_final["val"], "test": best_final["test"]},
         "junctions": {"count": int(len(rewards)), "per_part": {p: int((split == p).sum()) for p in ("train", "val", "test")},
                       "ratio": ratio, "max_tokens": max_tokens, "k": int(rewards.shape[1]), "seconds": time.perf_counter() - started},

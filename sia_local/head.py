@@ -224,19 +224,24 @@ class LayerHead(_Head):
         out.details["n_layer"] = self.lm.n_layer
         return out
 
+    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+        """V of each finished response: this head on layer l's state of its last token (as at a junction)."""
+        if not self.early_exit:
+            return super().score_responses(prompt, prompt_ids, responses)
+        out = []
+        for _, ids in responses:
+            full = [*prompt_ids, *ids]
+            self.lm.prefill(full[:-1])
+            out.append(float(rms_rows(self.lm.branch_layers(full[-1:], [self.layer])[self.layer])[0] @ self.w + self.b))
+        return np.asarray(out, dtype=np.float64)
+
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
         decoder = self._decoder(junctions, self.lm)
         if not self.early_exit:  # full branches, the final-state head
             hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})
             return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
-        if decoder is not self.lm:
-            raise ConfigError("Best-of-N with an early-exit head is not supported yet", f"use {self.folder / 'branch.npz'} with --best-of",
-                              api_hint=f"use n = 1, or serve {self.folder / 'branch.npz'}")
-        out = []
-        for j in junctions:
-            states = self.lm.branch_layers([int(c) for c in j.candidates], [self.layer])[self.layer]
-            out.append((rms_rows(states) @ self.w + self.b).astype(np.float64))
-        return out
+        states = decoder.exit_branches({j.key: [int(c) for c in j.candidates] for j in junctions}, self.layer)  # one decode
+        return [(rms_rows(states[j.key]) @ self.w + self.b).astype(np.float64) for j in junctions]
 
 
 class PrefixHead(_Head):
@@ -270,12 +275,14 @@ class PrefixHead(_Head):
 
 
 def junction_cost(lm: LM, tokens: Sequence[int], lengths: Sequence[int], ks: Sequence[int] = (5, 10), *, repeats: int = 15,
-                  with_heads: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                  with_heads: bool = True, exit_layers: Sequence[int] = (), progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """What a junction costs with a head on `lm` (loaded with hidden states), per context length: the
-    median ms of a plain one-token step, of a k-branch decode (`LM.branch`, the branch head) for each k
-    and of the prefix head's k = 10 dot products; the branch decode also in plain steps, the unit that
-    matters. `tokens` supplies the contexts (at least max(lengths) + 1 of them). `with_heads=False`:
-    plain steps only (an LM loaded without hidden states)."""
+    median ms of a plain one-token step, of a k-branch decode (`LM.branch`, the branch head) for each k,
+    of an early-exit branch decode stopped after each of `exit_layers` (`LM.branch_layers`), and of the
+    prefix head's k = 10 dot products; each also in plain steps, the unit that matters, and as `extra`
+    steps: what a junction adds to the step it replaces (a kept branch replaces the next step: branch - 1;
+    an early exit does not: its whole cost). `tokens` supplies the contexts (at least max(lengths) + 1 of
+    them). `with_heads=False`: plain steps only (an LM loaded without hidden states)."""
     import statistics
     import time
 
@@ -300,7 +307,10 @@ def junction_cost(lm: LM, tokens: Sequence[int], lengths: Sequence[int], ks: Seq
         for k in ks if with_heads else ():
             cand = [int(c) for c in top_k(lm.prefill(prefix), k)[0]]
             ms = median_ms(lambda: lm.branch(cand), lambda: lm.prefill(prefix))
-            row[f"k{k}"] = {"branch_ms": ms, "branch_in_steps": ms / row["step_ms"]}
+            row[f"k{k}"] = {"branch_ms": ms, "branch_in_steps": ms / row["step_ms"], "extra_steps": ms / row["step_ms"] - 1}
+            for layer in exit_layers if lm.taps is not None else ():
+                ms = median_ms(lambda: lm.branch_layers(cand, [layer]), lambda: lm.prefill(prefix))
+                row[f"k{k}"][f"exit{layer}"] = {"ms": ms, "extra_steps": ms / row["step_ms"]}
         out[str(n)] = row
         if not with_heads:
             continue

@@ -5,7 +5,7 @@ rewards of them decide the draw. So the head is taught there: the LM decodes eac
 would (the entropy gate at a ratio, weight 0 so the text is the model's own), and at every junction
 one branch decode of the k candidates, tapped at several layers (`LM.branch_layers`), gives their
 states while the teacher scores the same k texts. One file per prompt (resumable); the settings
-that made them are kept beside them (`distill.check_run`).
+that made them are kept beside them (`runs.check_run`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from .config import SteerConfig
 from .llama import LM, file_fingerprint
 from .paths import write_atomic
+from .runs import check_run
 from .scorer import Junction, Scorer, ScorerInfo
 from .steer import Steerer
 
@@ -71,8 +72,6 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
     """Decode every prompt once at the entropy gate (`ratio`, weight 0) and record each junction into `folder`
     (pNNNNN.npz per prompt: states (J, L', k, d) float16 over `layers` + the final state, rewards, base logits,
     candidates). Returns what `load` needs: the settings, with the layers."""
-    from .distill import check_run
-
     layers = list(layers) if layers is not None else tap_layers(lm.n_layer)
     settings = {"model": file_fingerprint(lm.path), "teacher": getattr(teacher, "name", "?"), "n_prompts": len(prompts),
                 "prompts": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16], "ratio": ratio,

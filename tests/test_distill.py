@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sia_local.distill import RUN_FILE, sample_labelled
+from sia_local.distill import sample_labelled
+from sia_local.runs import RUN_FILE
 from sia_local.fit import ALPHAS, fit_value_heads, situation_groups, split_by_situation
 from sia_local.errors import ConfigError
 from sia_local.llama import LM

@@ -194,6 +194,16 @@ def int_list(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} {text!r} is not a comma-separated list of whole numbers", f"write e.g. {flag} 5,10") from None
 
 
+def float_list(text: str, flag: str) -> list[float]:
+    """'0.05,0.1' -> [0.05, 0.1]; an empty string -> []."""
+    from ..errors import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of numbers", f"write e.g. {flag} 0.05,0.1") from None
+
+
 class progress:
     """Progress on stderr, from the first tick on: on a terminal a live bar (done / total, rate, time left);
     elsewhere (a log file, a pipe) a line at every tenth of the way. Yields tick(done, total, msg=None)."""

@@ -13,7 +13,7 @@ import click
 from ..config import setting_default
 from ..errors import ConfigError
 from ..runtime import LMSettings
-from .options import Steering, fail_cleanly, int_list, load_steerer, model_options, need, note, progress, reward_label_option, steer_options
+from .options import Steering, fail_cleanly, float_list, int_list, load_steerer, model_options, need, note, progress, reward_label_option, steer_options
 
 if TYPE_CHECKING:
     from ..scorer import Scorer
@@ -117,19 +117,22 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
 @click.option("--best-of", "best_of", type=click.IntRange(min=2), default=8, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the full result as JSON.")
 @click.option("--head", "head_dir", type=click.Path(path_type=Path), default=None,
-              help="A head folder (sia vm distill): adds its branch and prefix heads at the ratio and dense.")
+              help="A head folder (sia vm distill): adds its heads (layer, branch, prefix: those it has) at the ratio and dense.")
 @click.option("--head-k", "head_ks", default="", metavar="K[,K...]",
-              help="Also run the branch head with these candidate counts (e.g. 5): a junction decodes k tokens.")
+              help="Also run the branch heads with these candidate counts (e.g. 5): a junction decodes k tokens.")
+@click.option("--head-min-prob", "head_min_probs", default="", metavar="EPS[,EPS...]",
+              help="Also run the branch heads with --min-prob EPS: only candidates with base probability >= EPS x the top one's are decoded.")
 @click.pass_obj
 @fail_cleanly
 def bench_speed(settings: tuple[LMSettings, Steering], tokens: int, repeats: int, best_of: int, json_out: Path | None, head_dir: Path | None,
-                head_ks: str) -> None:
+                head_ks: str, head_min_probs: str) -> None:
     """Side-by-side speed: llama-cpp-python vs gate none vs entropy@ratio vs dense, BoN batched vs sequential, and value heads.
 
     \b
     sia bench speed
     sia bench speed --head head-smollm2            # + head-branch / head-prefix at the ratio and dense
-    sia bench speed --head head-smollm2 --head-k 5 # + the branch head with 5 candidates
+    sia bench speed --head head-smollm2 --head-k 5 # + the branch heads with 5 candidates
+    sia bench speed --head head-smollm2 --head-min-prob 0.05   # + the branch heads scoring only candidates with p >= 0.05 p1
     """
     from ..speed import speed
 
@@ -137,13 +140,18 @@ def bench_speed(settings: tuple[LMSettings, Steering], tokens: int, repeats: int
     steerer = load_steerer(replace(lm, hidden=head_dir is not None), steering, need_scorer=True)
     heads: "dict[str, Scorer] | None" = None
     if head_dir is not None:
-        from ..head import BranchHead, PrefixHead
+        from ..head import LayerHead, load_head
 
-        heads = {"head-branch": BranchHead(head_dir, steerer.lm), "head-prefix": PrefixHead(head_dir, steerer.lm)}
+        heads = {}
+        for kind in ("layer", "branch", "prefix"):
+            if (head_dir / f"{kind}.npz").exists():
+                head = load_head(head_dir / f"{kind}.npz", steerer.lm)
+                heads[f"head-layer{head.layer}" if isinstance(head, LayerHead) else f"head-{kind}"] = head
     ratio = steerer.config.ratio if steerer.config.ratio is not None else setting_default("ratio")
     with progress("speed") as tick:
         result = speed(steerer, tokens=tokens, repeats=repeats, ratio=ratio, best_of=best_of, heads=heads,
-                       head_ks=int_list(head_ks, "--head-k"), progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
+                       head_ks=int_list(head_ks, "--head-k"), head_min_probs=float_list(head_min_probs, "--head-min-prob"),
+                       progress=lambda d, t, n: tick(d, t, f"speed: {n}"))
     click.echo(f"{Path(result['model']).name}, reward on {result['reward_provider']}, tau {result['tau']:.3f}, {tokens} tokens x {repeats} repeats (medians)")
     click.echo(f"{'arm':22} {'tok/s':>8} {'tokens':>7} {'ratio':>6} {'rm calls':>8} {'rm s':>7}")
     for name, v in result["table"].items():

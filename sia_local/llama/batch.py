@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ContextLengthError, ModelError, PromptError
 from .compat import _compat_logits_view, _compat_seq_cp, _compat_seq_rm
 from .model import LM
+from .taps import LayerTaps, layer_name
 
 
 class BatchContext:
@@ -60,11 +61,16 @@ class BatchContext:
             params.kv_unified = unified
         from llama_cpp._internals import LlamaContext
 
+        self.taps = LayerTaps() if branches and lm.taps is not None else None  # early-exit branches, as the LM has
+        if self.taps is not None:
+            self.taps.install(params)
         try:
             self._context = LlamaContext(model=lm._llm._model, params=params, verbose=False)
         except ValueError:
             raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens") from None
         self._ctx = self._context.ctx
+        if self.taps is not None:
+            self.taps.attach(self._ctx)
         if params.embeddings:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
@@ -114,6 +120,46 @@ class BatchContext:
                 rows.append((c, self.pos[s], sid, True))
         self._decode(rows, hidden=True)
         return {s: np.stack([self._embedding(self._branched[s][int(c)][0]) for c in requests[s]]) for s in sorted(requests)}
+
+    def exit_branches(self, requests: dict[int, Sequence[int]], layer: int) -> dict[int, np.ndarray]:
+        """{seq: candidates} -> {seq: (k, n_embd) outputs of `layer` for seq + c}, from ONE llama_decode that stops
+        after that layer (`LM.branch_layers`); no branch is kept, each sequence's token is decoded by `step`."""
+        import llama_cpp
+
+        if self.taps is None:
+            raise ModelError("this Best-of-N context has no layer taps", "use the branch head (branch.npz)")
+        self._drop_branches()
+        rows: list[tuple[int, int, int, bool]] = []
+        owner: list[int] = []
+        for s in sorted(requests):
+            cands = [int(c) for c in requests[s]]
+            if not 1 <= len(cands) <= self.k:
+                raise ModelError(f"{len(cands)} branches asked, this context holds {self.k} per sequence", "lower --top-k")
+            for j, c in enumerate(cands):
+                rows.append((c, self.pos[s], self.n_seq + s * self.k + j, False))
+                owner.append(s)
+        rows[-1] = (*rows[-1][:3], True)  # one output row: llama.cpp wants one, the graph stops before it
+
+        def decode() -> int:
+            for _, _, sid, _ in rows:
+                _compat_seq_cp(self._context, (sid - self.n_seq) // self.k, sid)
+            self._fill(rows)
+            return int(llama_cpp.llama_decode(self._ctx, self._batch))
+
+        def cleanup() -> None:
+            for _, _, sid, _ in rows:
+                _compat_seq_rm(self._context, sid)
+
+        name = layer_name(layer)
+        rc = self.taps.decode(self._ctx, decode, [name], name, embeddings=False, cleanup=cleanup)
+        llama_cpp.llama_set_embeddings(self._ctx, False)
+        if rc != 0:
+            raise ModelError(f"llama.cpp failed to decode a batch of branches (code {rc})", "lower --best-of or --top-k")
+        self.decode_calls += 1
+        self.tokens_decoded += len(rows)
+        states = self.taps.take(name)[: len(rows)]
+        order = np.asarray(owner)
+        return {s: states[order == s] for s in sorted(requests)}
 
     def hidden_of(self, seq: int) -> np.ndarray:
         """(n_embd,) final hidden state of `seq`'s last token (needs track_hidden)."""
@@ -202,9 +248,7 @@ class BatchContext:
             if hidden:
                 llama_cpp.llama_set_embeddings(self._ctx, False)
 
-    def _decode_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        import llama_cpp
-
+    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
         b = self._batch
         for i, (token, pos, seq, want_logits) in enumerate(rows):
             b.token[i] = token
@@ -213,7 +257,12 @@ class BatchContext:
             b.seq_id[i][0] = seq
             b.logits[i] = want_logits
         b.n_tokens = len(rows)
-        rc = llama_cpp.llama_decode(self._ctx, b)
+
+    def _decode_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        import llama_cpp
+
+        self._fill(rows)
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", "lower --best-of or --max-tokens")
         self.decode_calls += 1

@@ -291,12 +291,15 @@ class LM:
         self._n_branches = k
         return hidden
 
-    def _install_taps(self) -> None:
-        """Remake the context with a layer-tap callback (llama-cpp-python makes its context before we can add one)."""
+    def _install_taps(self, **layout: Any) -> None:
+        """Remake the context with a layer-tap callback (llama-cpp-python makes its context before we can add one).
+        `layout`: context parameters to change too (n_seq_max, kv_unified, flash_attn_type; for layout benchmarks)."""
         from llama_cpp._internals import LlamaContext
 
         taps = LayerTaps()
         params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)  # the Llama's own stay untouched
+        for key, value in layout.items():
+            setattr(params, key, value)
         taps.install(params)
         try:
             context = LlamaContext(model=self._llm._model, params=params, verbose=False)
@@ -304,10 +307,12 @@ class LM:
             return  # no memory for a second context while the first exists: plain branches only
         self._llm._ctx.close()
         self._llm._ctx = context
+        self._llm.n_tokens = 0  # a new context holds nothing yet
         self._llm._stack.callback(context.close)
         self._ctx = context.ctx
         taps.attach(self._ctx)
         self.taps = taps
+        self.max_branches = max(0, int(params.n_seq_max) - 1)
 
     def branch_layers(self, candidates: Sequence[int], layers: Sequence[int], *, final: bool = False) -> dict[int, np.ndarray]:
         """{layer: (k, n_embd) outputs of that layer (the residual stream) for prefix + c}, from ONE llama_decode
@@ -320,30 +325,27 @@ class LM:
         wanted = sorted({int(x) for x in layers})
         if any(not 0 <= x < self.n_layer - 1 for x in wanted):
             raise ModelError(f"layers {wanted} are not all in 0..{self.n_layer - 2} of {self.path.name}", "pick a lower --layer (the last layer is the branch head's)")
-        self._start_branches(candidates, outputs="all" if final else "last")
         names = [layer_name(x) for x in wanted]
-        embeddings = final
-        for attempt in range(2):
-            taps.arm(names, None if final else names[-1])
-            llama_cpp.llama_set_embeddings(self._ctx, embeddings)
-            try:
-                rc = llama_cpp.llama_decode(self._ctx, self._branch_batch)
-            finally:
-                taps.disarm()
+
+        def decode() -> int:
+            self._start_branches(candidates, outputs="all" if final else "last")
+            return int(llama_cpp.llama_decode(self._ctx, self._branch_batch))
+
+        def cleanup() -> None:
             for s in range(1, k + 1):
                 self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
-            if rc != 0:
-                raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
-            if taps.calls or attempt:
-                break
+
+        rc = taps.decode(self._ctx, decode, names, None if final else names[-1], embeddings=final, cleanup=cleanup)
+        if rc != 0:
             llama_cpp.llama_set_embeddings(self._ctx, False)
-            taps.always_on()  # the graph was reused from a build without the callback: build anew with it installed for good
-            embeddings = not embeddings
-            self._start_branches(candidates, outputs="all" if final else "last")
+            raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
         out = {x: taps.take(layer_name(x))[:k] for x in wanted}
         if final:  # the embeddings rows of this decode (pooling none): the final hidden states
-            out[self.n_layer] = np.stack([np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(self._ctx, i), shape=(self.n_embd,))
-                                          for i in range(k)]).copy()
+            rows = [llama_cpp.llama_get_embeddings_ith(self._ctx, i) for i in range(k)]
+            if not all(rows):
+                llama_cpp.llama_set_embeddings(self._ctx, False)
+                raise ModelError("llama.cpp returned no final hidden states for the branches", "report this with the model name")
+            out[self.n_layer] = np.stack([np.ctypeslib.as_array(ptr, shape=(self.n_embd,)) for ptr in rows]).copy()
         llama_cpp.llama_set_embeddings(self._ctx, False)
         self._logits_row = -1
         return out
@@ -371,6 +373,12 @@ class LM:
             b.logits[i] = 1 if outputs == "all" or i == k - 1 else 0
             b.seq_id[i][0] = i + 1
         b.n_tokens = k
+
+    def exit_branches(self, requests: dict[int, Sequence[int]], layer: int) -> dict[int, np.ndarray]:
+        """`branch_layers` stopped at `layer`, in the form Best-of-N's `BatchContext.exit_branches` has."""
+        if set(requests) != {0}:
+            raise ModelError(f"this context holds one sequence (0), asked to branch {sorted(requests)}", "use a BatchContext for several sequences")
+        return {0: self.branch_layers(requests[0], [layer])[layer]}
 
     def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         """`branch` in the form Best-of-N's `BatchContext.branches` has: {0: candidates} -> {0: (k, n_embd)}."""

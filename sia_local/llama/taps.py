@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -97,6 +97,29 @@ class LayerTaps:
             self._slot.value = self.address
         self._slot = None
         self.toggled = False
+
+    def decode(self, ctx: int, decode: Callable[[], int], names: list[bytes], stop_after: bytes | None, *, embeddings: bool,
+               cleanup: Callable[[], None]) -> int:
+        """Run `decode` (it fills the batch and calls llama_decode) with `names` armed, then `cleanup` (remove the branch
+        cells). When the callback was never consulted (llama.cpp reused a graph built without it), the callback is
+        left installed for good and the decode is redone with the embeddings flag flipped, which forces a new graph.
+        The embeddings flag is left as the last attempt set it. Returns llama_decode's code."""
+        import llama_cpp
+
+        rc = 0
+        for attempt in range(2):
+            self.arm(names, stop_after)
+            llama_cpp.llama_set_embeddings(ctx, embeddings)
+            try:
+                rc = decode()
+            finally:
+                self.disarm()
+                cleanup()
+            if rc != 0 or self.calls or attempt:
+                break
+            self.always_on()
+            embeddings = not embeddings
+        return rc
 
     def _on_node(self, tensor: int, ask: bool, _user: Any) -> bool:
         if not self._want:
