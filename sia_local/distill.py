@@ -426,6 +426,7 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
         fit = fit_junction_head(rms_rows(feats) if x < lm.n_layer else feats, rewards.astype(np.float64), split)
         fits[x] = fit
         table.append({"layer": x, "share_of_layers": (x + 1) / lm.n_layer if x < lm.n_layer else 1.0, "alpha": fit["alpha"],
+                      "spread_scale": fit["spread_scale"],
                       "val": fit["val"], "test": fit["test"]})
     finals = states[:, -1].astype(np.float32)
     if final is not None:  # the sample stage's branch head, judged on the same held-out junctions
