@@ -50,7 +50,8 @@ def main() -> None:
     lms = {}
     for name, (fa, n_seq, unified) in LAYOUTS.items():
         lm = LM(args.model, n_ctx=max(contexts) + 64, n_threads=args.threads, hidden=True)
-        lm._install_taps(flash_attn_type=fa, n_seq_max=n_seq, kv_unified=unified)
+        per_sequence = {} if unified else {"n_ctx": (max(contexts) + 64) * n_seq}  # each sequence gets n_ctx / n_seq_max cells
+        lm._install_taps(flash_attn_type=fa, n_seq_max=n_seq, kv_unified=unified, **per_sequence)
         lms[name] = lm
     ids = next(iter(lms.values())).tokenize(TEXT * 300, add_special=False)
     times: dict = {name: {n: {"step": [], "k10": [], "exit": []} for n in contexts} for name in lms}

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {  # name: builder arguments (a llama with grouped-query attention and a 32k vocabulary)
-    "0.5b": {"n_embd": 1280, "n_layer": 24, "n_head": 20, "n_head_kv": 4, "n_ff": 3456},
+    "0.5b": {"n_embd": 1280, "n_layer": 24, "n_head": 20, "n_head_kv": 4, "n_ff": 3584},  # n_ff a multiple of 256: k-quants
     "1b": {"n_embd": 2048, "n_layer": 16, "n_head": 32, "n_head_kv": 8, "n_ff": 5632},
     "3b": {"n_embd": 3072, "n_layer": 28, "n_head": 24, "n_head_kv": 8, "n_ff": 8192},
 }
@@ -54,6 +54,10 @@ def build(name: str, workdir: Path) -> Path:
     f16 = workdir / f"synthetic-{name}-f16.gguf"
     started = time.perf_counter()
     write_tiny_gguf(f16, n_ctx=4096, pad_vocab_to=32000, dtype=np.float16, **SIZES[name])
+    from sia_local.llama.compat import _install_log_callback
+
+    _install_log_callback(False)  # llama.cpp's log through the package's handler: quantising is quiet
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.nthread = 2
