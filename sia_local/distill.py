@@ -412,9 +412,9 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
     from .fit import fit_junction_head, junction_agreement
     from .head import rms_rows
 
-    started = time.perf_counter()
     settings = junction_data.record(lm, teacher, prompts, out / "junctions", ratio=ratio, max_tokens=max_tokens, seed=seed, fresh=fresh,
                                     progress=progress)
+    recorded = time.perf_counter()
     states, rewards, _, _, owner = junction_data.load(out / "junctions", len(prompts))
     split = parts[owner]
     layers = [*settings["layers"], lm.n_layer]
@@ -460,7 +460,8 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
                                                                         "ranking the same held-out junctions"},
         "final_state_head": {"val": best_final["val"], "test": best_final["test"]},
         "junctions": {"count": int(len(rewards)), "per_part": {p: int((split == p).sum()) for p in ("train", "val", "test")},
-                      "ratio": ratio, "max_tokens": max_tokens, "k": int(rewards.shape[1]), "seconds": time.perf_counter() - started},
+                      "ratio": ratio, "max_tokens": max_tokens, "k": int(rewards.shape[1]),
+                      "seconds": {"recording (all runs)": settings["seconds"], "fitting": time.perf_counter() - recorded}},
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -71,7 +72,7 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
            progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Decode every prompt once at the entropy gate (`ratio`, weight 0) and record each junction into `folder`
     (pNNNNN.npz per prompt: states (J, L', k, d) float16 over `layers` + the final state, rewards, base logits,
-    candidates). Returns what `load` needs: the settings, with the layers."""
+    candidates). Returns the settings, with the layers, and `seconds`: the recording time of every prompt so far."""
     layers = list(layers) if layers is not None else tap_layers(lm.n_layer)
     settings = {"model": file_fingerprint(lm.path), "teacher": getattr(teacher, "name", "?"), "n_prompts": len(prompts),
                 "prompts": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16], "ratio": ratio,
@@ -91,6 +92,7 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
             if i in done:
                 continue
             recorder.rows = []
+            started = time.perf_counter()
             steerer.generate(prompt, raw=raw, seed=seed + i)
             rows = recorder.rows
             if rows:
@@ -98,11 +100,12 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
                 np.savez(buffer, states=np.stack([r[0] for r in rows]), rewards=np.stack([r[1] for r in rows]),
                          z=np.stack([r[2] for r in rows]), candidates=np.stack([r[3] for r in rows]))
                 write_atomic(folder / f"p{i:05d}.npz", buffer.getvalue())
-            log.write(json.dumps({"prompt_index": i, "junctions": len(rows)}) + "\n")
+            log.write(json.dumps({"prompt_index": i, "junctions": len(rows), "seconds": round(time.perf_counter() - started, 3)}) + "\n")
             log.flush()
             if progress:
                 progress(i + 1, len(prompts), "junctions")
-    return settings
+    lines = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    return {**settings, "seconds": sum(float(line.get("seconds", 0.0)) for line in lines)}
 
 
 def load(folder: Path, n_prompts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
