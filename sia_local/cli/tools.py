@@ -445,7 +445,10 @@ def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None
 @fail_cleanly
 def vm_latency(lm: LMSettings, folder: Path, lengths: str, uncached_up_to: int, json_out: Path | None) -> None:
     """Junction latency (k=10) of a value model at several context lengths, cached vs uncached; for a
-    head folder, a junction's cost in plain decode steps (k = 5 and 10 branches, the prefix head)."""
+    head folder, a junction's cost in plain decode steps (k = 5 and 10 branches, the early exit at its
+    layer head's layer, the prefix head)."""
+    import numpy as np
+
     from ..head import head_file, junction_cost
     from ..runtime import load_lm
     from ..vm import ValueModel, junction_latency
@@ -458,11 +461,15 @@ def vm_latency(lm: LMSettings, folder: Path, lengths: str, uncached_up_to: int, 
         from ..prompts import shipped
 
         text = " ".join(shipped("bench")) * 50
+        exits = [int(np.load(folder / "layer.npz")["layer"])] if (folder / "layer.npz").exists() and model.taps is not None else []
         with progress("timing junctions") as tick:
-            cost = junction_cost(model, model.tokenize(text, add_special=False), sizes, progress=lambda m: tick(0, 0, m))
-        click.echo(f"{'context':>8} {'step ms':>8} {'k=5 steps':>10} {'k=10 steps':>11} {'prefix head ms':>15}")
+            cost = junction_cost(model, model.tokenize(text, add_special=False), sizes, exit_layers=exits, progress=lambda m: tick(0, 0, m))
+        exit_label = f"exit@{exits[0] + 1}/{model.n_layer} adds" if exits else ""
+        click.echo(f"{'context':>8} {'step ms':>8} {'k=5 steps':>10} {'k=10 steps':>11} {exit_label:>18} {'prefix head ms':>15}")
         for n, row in cost.items():
-            click.echo(f"{n:>8} {row['step_ms']:8.1f} {row['k5']['branch_in_steps']:10.1f} {row['k10']['branch_in_steps']:11.1f} {row['prefix_head_ms_k10']:15.3f}")
+            early = f"{row['k10'][f'exit{exits[0]}']['extra_steps']:18.2f}" if exits else f"{'':>18}"
+            click.echo(f"{n:>8} {row['step_ms']:8.1f} {row['k5']['branch_in_steps']:10.1f} {row['k10']['branch_in_steps']:11.1f} {early} "
+                       f"{row['prefix_head_ms_k10']:15.3f}")
         if json_out:
             json_out.write_text(json.dumps(cost, indent=1))
         return
