@@ -193,7 +193,7 @@ def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas
     teacher rewards `y`, the split of each junction. Only differences within a junction move a softmax, so
     both are centred per junction and w is ridge on the centred pairs (alpha scaled by the mean feature
     variance, chosen on val by the mean Kendall tau of each junction's ranking), then scaled so the values spread
-    within a junction as the teacher's do on val. Returns w, b (the mean reward, so values sit where the
+    within a junction as the teacher's do on val (train + val when val shows no spread). Returns w, b (the mean reward, so values sit where the
     teacher's do), alpha, the scale and the val / test figures: mean Kendall tau,
     corr of the centred values, and how often the head's top candidate is the teacher's."""
     xc = x - x.mean(axis=1, keepdims=True)
@@ -216,9 +216,14 @@ def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas
             best = (score, alpha, w)
     assert best is not None
     # ridge shrinks: the fitted values vary less than the teacher's (by about their correlation), and at a junction
-    # that spread is the steering strength. Scale w so the values spread as the teacher's do on the validation junctions.
-    val = split == "val"
-    spread = float(np.std(yc[val]) / np.std(xc[val] @ best[2])) if val.any() and np.std(xc[val] @ best[2]) > 0 else 1.0
+    # that spread is the steering strength. Scale w so the values spread as the teacher's do on the junctions not
+    # trained on (validation; all fitting junctions when those show the teacher no spread at all).
+    spread = 1.0
+    for part in (split == "val", split != "test"):
+        fitted, wanted = float(np.std(xc[part] @ best[2])) if part.any() else 0.0, float(np.std(yc[part])) if part.any() else 0.0
+        if fitted > 0 and wanted > 0:
+            spread = wanted / fitted
+            break
     w = best[2] * spread
     return {"w": w.astype(np.float32), "b": float(y[train].mean()), "alpha": best[1], "curve": curve, "spread_scale": spread,
             "val": junction_agreement(xc[split == "val"] @ w, yc[split == "val"]),

@@ -181,11 +181,14 @@ def test_head_files_from_elsewhere_say_what_is_wrong(head: Path, tiny_gguf: Path
             {**card, "vocab_sample": {**card["vocab_sample"], next(iter(card["vocab_sample"])): "not-this-token"}}))),
         "outside the": broken("vocab-id", lambda f: (f / "head.json").write_text(json.dumps(
             {**card, "vocab_sample": {"99999999": "x"}}))),
+        "reads layer": broken("layer", lambda f: np.savez(f / "layer.npz", w=np.zeros(lm.n_embd), b=np.float64(0), layer=np.int32(7))),
     }
     for fragment, folder in cases.items():
-        with pytest.raises(RewardModelError, match=fragment) as info:
-            load_head(folder, lm)
-        assert folder.name in str(info.value) and "\n" not in str(info.value)
+        broke = {"has shape": ["branch.npz"], "non-finite": ["branch.npz"], "not a readable .npz": ["branch.npz"], "reads layer": ["layer.npz"]}
+        for target in [folder / name for name in broke[fragment]] if fragment in broke else [folder, folder / "branch.npz", folder / "layer.npz"]:
+            with pytest.raises(RewardModelError, match=fragment) as info:
+                load_head(target, lm)
+            assert folder.name in str(info.value) and "\n" not in str(info.value)
 
 
 # -- the thread count a batched context and prompt processing get --------------------------------------
