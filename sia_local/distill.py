@@ -420,14 +420,18 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
     layers = [*settings["layers"], lm.n_layer]
     if layer is not None and layer not in settings["layers"]:
         raise ConfigError(f"--layer {layer} was not tapped; the junctions hold layers {settings['layers']}", "pick one of them")
-    table, fits = [], {}
+    table, fits, test_values = [], {}, {}
+    test = split == "test"
     for i, x in enumerate(layers):
         feats = states[:, i].astype(np.float32)
-        fit = fit_junction_head(rms_rows(feats) if x < lm.n_layer else feats, rewards.astype(np.float64), split)
+        feats = rms_rows(feats) if x < lm.n_layer else feats
+        fit = fit_junction_head(feats, rewards.astype(np.float64), split)
         fits[x] = fit
+        test_values[x] = feats[test] @ fit["w"]
         table.append({"layer": x, "share_of_layers": (x + 1) / lm.n_layer if x < lm.n_layer else 1.0, "alpha": fit["alpha"],
-                      "spread_scale": fit["spread_scale"],
-                      "val": fit["val"], "test": fit["test"]})
+                      "spread_scale": fit["spread_scale"], "val": fit["val"], "test": fit["test"]})
+    for row in table:  # how each layer's head ranks the test junctions against the final-state head's ranking
+        row["test_vs_final_state_head"] = junction_agreement(test_values[row["layer"]], test_values[lm.n_layer])
     finals = states[:, -1].astype(np.float32)
     if final is not None:  # the sample stage's branch head, judged on the same held-out junctions
         final["val"] = junction_agreement(finals[split == "val"] @ final["w"] + final["b"], rewards[split == "val"])

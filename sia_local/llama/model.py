@@ -42,7 +42,9 @@ class LM:
             ``on`` or ``off``. Measured on our 2-core CPU machine: on is 6-8 % faster with a 160-token prompt.
         hidden: also give final hidden states (value heads on the LM's own hidden state): the context
             is made with embeddings available (switched on only for the decodes that need them, so
-            prefill and plain steps cost what they cost without) and room for `branch` sequences.
+            prefill and plain steps cost what they cost without), room for `branch` sequences and, on
+            the CPU, layer taps (`taps.LayerTaps`: `branch_layers` reads intermediate layers and may
+            stop the graph there).
     """
 
     def __init__(
