@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 TOPICS = ["the report", "the delivery", "the meeting", "your help", "the invoice", "the schedule", "the repair", "the draft", "the booking",

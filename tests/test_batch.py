@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sia_local.batch import Row, WorkerSpec, finished_ids, read_rows, run
+from sia_local.batch import WorkerSpec, finished_ids, read_rows, run
 from sia_local.cli import main
 from sia_local.config import SteerConfig
 from sia_local.runtime import LMSettings, ScorerSettings
