@@ -350,11 +350,10 @@ class SequenceState:
             stats.reward_calls += 1
             stats.candidates_scored += len(rewards)
             r = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
-            if self._scored is not None and len(r) < len(self._z):  # --min-prob: the unscored keep the lowest reward scored
-                r = np.where(self._scored, 0.0, float(r.min()))
-                r[self._scored] = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if cfg.normalize else rewards
+            if self._scored is not None:  # --min-prob: back on all k, the unscored at the lowest reward scored
+                r = _on_all(r, self._scored)
                 if parts:
-                    parts = {name: _expand(values, self._scored) for name, values in parts.items()}
+                    parts = {name: [float(v) for v in _on_all(np.asarray(values), self._scored)] for name, values in parts.items()}
             steered = self._z + cfg.weight * r
             choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
             kept = [float(x) for x in r]
@@ -441,11 +440,11 @@ def scored_candidates(z: np.ndarray, min_prob: float) -> np.ndarray | None:
     return None if keep.all() else keep
 
 
-def _expand(values: list[float], scored: np.ndarray) -> list[float]:
-    """One objective's rewards of the scored candidates, back on all k (the unscored get the lowest)."""
-    out = np.full(len(scored), min(values))
+def _on_all(values: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Rewards of the scored candidates, back on all k: the unscored get the lowest scored."""
+    out = np.full(len(scored), float(values.min()))
     out[scored] = values
-    return [float(v) for v in out]
+    return out
 
 
 def objective_parts(scorer: Any, i: int) -> dict[str, list[float]] | None:

@@ -141,8 +141,8 @@ class BatchContext:
         rows[-1] = (*rows[-1][:3], True)  # one output row: llama.cpp wants one, the graph stops before it
 
         def decode() -> int:
-            for _, _, sid, _ in rows:
-                _compat_seq_cp(self._context, (sid - self.n_seq) // self.k, sid)
+            for (_, _, sid, _), s in zip(rows, owner):
+                _compat_seq_cp(self._context, s, sid)
             self._fill(rows)
             return int(llama_cpp.llama_decode(self._ctx, self._batch))
 

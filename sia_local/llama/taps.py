@@ -13,8 +13,10 @@ it builds a graph, so the taps find that parameter inside the context (by a sent
 value next to the callback's address) and set it only while a tapped decode runs: ordinary steps
 build their graph without it and cost what they cost without taps. Where the parameter cannot be
 found (another llama.cpp layout) the callback stays installed and answers at once (`toggled` False).
-A tapped decode always runs with the embeddings flag flipped from the last build, which llama.cpp
-counts in its graph-reuse check, so its graph is built anew and picks the callback up.
+A tapped decode (k branch tokens) never has the shape of the ordinary step before it, so llama.cpp
+builds its graph anew and picks the callback up; should a graph built without it ever be reused (no
+call arrives), `decode` leaves the callback on for good and redoes the decode with the embeddings
+flag flipped, which llama.cpp counts in its graph-reuse check.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ class LayerTaps:
     def __init__(self) -> None:
         import llama_cpp
 
-        self._want: dict[bytes, int] = {}
+        self._want: frozenset[bytes] = frozenset()
         self._stop_after: bytes | None = None
         self.got: dict[bytes, np.ndarray] = {}
+        self.error: str | None = None  # a node asked for that could not be read (not float32 in host memory)
         self.calls = 0
         self.toggled = False
         self._slot: ctypes.c_void_p | None = None
@@ -78,15 +81,16 @@ class LayerTaps:
 
     def arm(self, names: Iterable[bytes], stop_after: bytes | None) -> None:
         """Copy out the nodes `names` at the next decode; with `stop_after`, stop the graph once that node is read."""
-        self._want = {n: 1 for n in names}
+        self._want = frozenset(names)
         self._stop_after = stop_after
         self.got = {}
+        self.error = None
         self.calls = 0
         if self._slot is not None:
             self._slot.value = self.address
 
     def disarm(self) -> None:
-        self._want = {}
+        self._want = frozenset()
         self._stop_after = None
         if self._slot is not None:
             self._slot.value = None
@@ -130,8 +134,7 @@ class LayerTaps:
             return name in self._want
         t = _Tensor.from_address(tensor)
         if t.type != _GGML_F32 or not t.data:
-            raise_later = ModelError(f"llama.cpp's {name.decode()} is not a float32 tensor in host memory", "use a CPU build or --n-gpu-layers 0")
-            self.got[name] = raise_later  # type: ignore[assignment]
+            self.error = f"llama.cpp's {name.decode()} is not a float32 tensor in host memory"
             return False
         cols, rows = int(t.ne[0]), int(t.ne[1])
         stride = int(t.nb[1]) // 4
@@ -141,9 +144,9 @@ class LayerTaps:
 
     def take(self, name: bytes) -> np.ndarray:
         """The copy of node `name` from the last tapped decode."""
+        if self.error is not None:
+            raise ModelError(self.error, "use a CPU build or --n-gpu-layers 0")
         value = self.got.get(name)
-        if isinstance(value, ModelError):
-            raise value
         if value is None:
             raise ModelError(f"llama.cpp's graph had no node {name.decode()}", "this model's graph names its layers otherwise; use the branch head")
         return value
