@@ -15,7 +15,7 @@ if [ -n "$cpu_args" ] && [ -z "${CMAKE_ARGS:-}" ]; then
   # This CPU reports AMX; build without the AMX kernels (see scripts/cpu_cmake_args.sh), and never
   # take a wheel a native build left in pip's cache.
   echo "building llama-cpp-python with: $cpu_args"
-  CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python>=0.3.10"
+  CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python>=0.3.36,<0.4"
 fi
 if [ -n "${WITH_EXPORT:-}" ]; then
   # CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .paths import cache_dir
+from .paths import build_lock, cache_dir
 from .errors import MissingPackageError
 from .sentiment import REWARD_NAME, build_reward_folder, load_head, package_dir
 
@@ -40,7 +40,9 @@ def default_reward_dir(progress: Callable[[str], None] | None = None, note: Call
     digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
     folder = cache_dir() / "rewards" / f"{REWARD_NAME}-{digest}"  # a new head never reuses an old build
     if not (folder / "model.onnx").exists():
-        if note:
-            note(f"building the default reward model into {folder} (once, a few seconds)")
-        build_reward_folder(folder, head, progress=progress)
+        with build_lock(folder.name):  # one builder; the others wait, then find it built
+            if not (folder / "model.onnx").exists():
+                if note:
+                    note(f"building the default reward model into {folder} (once, a few seconds)")
+                build_reward_folder(folder, head, progress=progress)
     return folder

@@ -347,7 +347,7 @@ def distill_head(
     card = {
         "kind": "lm-head", "default": "branch", "backbone": lm.path.name, "backbone_fingerprint": file_fingerprint(lm.path),
         "n_embd": lm.n_embd, "n_vocab": lm.n_vocab, "vocab_sample": lm.vocab_sample(),
-        "teacher": getattr(teacher, "name", "?"), "objective": teacher.objective, "prompts": n_prompts,
+        "teacher": getattr(teacher, "name", "?"), "teacher_path": teacher.info().path or None, "objective": teacher.objective, "prompts": n_prompts,
         "samples": len(rows), "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens,
         "split": {"situations": len(set(situation_groups(prompts))), **{part: int((parts == part).sum()) for part in ("train", "val", "test")},
                   "how": "whole situations (prompts sharing a rare phrase) per part; alpha and objective chosen on val, figures on test",
@@ -390,7 +390,7 @@ def _distill_junctions_only(lm: LM, teacher: Scorer, prompts: Sequence[str], out
     card = {
         "kind": "lm-head", "default": "branch", "backbone": lm.path.name, "backbone_fingerprint": file_fingerprint(lm.path),
         "n_embd": lm.n_embd, "n_vocab": lm.n_vocab, "vocab_sample": lm.vocab_sample(),
-        "teacher": getattr(teacher, "name", "?"), "objective": teacher.objective, "prompts": len(prompts), "samples": 0,
+        "teacher": getattr(teacher, "name", "?"), "teacher_path": teacher.info().path or None, "objective": teacher.objective, "prompts": len(prompts), "samples": 0,
         "split": {"situations": len(set(situation_groups(prompts))), **{part: int((parts == part).sum()) for part in ("train", "val", "test")},
                   "how": "whole situations (prompts sharing a rare phrase) per part; alpha and layer chosen on val, figures on test"},
         "method": "the teacher's rewards of the top-k candidates at on-policy junctions (entropy gate, weight 0), centred per junction; "

@@ -100,6 +100,9 @@ class _Head:
         self.name = f"{folder.name}/{self.kind}"
         self.provider = "llama.cpp"
         self.note: str | None = None
+        # how whole answers are ranked (Best-of-N) when this head cannot: a loader of the teacher, set by runtime
+        self.teacher: Callable[[], Any] | None = None
+        self._teacher: Any = None
         self._check(lm)
         if not lm.hidden:
             raise RewardModelError(f"{lm.path.name} was loaded without hidden states, which {folder} needs", "load the LM with hidden=True")
@@ -127,15 +130,41 @@ class _Head:
 
     def info(self) -> ScorerInfo:
         details = {"head": self.kind, "teacher": self.card.get("teacher"), "samples": self.card.get("samples"),
-                   "test": self.card.get("test", {}).get(self.kind), "validation": self.card.get("validation", {}).get(self.kind)}
+                   "test": self.card.get("test", {}).get(self.kind), "validation": self.card.get("validation", {}).get(self.kind),
+                   "ranks_answers_with": self.ranking}
         return ScorerInfo(kind="lm-head", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.note,
                           objective=self.objective, details=details)
 
     def reset(self) -> None:
         """No per-generation state: the branches live in the LM's context and go with its next step."""
 
+    @property
+    def fitted_on_answers(self) -> bool:
+        """Whether branch.npz was fitted on whole answers' rewards (the sample stage), so its value at an answer's end
+        compares answers. Heads fitted at junctions saw only differences between a junction's candidates: their
+        level across different prefixes was never fitted."""
+        return int(self.card.get("samples") or 0) > 0 and (self.folder / "branch.npz").exists()
+
+    @property
+    def ranking(self) -> str:
+        """What `score_responses` ranks whole answers with (Best-of-N), in words."""
+        if self.fitted_on_answers:
+            return "the branch head fitted on whole answers' rewards (branch.npz)"
+        if self.teacher is not None:
+            return f"the teacher ({self.card.get('teacher')}): the head was fitted at junctions only"
+        return "nothing: the head was fitted at junctions only and its teacher is not at hand"
+
     def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
-        """V of each finished response: the branch head on the hidden state of its last token."""
+        """Each finished response's value, comparable across responses: the branch head on its last token's final
+        hidden state when that head was fitted on whole answers, else the teacher's reward."""
+        if not self.fitted_on_answers:
+            if self.teacher is None:
+                raise ConfigError(f"{self.folder} was fitted on differences between a junction's candidates, not on whole answers, "
+                                  f"and its teacher ({self.card.get('teacher')}) is not at hand to rank Best-of-N samples",
+                                  "distil with --samples-per-prompt 1 or more, or run Best-of-N with the teacher as --reward")
+            if self._teacher is None:
+                self._teacher = self.teacher()
+            return np.asarray(self._teacher.score_responses(prompt, prompt_ids, responses), dtype=np.float64)
         w, b = self._value_head()
         out = []
         for _, ids in responses:
@@ -194,7 +223,8 @@ class LayerHead(_Head):
     at on-policy junctions, centred per junction), per layer; the card's `layers` table says how well each
     layer ranks held-out junctions and which was picked. No branch is kept, so the chosen token is
     decoded as an ordinary step: a junction costs about (l + 1) / n_layer of a k-branch decode on top of
-    the step it replaces. Without layer taps (GPU offload) it falls back to branch.npz on full branches."""
+    the step it replaces. Without layer taps (`LM.early_exit` says why) it falls back to branch.npz on full
+    branches, and says so in its note and info."""
 
     kind = "layer"
     lm_state: str | None = "branches"
@@ -212,28 +242,23 @@ class LayerHead(_Head):
                                    "rerun `sia vm distill` for this model")
         self.early_exit = lm.taps is not None
         if not self.early_exit:
-            self.note = ((self.note + "; ") if self.note else "") + "no layer taps here (GPU offload): full branch decodes, final-state weights"
+            self.note = ((self.note + "; ") if self.note else "") + f"{lm.early_exit}: the final-state head (branch.npz)"
             self.layer = lm.n_layer
             w, self.b = self._value_head()
             self.w = w.astype(np.float32)
         self.name = f"{folder.name}/layer{self.layer}"
 
+    @property
+    def path_taken(self) -> str:
+        """Which path this head's junctions take, in words (`sia info`, `--json`, the server's settings)."""
+        return f"early exit at layer {self.layer} of {self.lm.n_layer}" if self.early_exit else self.lm.early_exit
+
     def info(self) -> ScorerInfo:
         out = super().info()
         out.details["layer"] = self.layer
         out.details["n_layer"] = self.lm.n_layer
+        out.details["early_exit"] = self.path_taken
         return out
-
-    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
-        """V of each finished response: this head on layer l's state of its last token (as at a junction)."""
-        if not self.early_exit:
-            return super().score_responses(prompt, prompt_ids, responses)
-        out = []
-        for _, ids in responses:
-            full = [*prompt_ids, *ids]
-            self.lm.prefill(full[:-1])
-            out.append(float(rms_rows(self.lm.branch_layers(full[-1:], [self.layer])[self.layer])[0] @ self.w + self.b))
-        return np.asarray(out, dtype=np.float64)
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
         decoder = self._decoder(junctions, self.lm)

@@ -36,6 +36,14 @@ def loadable_providers() -> dict[str, bool]:
     return out
 
 
+def early_exit_support() -> str:
+    """Whether value heads read from an early layer can stop the decode there with this llama-cpp-python, and why not."""
+    from .llama import taps_supported
+
+    why = taps_supported()
+    return "on: a layer head's junctions stop at its layer (llama.cpp's eval callback, public ggml calls)" if why is None else f"off: {why}; full branches"
+
+
 def collect() -> dict[str, Any]:
     from .paths import cache_dir
     from .errors import SiaError
@@ -48,6 +56,7 @@ def collect() -> dict[str, Any]:
         "tokenizers": version_of("tokenizers"),
         "numpy": version_of("numpy"),
         "gpu offload (llama)": gpu_offload_supported(),
+        "layer taps (early exit)": early_exit_support(),
         "llama.cpp system": system_info(),
         "onnx providers": {p: ("loads" if ok else "listed, does not load") for p, ok in loadable_providers().items()},
         "cpu threads (default)": physical_cores(),

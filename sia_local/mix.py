@@ -18,12 +18,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
-from .objectives import CARD, find_objective
+from .objectives import CARD, resolve_objective
 from .reward import OnnxReward, open_session
 from .scorer import Junction, Scorer, ScorerInfo
 from .sentiment import Embedder, load_head, minilm_files
 
 Progress = Callable[[str], None]
+EMBED_BATCH = 64  # texts per onnxruntime run: n x k texts of one step (up to 16 x 64 on the server) never become one huge batch
 
 
 def parse_objective(text: str) -> tuple[str, float]:
@@ -54,7 +55,7 @@ class SharedEmbedder:
             session, self.provider, self.provider_note = open_session(minilm_files()[0], *self.options)
             self.embed = Embedder(keep_end=True, session=session)
         self.runs += 1
-        return self.embed(texts, batch=max(len(texts), 1)).astype(np.float64)
+        return self.embed(texts, batch=EMBED_BATCH).astype(np.float64)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def reference_scale(w: np.ndarray, b: float, embed: SharedEmbedder) -> tuple[flo
 def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, threads: int | None, verbose: bool,
            progress: Progress | None = None, note: Callable[[str], None] | None = None) -> Member:
     """The objective `name` (a name from `sia reward list`, or a reward folder) with its weight and scale."""
-    folder = find_objective(name, progress=progress, note=note) if not Path(name).exists() else Path(name)
+    folder = resolve_objective(name, progress=progress, note=note)
     if folder is None:
         from .objectives import list_objectives
 
@@ -93,12 +94,15 @@ def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, th
         raise RewardModelError(f"no objective or folder named {name!r}; the objectives here: {names}", "fit one with `sia reward fit NAME`")
     card_file = folder / CARD
     if card_file.exists():  # fitted with `sia reward fit`: a head on the shared embedding, on its examples' scale
-        card = json.loads(card_file.read_text())
+        card = _read_json(card_file)
         head = card.get("head")
-        if head is not None:
-            return Member(name, weight, card["reward"]["mean"], max(card["reward"]["std"], 1e-6), card.get("description"),
-                          np.asarray(head["weights"], dtype=np.float64), float(head["bias"]))
-    spec = json.loads((folder / "sia.json").read_text()) if (folder / "sia.json").exists() else {}
+        try:
+            if head is not None:
+                return Member(name, weight, float(card["reward"]["mean"]), max(float(card["reward"]["std"]), 1e-6), card.get("description"),
+                              np.asarray(head["weights"], dtype=np.float64), float(head["bias"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RewardModelError(f"{card_file} is not a complete objective card ({exc})", f"delete {folder} and fit it again") from None
+    spec = _read_json(folder / "sia.json") if (folder / "sia.json").exists() else {}
     if spec.get("head", {}).get("name") == load_head()["name"]:  # the built-in kind: the shipped head
         head = load_head()
         w, b = np.asarray(head["weights"], dtype=np.float64), float(head["bias"])
@@ -107,6 +111,17 @@ def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, th
     scorer = OnnxReward(folder, provider=provider, threads=threads, verbose=verbose)
     scale = spec.get("scale") or {}
     return Member(folder.name if Path(name).exists() else name, weight, float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)), scorer.objective, scorer=scorer)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A card's JSON object, or one line saying the file is broken."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RewardModelError(f"{path} is not readable JSON ({exc})", f"delete {path.parent} and fit or build it again") from None
+    if not isinstance(value, dict):
+        raise RewardModelError(f"{path} must hold a JSON object", f"delete {path.parent} and fit or build it again")
+    return value
 
 
 class Objectives:
@@ -121,6 +136,11 @@ class Objectives:
         self.embedder = SharedEmbedder(provider, threads, verbose)
         self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, progress=progress, note=note)
                         for n, w in specs]
+        seen: dict[str, int] = {}
+        for m in self.members:  # one key per member in the trace and stats: `-r kind -r kind:-0.5` shows both
+            seen[m.name] = seen.get(m.name, 0) + 1
+            if seen[m.name] > 1:
+                m.name = f"{m.name}#{seen[m.name]}"
         self.name = "+".join(f"{m.name}:{m.weight:g}" for m in self.members)
         own = [m.scorer for m in self.members if m.scorer is not None]
         self.provider = self.embedder.provider if any(m.w is not None for m in self.members) or not own else own[0].provider
@@ -172,16 +192,20 @@ class MixCache:
     objectives; loading them again per request would cost seconds)."""
 
     def __init__(self, size: int = 4, **options: Any) -> None:
-        self.size, self.options = size, options
+        import threading
+
+        self.size, self.options = size, options  # options: Objectives' (provider, threads, verbose)
         self._mixes: dict[tuple[tuple[str, float], ...], Objectives] = {}
+        self._lock = threading.Lock()  # requests load from worker threads: one at a time, each mix once
 
     def get(self, specs: Sequence[tuple[str, float]]) -> Objectives:
         key = tuple((str(n), float(w)) for n, w in specs)
-        mix = self._mixes.pop(key, None) or Objectives(key, **self.options)
-        self._mixes[key] = mix  # most recently used last
-        while len(self._mixes) > self.size:
-            self._mixes.pop(next(iter(self._mixes)))
-        return mix
+        with self._lock:
+            mix = self._mixes.pop(key, None) or Objectives(key, **self.options)
+            self._mixes[key] = mix  # most recently used last
+            while len(self._mixes) > self.size:
+                self._mixes.pop(next(iter(self._mixes)))
+            return mix
 
 
 def as_specs(value: Any, where: str) -> tuple[tuple[str, float], ...]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ConfigError, RewardModelError
 from .fit import corr, ridge
-from .paths import cache_dir
+from .paths import build_lock, cache_dir
 
 MIN_PER_SIDE = 20
 MAX_BAD_SHARE = 0.1  # duplicate or empty examples beyond this share of a file are refused
@@ -223,8 +223,7 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
             "head": {"weights": [float(v) for v in fit.w], "bias": float(fit.b)}}  # the same head as in the graph: mixes share the embedder
     folder = out or objectives_dir() / name
     head = {"name": f"objective-{name}", "weights": [float(v) for v in fit.w], "bias": float(fit.b), "fitted_on": f"{len(texts)} examples"}
-    build_reward_folder(folder, head, progress=progress, objective=card["description"])
-    (folder / CARD).write_text(json.dumps(card, indent=1))
+    build_reward_folder(folder, head, progress=progress, objective=card["description"], extra={CARD: json.dumps(card, indent=1)})
     return card
 
 
@@ -237,12 +236,38 @@ def find_objective(name: str, *, progress: Callable[[str], None] | None = None, 
     if name in BUILT_IN:  # fitted once from the shipped examples, like the default reward is built once
         folder = objectives_dir() / name
         if not (folder / CARD).exists():
-            if note:
-                note(f"fitting the built-in objective {name} from its shipped examples into {folder} (once, a few seconds)")
-            built_in_examples(name, progress=progress)
+            with build_lock(f"objective-{name}"):  # one fit; concurrent first uses wait for it
+                if not (folder / CARD).exists():
+                    if note:
+                        note(f"fitting the built-in objective {name} from its shipped examples into {folder} (once, a few seconds)")
+                    built_in_examples(name, progress=progress)
         return folder
     folder = objectives_dir() / name
     return folder if NAME.fullmatch(name) and (folder / CARD).exists() else None
+
+
+def resolve_objective(spec: str, *, progress: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
+    """What `-r SPEC` names: an objective first (so a folder called `kind` in the working directory never shadows
+    the objective; write ./kind for the folder), else an existing folder; None when neither."""
+    folder = find_objective(spec, progress=progress, note=note) if NAME.fullmatch(spec) else None
+    if folder is None and Path(spec).exists():
+        folder = Path(spec)
+    return folder
+
+
+def request_objectives(dirs: Sequence[Path] = ()) -> dict[str, Path | None]:
+    """What a server request may name in `sia.rewards`: every named objective (None: resolved by name when loaded) and
+    each reward folder inside the folders given at start-up (`--objective-dir`), by its folder name. Nothing else:
+    a request never names a path."""
+    allowed: dict[str, Path | None] = {}
+    for d in dirs:
+        d = Path(d)
+        for folder in [d, *sorted(p for p in d.iterdir() if p.is_dir())] if d.is_dir() else []:
+            if NAME.fullmatch(folder.name) and (folder / "model.onnx").exists():
+                allowed.setdefault(folder.name, folder.resolve())
+    for row in list_objectives():
+        allowed[row["name"]] = None
+    return allowed
 
 
 def built_in_examples(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -262,9 +287,12 @@ def list_objectives() -> list[dict[str, Any]]:
     root = objectives_dir()
     for card_file in sorted(root.glob(f"*/{CARD}")) if root.exists() else []:
         try:
-            card = json.loads(card_file.read_text())
-            row = {"name": card["name"], "description": card["description"], "cv": card["cv"], "created": card.get("created")}
-        except (OSError, ValueError, KeyError) as exc:
-            raise RewardModelError(f"{card_file} is not a readable objective card ({exc})", f"delete {card_file.parent} and fit it again") from None
+            card = json.loads(card_file.read_text(encoding="utf-8"))
+            row = {"name": str(card["name"]), "description": str(card["description"]), "cv": card["cv"], "created": card.get("created")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # one broken card must not hide the others (or break the page)
+            name = card_file.parent.name
+            out[name] = {"name": name, "description": None, "cv": None, "created": None, "built_in": name in BUILT_IN,
+                         "error": f"{card_file} is not a readable objective card ({exc}); delete {card_file.parent} and fit it again"}
+            continue
         out[row["name"]] = {**row, "built_in": row["name"] in BUILT_IN}  # a built-in one fitted already shows its CV figure
     return list(out.values())

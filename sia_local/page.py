@@ -33,14 +33,16 @@ function show(el) {
   const t = data[+el.dataset.answer].tokens[+el.dataset.i];
   if (!t.candidates) { panel.style.display = 'none'; return; }
   const names = Object.keys(t.candidates[0].rewards || {});
-  let rows = '<tr><th>candidate</th><th>p base</th><th>reward</th>' + names.map(n => '<th>' + n + '</th>').join('') + '<th>p steered</th></tr>';
+  const cell = (row, tag, text) => { const c = document.createElement(tag); c.textContent = text; row.appendChild(c); };
+  const table = document.createElement('table'), head = table.insertRow();
+  ['candidate', 'p base', 'reward', ...names, 'p steered'].forEach(n => cell(head, 'th', n));  // names are text, never markup
   t.candidates.forEach((c, i) => {
-    const esc = document.createElement('span'); esc.textContent = JSON.stringify(c.text);
-    rows += '<tr class="' + (i === t.rank ? 'chosen' : '') + '"><td>' + esc.innerHTML + '</td><td>' + (c.p_base ?? '').toString()
-         + '</td><td>' + (c.reward ?? '') + '</td>' + names.map(n => '<td>' + c.rewards[n] + '</td>').join('')
-         + '<td>' + (c.p_steered ?? '') + '</td></tr>';
+    const row = table.insertRow(); if (i === t.rank) row.className = 'chosen';
+    [JSON.stringify(c.text), c.p_base ?? '', c.reward ?? '', ...names.map(n => c.rewards[n]), c.p_steered ?? ''].forEach(v => cell(row, 'td', String(v)));
   });
-  panel.innerHTML = '<div>entropy ' + t.entropy + ' nats' + (t.changed ? ' — the reward changed this token' : '') + '</div><table>' + rows + '</table>';
+  const note = document.createElement('div');
+  note.textContent = 'entropy ' + t.entropy + ' nats' + (t.changed ? ' — the reward changed this token' : '');
+  panel.replaceChildren(note, table);
   panel.style.display = 'block';
 }
 document.querySelectorAll('.tok[data-junction="1"]').forEach(el => {
@@ -66,7 +68,7 @@ def render_page(title: str, answers: Sequence[dict[str, Any]]) -> str:
             spans.append(f'<span class="tok"{attrs}>{html.escape(t.get("text", ""))}</span>')
         blocks.append(f'<section class="answer"><h2>{html.escape(answer["title"])}</h2><div class="text">{"".join(spans)}</div>'
                       f'<div class="stats">{html.escape(answer.get("stats", ""))}</div></section>')
-    trace = json.dumps([{"tokens": a["tokens"]} for a in answers], ensure_ascii=False).replace("</", "<\\/")
+    trace = json.dumps([{"tokens": a["tokens"]} for a in answers], ensure_ascii=False).replace("<", "\\u003c")  # no tag, no comment opener
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
             '<p class="legend">Shaded: a junction (darker = higher entropy); outlined green: the reward changed the token. '

@@ -41,6 +41,9 @@ _PROVIDER_ALIASES = {
 }
 
 
+BATCH = 64  # texts per onnxruntime run (the memory one run takes grows with it)
+
+
 class OnnxReward:
     """A sequence reward model in an ONNX folder.
 
@@ -123,9 +126,12 @@ class OnnxReward:
         return self._objective
 
     def score(self, prompt: str, texts: Sequence[str]) -> np.ndarray:
-        """Rewards of `texts` (responses so far, each with one candidate appended) given `prompt`."""
-        out = self._run([prompt] * len(texts), list(texts))
-        logits = out.reshape(len(texts), -1).astype(np.float64)
+        """Rewards of `texts` (responses so far, each with one candidate appended) given `prompt`, run in batches of
+        at most BATCH texts: a step's n x k texts (up to 16 x 64 on the server) never become one huge activation."""
+        texts = list(texts)
+        parts = [self._run([prompt] * len(texts[i : i + BATCH]), texts[i : i + BATCH]).reshape(len(texts[i : i + BATCH]), -1)
+                 for i in range(0, len(texts), BATCH)]
+        logits = (np.concatenate(parts) if parts else np.zeros((0, 1))).astype(np.float64)
         if self._label_index is None:
             return logits[:, 0]
         shifted = logits - logits.max(axis=1, keepdims=True)

@@ -82,15 +82,12 @@ def needs_hidden(scorer: ScorerSettings | None) -> bool:
 
 
 def resolve_scorer_path(path: str | os.PathLike[str], *, progress: Callable[[str], None] | None = None, note: Note | None = None) -> Path:
-    """A folder as given, or a named objective (`kind`, or one fitted with `sia reward fit NAME`) when no such folder exists."""
-    from .objectives import find_objective
+    """A named objective (`kind`, or one fitted with `sia reward fit NAME`) first, else the folder as given: a folder
+    called like an objective in the working directory does not shadow it (write ./kind for the folder)."""
+    from .objectives import resolve_objective
 
-    folder = Path(path)
-    if not folder.exists() and os.sep not in str(path):
-        named = find_objective(str(path), progress=progress, note=note)
-        if named is not None:
-            return named
-    return folder
+    found = resolve_objective(str(path), progress=progress, note=note)
+    return found if found is not None else Path(path)
 
 
 def scorer_kind(folder: Path) -> str:
@@ -131,7 +128,9 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
 
         if lm is None:
             raise RewardModelError(f"{folder} is a value head on the LM", "load the LM first (runtime.load_lm(..., hidden=True))")
-        scorer = load_head(folder, lm)
+        head = load_head(folder, lm)
+        head.teacher = teacher_loader(head.card, settings)
+        scorer = head
     elif kind == "value-model":
         scorer = ValueModel(folder, lm, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
     else:
@@ -140,6 +139,19 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     if info.provider_note and note is not None:
         note(info.provider_note)
     return scorer
+
+
+def teacher_loader(card: dict, settings: ScorerSettings) -> Callable[[], Scorer] | None:
+    """A loader of the reward a head was distilled from (its card's `teacher_path`, or the default reward when the
+    card names it), for ranking whole answers; None when it is not on this machine."""
+    from .defaults import REWARD_NAME
+
+    path = card.get("teacher_path")
+    if path and Path(path).exists():
+        return lambda: load_scorer(ScorerSettings(path=path, provider=settings.provider, threads=settings.threads, verbose=settings.verbose))
+    if str(card.get("teacher", "")).startswith(REWARD_NAME):
+        return lambda: load_scorer(ScorerSettings(provider=settings.provider, threads=settings.threads, verbose=settings.verbose))
+    return None
 
 
 def build_steerer(lm: LM, scorer: Scorer | None, config: SteerConfig, *, progress: Progress | None = None,

@@ -55,6 +55,7 @@ class BestOfN:
     best_index: int
     candidates: list[Candidate]
     stats: SearchStats
+    ranked_by: str = ""  # what scored the whole answers (a head fitted at junctions ranks with its teacher)
 
     def samples(self) -> list[dict[str, Any]]:
         """Every sample in one shape, the same in `sia generate --json` and `sia batch` rows."""
@@ -63,8 +64,8 @@ class BestOfN:
 
     def to_dict(self) -> dict[str, Any]:
         """The winner (`text`, `best`: its whole Generation), every sample (`samples`) and the search's cost (`stats`)."""
-        return {"text": self.best.text, "best_index": self.best_index, "samples": self.samples(), "best": self.best.to_dict(),
-                "stats": asdict(self.stats)}
+        return {"text": self.best.text, "best_index": self.best_index, "ranked_by": self.ranked_by, "samples": self.samples(),
+                "best": self.best.to_dict(), "stats": asdict(self.stats)}
 
 
 def best_of_n(
@@ -182,4 +183,5 @@ def best_of_n(
                         reward_calls=reward_calls, seconds=seconds, prefill_seconds=prefill_seconds, lm_seconds=lm_seconds,
                         reward_seconds=reward_seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
     candidates = [Candidate(i, float(final[i]), g, np.stack(hidden[i]) if keep_hidden else None) for i, g in enumerate(generations)]
-    return BestOfN(best=generations[best], best_index=best, candidates=candidates, stats=stats)
+    ranked_by = getattr(reward, "ranking", None) or f"the scorer ({getattr(reward, 'name', '?')})"
+    return BestOfN(best=generations[best], best_index=best, candidates=candidates, stats=stats, ranked_by=ranked_by)

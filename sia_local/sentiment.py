@@ -86,16 +86,30 @@ def load_head() -> dict[str, Any]:
 
 
 def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
-                        objective: str | None = None) -> Path:
-    """Write MiniLM + pooling + head as one ONNX reward folder at `out` (model.onnx, tokenizer.json, config.json, sia.json)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+                        objective: str | None = None, extra: dict[str, str] | None = None) -> Path:
+    """Write MiniLM + pooling + head as one ONNX reward folder at `out` (model.onnx, tokenizer.json, config.json, sia.json,
+    and the `extra` files: name -> text). Built in a private folder and published in one rename, so concurrent
+    builders and readers never meet a half-written folder."""
+    from .paths import partial_dir, publish
 
     head = head or load_head()
     onnx_file, tokenizer = minilm_files()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_dir(out)
+    try:
+        _write_reward_folder(tmp, onnx_file, tokenizer, head, progress, objective)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        return publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_reward_folder(tmp: Path, onnx_file: Path, tokenizer: Path, head: dict[str, Any], progress: Callable[[str], None] | None,
+                         objective: str | None) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     if progress:
         progress("reading all-MiniLM-L6-v2 (int8)")
     model = onnx.load(str(onnx_file))
@@ -139,6 +153,3 @@ def build_reward_folder(out: Path, head: dict[str, Any] | None = None, progress:
         "head": {k: v for k, v in head.items() if k != "weights"},
     }
     (tmp / "sia.json").write_text(json.dumps(spec, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out

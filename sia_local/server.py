@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
@@ -42,9 +43,13 @@ class ServerSettings:
     max_queue: requests that may wait behind the running one (more get 503). api_key: required as a
     bearer token on /v1/*. max_body_bytes: the largest request body (413). max_tokens_limit: the
     largest max_tokens (default: the larger of 4096 and the context). allow_origins: browser origins
-    that get CORS headers (none by default). request_timeout: seconds a request may hold the model (504).
+    that may call the API from a page elsewhere, and get CORS headers (none by default: every other
+    cross-origin request is refused). request_timeout: seconds a request may hold the model (504).
     max_top_k: the largest sia.top_k (default SteerConfig's bound). max_batch_tokens: Best-of-N's KV
-    budget, n x (prompt + answer) (default: `default_batch_tokens`).
+    budget, n x (prompt + answer) (default: `default_batch_tokens`). host: the address the server is bound
+    to (the Host header must name it, a loopback name, or one of `allowed_hosts`; "*" accepts any).
+    objective_dirs: folders of reward folders a request may name in `sia.rewards` besides the named
+    objectives (`sia reward list`); a request never names a path.
     """
 
     max_queue: int = 8
@@ -55,6 +60,9 @@ class ServerSettings:
     request_timeout: float | None = None
     max_top_k: int | None = None
     max_batch_tokens: int | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: list[str] | None = None
+    objective_dirs: list[str] | None = None
 
 
 class Engine:
@@ -63,7 +71,7 @@ class Engine:
     def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue) -> None:
         self.steerer = steerer
         self.model_id = model_id
-        self.mixes = MixCache()  # requests' own objectives (`sia.rewards`)
+        self.mixes = MixCache()  # requests' own objectives (`sia.rewards`); one process: every core, as the server's scorer
         self.max_queue = max_queue
         self.waiting = 0
         self.active = 0
@@ -86,19 +94,42 @@ class Engine:
         self.active = 1
 
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run a whole job (Best-of-N) in a worker thread, behind the same queue as streamed generations."""
+        """Run a whole job (Best-of-N) in a worker thread, behind the same queue as streamed generations. The model is
+        let go when the thread ends, not when the caller stops waiting (a cancelled caller's job may still decode)."""
         await self._admit()
-        try:
-            result = await asyncio.to_thread(fn)
-            self.served += 1
-            return result
-        finally:
-            self.active = 0
-            assert self._lock is not None
-            self._lock.release()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._release()
+            if not outcome.done():
+                outcome.set_exception(error) if error is not None else outcome.set_result(result)
+
+        def worker() -> None:
+            result, error = None, None
+            try:
+                result = fn()
+                self.served += 1
+            except BaseException as exc:  # handed to the caller, who raises it
+                error = exc
+            finally:
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=worker, name="sia-job", daemon=True).start()
+        return await outcome
+
+    def _release(self) -> None:
+        self.active = 0
+        assert self._lock is not None
+        self._lock.release()
+
+    def steerer_for(self, mix: tuple[tuple[str, float], ...] | None) -> Steerer:
+        """The server's steerer, or one scoring with a request's own objectives (loaded once, then cached); called
+        from the worker thread, after the request was admitted."""
+        return self.steerer if mix is None else self.steerer.with_scorer(self.mixes.get(mix))
 
     async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event,
-                  steerer: Steerer | None = None) -> AsyncGenerator[tuple[str, Any], None]:
+                  mix: tuple[tuple[str, float], ...] | None = None) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
         await self._admit()
         loop = asyncio.get_running_loop()
@@ -107,14 +138,9 @@ class Engine:
         def emit(kind: str, item: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, item))
 
-        def finished() -> None:  # runs on the event loop once the worker has let go of the model
-            self.active = 0
-            assert self._lock is not None
-            self._lock.release()
-
         def worker() -> None:
             try:
-                stream = (steerer or self.steerer).stream(prompt, **options)
+                stream = self.steerer_for(mix).stream(prompt, **options)
                 for piece in stream:
                     if cancel.is_set():
                         stream.close()
@@ -128,7 +154,7 @@ class Engine:
             except Exception as exc:  # a SiaError becomes its 4xx/5xx; anything else (a bug) a 500 rather than a hung client
                 emit("error", exc)
             finally:
-                loop.call_soon_threadsafe(finished)
+                loop.call_soon_threadsafe(self._release)  # on the event loop, once the worker has let go of the model
 
         threading.Thread(target=worker, name="sia-generation", daemon=True).start()
         try:
@@ -153,11 +179,13 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
     max_tokens_limit, max_top_k, max_batch_tokens = conf.max_tokens_limit, conf.max_top_k, conf.max_batch_tokens
     max_queue, api_key, max_body_bytes = conf.max_queue, conf.api_key, conf.max_body_bytes
     allow_origins, request_timeout = conf.allow_origins, conf.request_timeout
+    objective_dirs = [Path(d) for d in conf.objective_dirs or []]
     token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
     top_k_limit = min(max_top_k or MAX_TOP_K, MAX_TOP_K)
     batch_limit = max_batch_tokens or default_batch_tokens(steerer.lm)
     app = FastAPI(title="sia-local", version="0.1.0")
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes,
+                       origin=OriginPolicy(conf.host, conf.allowed_hosts or [], allow_origins or []))
     if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers); outermost, so preflights pass
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -191,7 +219,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         gates and the objectives it can load: what a client (the web page) builds its controls from."""
         from .config import settings as all_settings
         from .junction import gate_names
-        from .objectives import list_objectives
+        from .objectives import list_objectives, request_objectives
 
         fields = [{"name": name, "place": f"sia.{name}" if s.api == "sia" else name, "kind": s.kind if isinstance(s.kind, str) else s.kind.__name__,
                    "lo": s.lo, "hi": s.hi, "lo_open": s.lo_open, "max_items": s.max_items, "max_len": s.max_len, "help": s.help,
@@ -199,7 +227,15 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                                      else list(getattr(engine.steerer.config, name)))}
                   for name, s in all_settings() if s.api]
         objectives = await asyncio.to_thread(list_objectives)
-        return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(engine.steerer.scorer, "name", None),
+
+        named = {o["name"] for o in objectives}
+        extra = await asyncio.to_thread(request_objectives, objective_dirs)
+        objectives += [{"name": n, "description": None, "cv": None, "created": None, "built_in": False, "from": "--objective-dir"}
+                       for n in sorted(extra) if n not in named]
+        scorer = engine.steerer.scorer
+        details = scorer.info().details if scorer is not None else {}
+        return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(scorer, "name", None),
+                "early_exit": details.get("early_exit"), "ranks_answers_with": details.get("ranks_answers_with"),
                 "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes}}
 
     @app.post("/v1/chat/completions")
@@ -214,12 +250,14 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
         return await _respond(request, engine, req, prompt, {"raw": True}, chat=False)
 
-    def _check(req: ApiRequest, prompt: Any, options: dict[str, Any], steerer: Steerer) -> None:
-        """Refuse, before the model is touched, a request that would cost more than this server allows."""
+    def _check(req: ApiRequest, prompt: Any, options: dict[str, Any], steerer: Steerer, mixed: bool) -> None:
+        """Refuse, before the model is touched, a request that would cost more than this server allows. `mixed`: the
+        request brings its own objectives (a sequence reward, loaded once admitted), so a steering gate has a scorer."""
         if req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
         try:
-            config = steerer.config_for(**{k: v for k, v in options.items() if k != "raw"})
+            changes = {k: v for k, v in options.items() if k != "raw"}
+            config = steerer.config.updated(**changes) if mixed else steerer.config_for(**changes)
         except SiaError as exc:
             raise as_api_error(exc) from None
         if config.max_tokens > token_limit:
@@ -248,20 +286,17 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         if "max_tokens" not in options and engine.steerer.config.max_tokens > token_limit:
             options["max_tokens"] = token_limit  # the server's own default never exceeds its limit
         mix = mix_of(req)
+        if mix is not None:  # the request's own objectives: names checked now, loaded by the worker once admitted
+            mix = await asyncio.to_thread(_allowed_mix, mix, objective_dirs)
         steerer = engine.steerer
-        if mix is not None:  # the request's own objectives: loaded once (off the event loop), then cached
-            try:
-                steerer = engine.steerer.with_scorer(await asyncio.to_thread(engine.mixes.get, mix))
-            except SiaError as exc:  # an unknown objective name: the client's to fix
-                raise ApiError(400, exc.message, param="sia.rewards", code="unknown_objective") from None
-        _check(req, prompt, options, steerer)
+        _check(req, prompt, options, steerer, mix is not None)
         cancel = threading.Event()
         if request_timeout:
             asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
         if req.n > 1:
-            return await _best_of(request, engine, steerer, req, prompt, options, chat, cancel)
+            return await _best_of(request, engine, mix, req, prompt, options, chat, cancel)
         tracer = token_tracer(steerer.lm.piece) if options.get("trace") else None
-        events = engine.run(prompt, options, cancel, steerer)
+        events = engine.run(prompt, options, cancel, mix)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -283,23 +318,28 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
 
 
 class _Guard:
-    """The API key (compared in constant time) and the body-size limit, checked before any endpoint runs.
+    """Who may drive the model, checked before any endpoint runs: the Host header (DNS rebinding), the Origin of a
+    browser request (any page the user visits can reach a local port), JSON bodies only on the API (a form or
+    text/plain post needs no CORS preflight), the API key (compared in constant time) and the body-size limit.
 
     A plain ASGI middleware on purpose: Starlette's BaseHTTPMiddleware (what ``@app.middleware`` makes)
     wraps `receive`, and behind it `request.is_disconnected()` never sees a client leave, so a
     non-streaming request would hold the model to the end.
     """
 
-    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, origin: "OriginPolicy") -> None:
+        self.app, self.api_key, self.max_body_bytes, self.origin = app, api_key, max_body_bytes, origin
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = dict(scope.get("headers") or [])
-            refusal: ApiError | None = None
+            refusal = self.origin.refusal(headers, scope)
             too_large = ApiError(413, f"the request body is over {self.max_body_bytes} bytes", code="request_too_large")
-            if self.api_key and scope["path"].startswith("/v1/") and not hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode()):
+            if refusal is None and self.api_key and scope["path"].startswith("/v1/") and not hmac.compare_digest(
+                    headers.get(b"authorization", b""), f"Bearer {self.api_key}".encode()):
                 refusal = ApiError(401, "missing or wrong API key", code="invalid_api_key")
+            if refusal is None and scope.get("method") == "POST" and scope["path"].startswith("/v1/") and not _is_json(headers):
+                refusal = ApiError(415, "the API takes JSON bodies only: send Content-Type: application/json", code="unsupported_media_type")
             length = headers.get(b"content-length", b"")
             if refusal is None and length.isdigit() and int(length) > self.max_body_bytes:
                 refusal = too_large
@@ -330,6 +370,101 @@ class _Guard:
                 return b"".join(parts)
 
 
+def _allowed_mix(mix: tuple[tuple[str, float], ...], dirs: list[Path]) -> tuple[tuple[str, float], ...]:
+    """A request's objectives as the worker will load them: named objectives by name, `--objective-dir` folders by their
+    path. Anything else is one 400 that lists what may be named, the same whether or not such a path exists."""
+    from .objectives import request_objectives
+
+    allowed = request_objectives(dirs)
+    out = []
+    for name, weight in mix:
+        if name not in allowed:
+            raise ApiError(400, f"sia.rewards: no objective named {name[:60]!r} on this server; it has: {', '.join(sorted(allowed))} "
+                                "(a request names objectives, never paths; the server's user adds folders with --objective-dir)",
+                           param="sia.rewards", code="unknown_objective")
+        folder = allowed[name]
+        out.append((str(folder) if folder is not None else name, weight))
+    return tuple(out)
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return media == b"application/json"
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(value: str) -> str:
+    """The host of a Host header or an origin's authority, without the port, brackets or a trailing dot, lowercased."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") == 1 else value.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_loopback(name: str) -> bool:
+    import ipaddress
+
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):  # browsers resolve *.localhost to loopback themselves
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """Which Host headers and browser origins the server obeys.
+
+    Host: a loopback name or address, the bound address, any IP address when bound to all interfaces (0.0.0.0 / ::,
+    where a LAN client names the machine by address), or one of `allowed_hosts` ("*": any). A name that only
+    resolves here (DNS rebinding: a page's own domain pointed at 127.0.0.1) is refused. Origin (sent by browsers
+    on every cross-origin request and every POST): the page this server serves itself (same host and port), or
+    one of `allowed_origins` ("*": any)."""
+
+    host: str
+    allowed_hosts: list[str]
+    allowed_origins: list[str]
+
+    def host_ok(self, value: str) -> bool:
+        name = _host_name(value)
+        allowed = {_host_name(h) for h in self.allowed_hosts}
+        if "*" in allowed or name in allowed or _is_loopback(name) or name == _host_name(self.host):
+            return True
+        return _host_name(self.host) in ("0.0.0.0", "::", "") and _is_ip(name)
+
+    def origin_ok(self, origin: str, host: str) -> bool:
+        if "*" in self.allowed_origins or origin in self.allowed_origins:
+            return True
+        scheme, sep, authority = origin.partition("://")
+        return bool(sep) and scheme in ("http", "https") and authority.lower() == host.strip().lower()
+
+    def refusal(self, headers: dict[bytes, bytes], scope: dict[str, Any]) -> ApiError | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        if host and not self.host_ok(host):
+            return ApiError(403, f"the Host header {host[:100]!r} does not name this server; if you reach it by that name, start "
+                                 f"sia serve with --allowed-host {_host_name(host)[:100]}", code="host_not_allowed")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            if not self.origin_ok(text, host):
+                return ApiError(403, f"a page at {text[:100]!r} may not use this server; if you trust it, start sia serve with "
+                                     f"--allowed-origin {text[:100]}", code="origin_not_allowed")
+        return None
+
+
 def _replay(body: bytes, receive: Any) -> Any:
     """A `receive` that hands the endpoint the body read already, then the client's later messages (a disconnect)."""
     sent = False
@@ -351,16 +486,16 @@ async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any
     return kind, item
 
 
-async def _best_of(request: Any, engine: Engine, steerer: Steerer, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool,
-                   cancel: threading.Event) -> Any:
+async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], ...] | None, req: ApiRequest, prompt: Any,
+                   options: dict[str, Any], chat: bool, cancel: threading.Event) -> Any:
     """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
     from .search import best_of_n
 
     if req.stream:
         raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
-    if steerer.scorer is None:
+    if engine.steerer.scorer is None and mix is None:
         raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
-    job = asyncio.ensure_future(engine.call(lambda: best_of_n(steerer, prompt, req.n, cancel=cancel, **options)))
+    job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer_for(mix), prompt, req.n, cancel=cancel, **options)))
     left = False
     while not job.done():
         await asyncio.wait([job], timeout=0.1)
@@ -382,7 +517,7 @@ async def _best_of(request: Any, engine: Engine, steerer: Steerer, req: ApiReque
         choices.append({"index": i, **body, "finish_reason": finish_reason_of(g), "sia_score": finite(float(c.score)), "sia_sample": c.index})
     st = result.stats
     usage = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.tokens, "total_tokens": st.prompt_tokens + st.tokens,
-             "sia": finite({"best_of": req.n, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
+             "sia": finite({"best_of": req.n, "ranked_by": result.ranked_by, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
                              "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s})}
     return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
@@ -410,4 +545,5 @@ def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int
     """Run the server until Ctrl-C."""
     import uvicorn
 
-    uvicorn.run(create_app(steerer, model_id=model_id, settings=settings), host=host, port=port, log_level="warning")
+    app = create_app(steerer, model_id=model_id, settings=dataclasses.replace(settings or ServerSettings(), host=host))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

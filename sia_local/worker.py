@@ -172,7 +172,9 @@ class Worker:
             scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
             steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
         self.steerer = steerer
-        self.mixes = MixCache()  # rows' own objectives
+        scorer = spec.scorer
+        # rows' own objectives, on this worker's share of the cores and its provider (`batch.split_threads`)
+        self.mixes = MixCache(provider=scorer.provider, threads=scorer.threads, verbose=scorer.verbose) if scorer is not None else MixCache()
 
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
         out: dict[str, Any] = {"id": row.id, "line": row.line}

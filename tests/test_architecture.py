@@ -117,7 +117,7 @@ def test_a_registered_gate_works_in_server_chat_and_bench(every_other_gate: str,
 
     reward = OnnxReward(tiny_reward, provider="cpu")
     steerer = Steerer(tiny_lm, reward, SteerConfig(tau=1.0, max_tokens=8, seed=0))
-    client = TestClient(create_app(steerer, model_id="tiny"))
+    client = TestClient(create_app(steerer, model_id="tiny"), base_url="http://127.0.0.1")
     ok = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 8, "seed": 1, "sia": {"gate": every_other_gate}})
     assert ok.status_code == 200, ok.text
     usage = ok.json()["usage"]

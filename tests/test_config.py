@@ -73,7 +73,7 @@ def test_one_range_enforced_alike_by_the_config_the_cli_the_server_and_batch(nam
 
     setting = dict(settings())[name]
     app = create_app(Steerer(LM(tiny_gguf, n_ctx=256), None, SteerConfig(gate="none", max_tokens=4)), model_id="tiny")
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")
     for value in _outside(setting):
         with pytest.raises(ConfigError):  # the config
             SteerConfig().updated(**{name: value})

@@ -33,7 +33,7 @@ def api(tiny_gguf: Path, tiny_reward: Path):
 
     steerer = Steerer(LM(tiny_gguf, n_ctx=256), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(tau=1.3, max_tokens=4))
     app = create_app(steerer, model_id="tiny", max_tokens_limit=8, max_body_bytes=20_000)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
         yield client
 
 

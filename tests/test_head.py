@@ -149,7 +149,7 @@ def test_distillation_resumes_data_without_kept_hidden_states(head_dir: Path, hi
 
 
 def test_head_steers_towards_higher_values(hidden_lm: LM, head_dir: Path) -> None:
-    head = load_head(head_dir, hidden_lm)
+    head = load_head(head_dir / "branch.npz", hidden_lm)  # fitted on whole answers: its value at an answer's end compares answers
     seeds = range(4)
     base = [Steerer(hidden_lm, head, SteerConfig(gate="none", max_tokens=16, seed=s)).generate("Tell me a story.") for s in seeds]
     steered = [Steerer(hidden_lm, head, SteerConfig(gate="dense", weight=50.0, max_tokens=16, seed=s)).generate("Tell me a story.") for s in seeds]
@@ -213,7 +213,9 @@ def test_vm_latency_of_a_head(head_dir: Path, tiny_gguf: Path, tmp_path: Path) -
     out = tmp_path / "cost.json"
     result = CliRunner().invoke(main, ["vm", "latency", str(head_dir), "-m", str(tiny_gguf), "-c", "512", "--lengths", "16,64", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    cost = json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    assert report["early_exit"] == "early exit (layer taps)"  # which path the junctions took, said
+    cost = report["by_context"]
     assert set(cost) == {"16", "64"}
     for row in cost.values():
         assert row["step_ms"] > 0 and row["k10"]["branch_ms"] > 0 and row["prefix_head_ms_k10"] > 0

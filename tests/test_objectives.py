@@ -160,8 +160,8 @@ def test_a_request_a_row_and_chat_choose_their_own_objectives(tiny_gguf: Path, t
     from sia_local.steer import Steerer
 
     steerer = Steerer(LM(tiny_gguf, n_ctx=256), None, SteerConfig(gate="none", max_tokens=6))
-    client = TestClient(create_app(steerer, model_id="tiny"))
-    body = {"prompt": "Hi", "sia": {"gate": "dense", "rewards": [{"name": str(tiny_reward), "weight": 2}]}}
+    client = TestClient(create_app(steerer, model_id="tiny", objective_dirs=[str(tiny_reward)]), base_url="http://127.0.0.1")
+    body = {"prompt": "Hi", "sia": {"gate": "dense", "rewards": [{"name": tiny_reward.name, "weight": 2}]}}
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["sia"]["junctions"] > 0 and "prefers-e" in r.json()["usage"]["sia"]["objectives"]

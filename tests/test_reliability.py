@@ -251,7 +251,8 @@ def test_a_chunked_body_is_counted_as_it_arrives(ratio_server: _Server) -> None:
 
     r = httpx.post(ratio_server.url + "/v1/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-    small = httpx.post(ratio_server.url + "/v1/completions", content=iter([b'{"prompt": "Hi", ', b'"max_tokens": 2}']), timeout=60)
+    small = httpx.post(ratio_server.url + "/v1/completions", content=iter([b'{"prompt": "Hi", ', b'"max_tokens": 2}']),
+                       headers={"content-type": "application/json"}, timeout=60)
     assert small.status_code == 200, small.text
     assert httpx.get(ratio_server.url + "/health").json()["status"] == "ok"
 

@@ -82,7 +82,9 @@ class EndlessScorer:
         return np.zeros(len(responses))
 
     def info(self):
-        raise NotImplementedError
+        from sia_local.scorer import ScorerInfo
+
+        return ScorerInfo(kind="test", name=self.name, path="", provider=self.provider, provider_note=None, objective=self.objective)
 
     def reset(self) -> None:
         pass

@@ -141,7 +141,12 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
 @click.option("--api-key", default=None, envvar="SIA_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=None,
               help="Largest max_tokens a request may ask; more gets a 400 [default: 4096 or the context size, whichever is larger].")
-@click.option("--allow-origin", "allow_origins", multiple=True, help="Send CORS headers for this browser origin (repeatable); none by default.")
+@click.option("--allowed-origin", "--allow-origin", "allow_origins", multiple=True,
+              help="A browser origin (e.g. http://localhost:3000) whose pages may use the API, with CORS headers (repeatable); none by default.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Another name this server is reached by, accepted in the Host header (repeatable; '*' = any). Loopback names always are.")
+@click.option("--objective-dir", "objective_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder of reward folders (or one reward folder) that requests may name in sia.rewards, by folder name (repeatable).")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a request may hold the model; then it stops and the client gets a 504 (or an error chunk).")
 @click.option("--max-top-k", type=click.IntRange(1, MAX_TOP_K), default=None,
@@ -158,7 +163,8 @@ def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: An
     """
     from ..server import ServerSettings, serve as run_server
 
-    settings = ServerSettings(**{**limits, "allow_origins": list(limits["allow_origins"]) or None})
+    settings = ServerSettings(**{**limits, "allow_origins": list(limits["allow_origins"]) or None, "allowed_hosts": list(limits["allowed_hosts"]) or None,
+                                 "objective_dirs": [str(d) for d in limits["objective_dirs"]] or None})
     steerer = load_steerer(lm, steering)
     model_id = steerer.lm.path.stem
     click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.scorer, 'name', 'none')}); Ctrl-C stops", err=True)

@@ -465,13 +465,14 @@ def vm_latency(lm: LMSettings, folder: Path, lengths: str, uncached_up_to: int, 
         with progress("timing junctions") as tick:
             cost = junction_cost(model, model.tokenize(text, add_special=False), sizes, exit_layers=exits, progress=lambda m: tick(0, 0, m))
         exit_label = f"exit@{exits[0] + 1}/{model.n_layer} adds" if exits else ""
+        click.echo(f"junctions here: {model.early_exit}")
         click.echo(f"{'context':>8} {'step ms':>8} {'k=5 steps':>10} {'k=10 steps':>11} {exit_label:>18} {'prefix head ms':>15}")
         for n, row in cost.items():
             early = f"{row['k10'][f'exit{exits[0]}']['extra_steps']:18.2f}" if exits else f"{'':>18}"
             click.echo(f"{n:>8} {row['step_ms']:8.1f} {row['k5']['branch_in_steps']:10.1f} {row['k10']['branch_in_steps']:11.1f} {early} "
                        f"{row['prefix_head_ms_k10']:15.3f}")
         if json_out:
-            json_out.write_text(json.dumps(cost, indent=1))
+            json_out.write_text(json.dumps({"early_exit": model.early_exit, "by_context": cost}, indent=1))
         return
     model = load_lm(lm)
     value_model = ValueModel(folder, model, verbose=lm.verbose)

@@ -9,5 +9,6 @@ branches) and `compat` (version shims, llama.cpp's log, GGUF checks).
 from .batch import BatchContext
 from .compat import FLASH_ATTN, Message, file_fingerprint, gpu_offload_supported, physical_cores, system_info
 from .model import DEFAULT_N_CTX, LM, VOCAB_SAMPLE
+from .taps import supported as taps_supported
 
-__all__ = ["DEFAULT_N_CTX", "LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info"]
+__all__ = ["DEFAULT_N_CTX", "LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info", "taps_supported"]

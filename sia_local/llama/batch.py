@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ContextLengthError, ModelError, PromptError
-from .compat import _compat_logits_view, _compat_seq_cp, _compat_seq_rm
+from .compat import RawContext, _compat_logits_view
 from .model import LM
 from .taps import LayerTaps, layer_name
 
@@ -59,18 +59,16 @@ class BatchContext:
         params.embeddings = bool(branches or track_hidden)  # pooling none, as the LM's own context; switched on per decode
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
-        from llama_cpp._internals import LlamaContext
-
         self.taps = LayerTaps() if branches and lm.taps is not None else None  # early-exit branches, as the LM has
         if self.taps is not None:
             self.taps.install(params)
-        try:
-            self._context = LlamaContext(model=lm._llm._model, params=params, verbose=False)
-        except ValueError:
-            raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens") from None
-        self._ctx = self._context.ctx
-        if self.taps is not None:
-            self.taps.attach(self._ctx)
+        # our own handle (freed by close), not llama-cpp-python's LlamaContext: that one registers itself with the
+        # model for the model's whole life, and with it these params, the callback, the taps and their last copies
+        context = RawContext.make(lm._llm._model.model, params)
+        if context is None:
+            raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens")
+        self._context = context
+        self._ctx = context.ctx
         if params.embeddings:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
@@ -97,7 +95,7 @@ class BatchContext:
             h = self._embedding(-1)
             self._hidden = {s: h for s in range(self.n_seq)}
         for seq in range(1, self.n_seq):
-            _compat_seq_cp(self._context, 0, seq)
+            self._context.seq_cp(0, seq)
         self.pos = [len(tokens)] * self.n_seq
         return logits
 
@@ -115,7 +113,7 @@ class BatchContext:
             self._branched[s] = {}
             for j, c in enumerate(cands):
                 sid = self.n_seq + s * self.k + j
-                _compat_seq_cp(self._context, s, sid)
+                self._context.seq_cp(s, sid)
                 self._branched[s][c] = (len(rows), sid)
                 rows.append((c, self.pos[s], sid, True))
         self._decode(rows, hidden=True)
@@ -142,17 +140,17 @@ class BatchContext:
 
         def decode() -> int:
             for (_, _, sid, _), s in zip(rows, owner):
-                _compat_seq_cp(self._context, s, sid)
+                self._context.seq_cp(s, sid)
             self._fill(rows)
             return int(llama_cpp.llama_decode(self._ctx, self._batch))
 
         def cleanup() -> None:
             for _, _, sid, _ in rows:
-                _compat_seq_rm(self._context, sid)
+                self._context.seq_rm(sid)
 
         name = layer_name(layer)
-        rc = self.taps.decode(self._ctx, decode, [name], name, embeddings=False, cleanup=cleanup)
-        llama_cpp.llama_set_embeddings(self._ctx, False)
+        llama_cpp.llama_set_embeddings(self._ctx, False)  # no final states wanted: the graph stops before them
+        rc = self.taps.decode(decode, [name], name, cleanup)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch of branches (code {rc})", "lower --best-of or --top-k")
         self.decode_calls += 1
@@ -183,7 +181,7 @@ class BatchContext:
             out[s] = _compat_logits_view(self._ctx, self.lm.n_vocab, row).copy()
             if self.track_hidden:
                 self._hidden[s] = self._embedding(row)
-            self._context.kv_cache_seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
+            self._context.seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
         self._drop_branches()
         order = sorted(s for s in tokens if s not in out)
         if order:
@@ -213,12 +211,12 @@ class BatchContext:
 
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells."""
-        _compat_seq_rm(self._context, seq)
+        self._context.seq_rm(seq)
 
     def _drop_branches(self) -> None:
         for kept in self._branched.values():
             for _, sid in kept.values():
-                _compat_seq_rm(self._context, sid)
+                self._context.seq_rm(sid)
         self._branched = {}
 
     def _embedding(self, row: int) -> np.ndarray:
@@ -230,12 +228,15 @@ class BatchContext:
         return np.ctypeslib.as_array(ptr, shape=(self.lm.n_embd,)).copy()
 
     def close(self) -> None:
+        """Free the context and the batch now (nothing of them stays referenced from the model)."""
         import llama_cpp
 
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
         self._context.close()
+        if self.taps is not None:
+            self.taps.close()
 
     def _decode(self, rows: list[tuple[int, int, int, bool]], hidden: bool = False) -> None:
         import llama_cpp

@@ -174,18 +174,43 @@ def _compat_flash_attn_auto(llm: Any) -> None:
     llm._ctx = llm._stack.enter_context(contextlib.closing(_internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=llm.verbose)))
 
 
-def _compat_seq_cp(context: Any, src: int, dst: int) -> None:
-    """Share all of sequence `src`'s KV cells with `dst`.
+class RawContext:
+    """A llama.cpp context made and freed through llama.h alone (`llama_init_from_model` / `llama_free`), with
+    the KV-sequence calls a batched decode needs. Unlike llama-cpp-python's `LlamaContext`, nothing of it stays
+    referenced from the model after `close`."""
 
-    `LlamaContext.kv_cache_seq_cp` is the stable wrapper: it calls llama_memory_seq_cp (0.3.10+),
-    llama_kv_self_seq_cp or llama_kv_cache_seq_cp, whichever the installed release has.
-    """
-    context.kv_cache_seq_cp(src, dst, -1, -1)
+    def __init__(self, ctx: Any) -> None:
+        import llama_cpp
 
+        self.ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
 
-def _compat_seq_rm(context: Any, seq: int) -> None:
-    """Drop sequence `seq` from every KV cell (cells no sequence uses any more become free)."""
-    context.kv_cache_seq_rm(seq, -1, -1)
+    @classmethod
+    def make(cls, model: Any, params: Any) -> "RawContext | None":
+        """A context for `model` (a `llama_model *`) with `params`, or None when llama.cpp could not make one."""
+        import llama_cpp
+
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        return cls(ctx) if ctx else None
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Share sequence `src`'s KV cells in positions [p0, p1) (-1: all) with `dst` (bookkeeping, no copy of data)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
+
+    def seq_rm(self, seq: int) -> None:
+        """Drop sequence `seq` from every KV cell (cells no sequence uses any more become free)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
 
 
 def _compat_is_eog(vocab: Any, token: int) -> bool:

@@ -19,7 +19,7 @@ from ..threads import ThreadGovernor
 DEFAULT_N_CTX = 4096  # tokens of context when none is asked (capped at the model's training context)
 VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
 
-from .taps import LayerTaps, layer_name
+from .taps import LayerTaps, layer_name, supported
 from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
                      _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
                      physical_cores)
@@ -42,9 +42,9 @@ class LM:
             ``on`` or ``off``. Measured on our 2-core CPU machine: on is 6-8 % faster with a 160-token prompt.
         hidden: also give final hidden states (value heads on the LM's own hidden state): the context
             is made with embeddings available (switched on only for the decodes that need them, so
-            prefill and plain steps cost what they cost without), room for `branch` sequences and, on
-            the CPU, layer taps (`taps.LayerTaps`: `branch_layers` reads intermediate layers and may
-            stop the graph there).
+            prefill and plain steps cost what they cost without), room for `branch` sequences and
+            layer taps (`taps.LayerTaps`: `branch_layers` reads intermediate layers and may stop the
+            graph there; CPU and GPU alike). `early_exit` says whether they are on, and why not.
     """
 
     def __init__(
@@ -117,9 +117,12 @@ class LM:
         self._logits_row = -1  # which output row of the last decode holds the current logits
         self._track_hidden = False
         self.n_layer: int = int(llama_cpp.llama_model_n_layer(self._llm._model.model))
-        self.taps: LayerTaps | None = None  # early-exit branches (CPU only: a GPU layer's tensor is not in host memory)
-        if hidden and n_gpu_layers == 0:
-            self._install_taps()
+        self.taps: LayerTaps | None = None  # early-exit branches
+        self.taps_off: str | None = None if hidden else "the model was loaded without hidden states"  # why there are no taps
+        if hidden:
+            self.taps_off = supported()
+            if self.taps_off is None:
+                self._install_taps()
         if hidden:
             llama_cpp.llama_set_embeddings(self._ctx, False)
             self._branch_batch = llama_cpp.llama_batch_init(max(self.max_branches, 1), 0, 1)
@@ -305,14 +308,14 @@ class LM:
         taps.install(params)
         try:
             context = LlamaContext(model=self._llm._model, params=params, verbose=False)
-        except ValueError:
-            return  # no memory for a second context while the first exists: plain branches only
+        except ValueError:  # no memory for a second context while the first exists: plain branches only
+            self.taps_off = "llama.cpp had no memory for the context with layer taps (a second context while the first exists)"
+            return
         self._llm._ctx.close()
         self._llm._ctx = context
         self._llm.n_tokens = 0  # a new context holds nothing yet
         self._llm._stack.callback(context.close)
         self._ctx = context.ctx
-        taps.attach(self._ctx)
         self.taps = taps
         self.max_branches = max(0, int(params.n_seq_max) - 1)
 
@@ -328,6 +331,7 @@ class LM:
         if any(not 0 <= x < self.n_layer - 1 for x in wanted):
             raise ModelError(f"layers {wanted} are not all in 0..{self.n_layer - 2} of {self.path.name}", "pick a lower --layer (the last layer is the branch head's)")
         names = [layer_name(x) for x in wanted]
+        self._check_branches(k)  # before anything is armed or copied: a refused count leaves the context untouched
 
         def decode() -> int:
             self._start_branches(candidates, outputs="all" if final else "last")
@@ -337,35 +341,37 @@ class LM:
             for s in range(1, k + 1):
                 self._llm._ctx.kv_cache_seq_rm(s, -1, -1)
 
-        rc = taps.decode(self._ctx, decode, names, None if final else names[-1], embeddings=final, cleanup=cleanup)
-        if rc != 0:
+        llama_cpp.llama_set_embeddings(self._ctx, final)
+        try:
+            rc = taps.decode(decode, names, None if final else names[-1], cleanup)
+            if rc != 0:
+                raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
+            out = {x: taps.take(layer_name(x))[:k] for x in wanted}
+            if final:  # the embeddings rows of this decode (pooling none): the final hidden states
+                rows = [llama_cpp.llama_get_embeddings_ith(self._ctx, i) for i in range(k)]
+                if not all(rows):
+                    raise ModelError("llama.cpp returned no final hidden states for the branches", "report this with the model name")
+                out[self.n_layer] = np.stack([np.ctypeslib.as_array(ptr, shape=(self.n_embd,)) for ptr in rows]).copy()
+        finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
-            raise ModelError(f"llama.cpp failed to decode {k} branches (code {rc})", "lower --top-k or raise --ctx-size")
-        out = {x: taps.take(layer_name(x))[:k] for x in wanted}
-        if final:  # the embeddings rows of this decode (pooling none): the final hidden states
-            rows = [llama_cpp.llama_get_embeddings_ith(self._ctx, i) for i in range(k)]
-            if not all(rows):
-                llama_cpp.llama_set_embeddings(self._ctx, False)
-                raise ModelError("llama.cpp returned no final hidden states for the branches", "report this with the model name")
-            out[self.n_layer] = np.stack([np.ctypeslib.as_array(ptr, shape=(self.n_embd,)) for ptr in rows]).copy()
-        llama_cpp.llama_set_embeddings(self._ctx, False)
         self._logits_row = -1
         return out
 
     def _need_taps(self) -> LayerTaps:
         self._need_hidden()
         if self.taps is None:
-            raise ModelError(f"{self.path.name} was loaded without layer taps (they need the CPU: --n-gpu-layers 0)",
-                             "use the branch head on a GPU (a junction costs little there)")
+            raise ModelError(f"{self.path.name} has no layer taps: {self.taps_off}", "use the branch head (DIR/branch.npz)")
         return self.taps
+
+    @property
+    def early_exit(self) -> str:
+        """Which path a layer head's junctions take here, in words: "early exit (layer taps)" or "full branches: <why>"."""
+        return "early exit (layer taps)" if self.taps is not None else f"full branches: {self.taps_off}"
 
     def _start_branches(self, candidates: Sequence[int], outputs: str) -> None:
         """Fill the branch batch: candidate i on sequence i + 1 over sequence 0's cells, all at the next position."""
         k, n = len(candidates), self.n_past
-        if not 1 <= k <= self.max_branches:
-            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
-        if n + 1 >= self.n_ctx:
-            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
+        self._check_branches(k)
         if self._n_branches:
             self._drop_branches()
         context, b = self._llm._ctx, self._branch_batch
@@ -375,6 +381,12 @@ class LM:
             b.logits[i] = 1 if outputs == "all" or i == k - 1 else 0
             b.seq_id[i][0] = i + 1
         b.n_tokens = k
+
+    def _check_branches(self, k: int) -> None:
+        if not 1 <= k <= self.max_branches:
+            raise ModelError(f"{k} branches asked, this context holds {self.max_branches}", "lower --top-k")
+        if self.n_past + 1 >= self.n_ctx:
+            raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
 
     def exit_branches(self, requests: dict[int, Sequence[int]], layer: int) -> dict[int, np.ndarray]:
         """`branch_layers` stopped at `layer`, in the form Best-of-N's `BatchContext.exit_branches` has."""
