@@ -5,7 +5,12 @@ with all layers on the CPU and all on the GPU, side by side, through sia's loop 
 dense with the tiny reward), and what a junction of a value head on the LM costs there (one k-branch
 decode in one-token steps, k = 5 and 10, at 64 and 512 tokens of context). Also reports which
 onnxruntime providers really load.
-Run (after installing a CUDA build of llama-cpp-python):  python scripts/gpu_check.py [--out FILE]
+With --taps (the early exit on a GPU build): for n_gpu_layers 0 and -1, a layer head's taps read layer
+L's states (k = 10 and 40 candidates: 40 rows make the scheduler offload matrix products even at 0),
+compared between the two; a junction's cost in one-token steps (early exit at L vs a full k-branch
+decode); per-token speed of SIA@0.2 and dense with a (random-weight) layer head against gate none; and
+Best-of-4 with the head (40 rows in one tapped decode).
+Run (after installing a CUDA build of llama-cpp-python):  python scripts/gpu_check.py [--out FILE] [--taps]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000, help="pad the byte-level vocabulary to this size (0 = 265 tokens)")
     ap.add_argument("--dir", default=None, help="where to write the synthetic model [default: a temp dir]")
     ap.add_argument("--gguf", default=None, help="use this GGUF instead of building a synthetic one (e.g. SmolLM2)")
+    ap.add_argument("--taps", action="store_true", help="check the layer taps (early exit) on this build instead of the decode arms")
     args = ap.parse_args()
     report: dict = {"gpu_offload_supported": gpu_offload_supported(), "llama_system_info": system_info(),
                     "onnx_providers": loadable_providers()}
@@ -57,6 +63,12 @@ def main() -> None:
     reward = OnnxReward(reward_dir, provider="auto")
     report["reward_provider"] = reward.provider
     report["reward_provider_note"] = reward.provider_note
+    if args.taps:
+        report["taps"] = taps_check(gguf, reward, tmp, args.tokens)
+        print(json.dumps(report, indent=1), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        return
     arms = {}
     for ngl in (-1, 0):  # GPU first: its numbers survive if the CPU arm fails
         print(f"loading with n_gpu_layers={ngl}", flush=True)
@@ -88,6 +100,83 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+def write_layer_head(folder: Path, lm: LM, layer: int) -> Path:
+    """A layer-head folder with random weights (timing and plumbing only; `sia vm distill` fits real ones)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "layer.npz", w=rng.normal(size=lm.n_embd).astype(np.float32), b=np.float32(0.0), layer=np.int64(layer))
+    np.savez(folder / "branch.npz", w=rng.normal(size=lm.n_embd).astype(np.float32) / lm.n_embd, b=np.float32(0.0))
+    card = {"kind": "lm-head", "default": "layer", "backbone": lm.path.name, "n_embd": lm.n_embd, "n_vocab": lm.n_vocab,
+            "vocab_sample": lm.vocab_sample(), "teacher": "tiny", "objective": "timing only", "samples": 0}
+    (folder / "head.json").write_text(json.dumps(card))
+    return folder
+
+
+def taps_check(gguf: Path, reward: OnnxReward, tmp: Path, tokens: int) -> dict:
+    """The early exit on this build: states, cost in steps, per-token speed, Best-of-4; for n_gpu_layers 0 and -1."""
+    import statistics
+
+    import numpy as np
+
+    from sia_local.head import load_head
+    from sia_local.junction import top_k
+    from sia_local.search import best_of_n
+
+    out: dict = {}
+    states: dict = {}
+    for ngl in (0, -1):
+        key = f"ngl={ngl}"
+        lm = LM(gguf, n_ctx=2048, n_gpu_layers=ngl, hidden=True)
+        layer = max(1, lm.n_layer // 4)
+        row: dict = {"early_exit": lm.early_exit, "layer": layer, "n_layer": lm.n_layer}
+        print(key, lm.early_exit, flush=True)
+        prefix = lm.tokenize(PROMPT * 20, add_special=False)[:400]
+        cand = [int(c) for c in top_k(lm.prefill(prefix), 40)[0]]
+        states[ngl] = {k: lm.branch_layers(cand[:k], [layer])[layer] for k in (10, 40)}  # 40 rows: offloaded even at 0
+        row["states_finite"] = bool(all(np.isfinite(v).all() for v in states[ngl].values()))
+
+        def median_ms(fn, repeats: int = 15) -> float:
+            runs = []
+            for _ in range(repeats):
+                lm.prefill(prefix)
+                t = time.perf_counter()
+                fn()
+                runs.append((time.perf_counter() - t) * 1e3)
+            return statistics.median(runs)
+
+        step = median_ms(lambda: lm.step(cand[0]))
+        early = median_ms(lambda: lm.branch_layers(cand[:10], [layer]))
+        full = median_ms(lambda: lm.branch(cand[:10]))
+        row.update({"step_ms": round(step, 3), "k10_early_exit_ms": round(early, 3), "k10_full_branch_ms": round(full, 3),
+                    "k10_early_exit_in_steps": round(early / step, 2), "k10_full_branch_in_steps": round(full / step, 2)})
+        head = load_head(write_layer_head(tmp / f"head{ngl}", lm, layer), lm)
+        head.teacher = lambda: reward
+        row["head"] = head.info().details.get("early_exit")
+        steerer = Steerer(lm, head, SteerConfig(max_tokens=tokens, seed=0, trace=True))
+        warm = steerer.generate(PROMPT, raw=True, gate="none", seed=1)
+        tau = tau_from_entropies(np.array([t.entropy for t in warm.trace or []]), 0.2)
+        speed = {}
+        for arm, change in (("none", {"gate": "none"}), ("sia@0.2", {"gate": "entropy", "tau": tau}), ("dense", {"gate": "dense"}),
+                            ("none_again", {"gate": "none"})):
+            g = steerer.generate(PROMPT, raw=True, **change)
+            speed[arm] = {"tok_s": round(g.stats.tokens_per_s, 1), "ratio": round(g.stats.ratio, 2), "tokens": g.stats.tokens}
+        base = (speed["none"]["tok_s"] + speed["none_again"]["tok_s"]) / 2
+        for arm in ("sia@0.2", "dense"):
+            speed[arm]["cost_per_token_vs_none"] = round(base / speed[arm]["tok_s"], 2) if speed[arm]["tok_s"] else None
+        row["speed"] = speed
+        bon = best_of_n(steerer, PROMPT, 4, raw=True, gate="dense", max_tokens=8)  # 4 x 10 rows in one tapped decode
+        row["best_of_4"] = {"tokens": bon.stats.tokens, "ranked_by": bon.ranked_by, "decode_calls": bon.stats.decode_calls}
+        print(json.dumps({key: row}), flush=True)
+        out[key] = row
+        del steerer, head, lm
+    for k in (10, 40):
+        a, b = states[0][k], states[-1][k]
+        out[f"states_k{k}_max_rel_diff_ngl0_vs_gpu"] = float(np.abs(a - b).max() / (np.abs(a).max() + 1e-9))
+    return out
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
                             raise SiaError(f"batch workers died {start_deaths} times while loading the model ({cause})",
                                            "run `sia generate` with the same --model / --reward to see why; from Python, call "
                                            "batch.run under `if __name__ == \"__main__\":` (workers are spawned and import your script)")
-                    else:
+                    elif job is not None:  # died on a row: the row goes back in the queue (an idle worker's death loses nothing)
                         row, tries = job
                         if tries + 1 >= MAX_TRIES:
                             yield error_row(row, f"line {row.line}: worker died: {MAX_TRIES} workers died on this row ({cause})")
@@ -137,8 +137,27 @@ def _exit_cause(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _follow_parent() -> None:
+    """A worker stops with the run: Ctrl-C in the terminal reaches the parent alone (which stops the workers, with one
+    line), and on Linux a worker whose parent dies (SIGTERM, SIGKILL) is sent SIGTERM at once (PR_SET_PDEATHSIG)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(0)
+
+
 def _worker_main(spec: WorkerSpec, conn: Any) -> None:
     """A worker process: load once, say so (or say why not), then answer rows until told to stop."""
+    _follow_parent()
     try:
         worker = Worker(spec)
     except BaseException as exc:  # noqa: BLE001 - whatever stops the load is the run's one-line reason

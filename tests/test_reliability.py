@@ -309,3 +309,18 @@ def test_a_name_two_stores_share_is_refused(tmp_path: Path, tiny_gguf: Path, mon
     with pytest.raises(ModelError, match="different files"):
         resolve_model("pub/same.gguf")
 
+
+
+def test_a_worker_that_dies_while_idle_loses_nothing(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    """A worker killed between rows (its row delivered, no new one yet) is not a row's death: the run goes on."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "long", "prompt": "Go on and on.", "max_tokens": 3000, "sia": {"gate": "dense"}}) + "\n"
+                    + json.dumps({"id": "short", "prompt": "Hi", "max_tokens": 1}) + "\n")
+    rows = read_rows(path)
+    pids: dict[int, int] = {}
+    out = []
+    for result in run(rows, _spec(tiny_gguf, tiny_reward, max_tokens=4), workers=2, on_dispatch=lambda pid, row: pids.__setitem__(row.line, pid)):
+        out.append(result)
+        if result["id"] == "short":  # its worker is idle now (nothing left to hand it) while the long row runs
+            os.kill(pids[2], signal.SIGKILL)
+    assert sorted(r["id"] for r in out) == ["long", "short"] and all(r["error"] is None for r in out)

@@ -26,16 +26,38 @@ if TYPE_CHECKING:
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show SiaError as one line (`Error: ...`, exit 1) instead of a traceback."""
+    """Show SiaError as one line (`Error: ...`, exit 1) instead of a traceback; Ctrl-C and SIGTERM as one line too
+    (exit 130 / 143), after the command's own clean-up has run (a batch stops its workers, keeps its rows)."""
+    import signal
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def terminated(signum: int, frame: Any) -> None:
+            raise _Terminated()
+
+        try:
+            previous = signal.signal(signal.SIGTERM, terminated)
+        except ValueError:  # not the main thread (CliRunner in a thread): leave signals alone
+            previous = None
         try:
             return fn(*args, **kwargs)
         except SiaError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted (Ctrl-C); what was written is kept: run the same command again to resume where it makes sense", err=True)
+            raise SystemExit(130) from None
+        except _Terminated:
+            click.echo("stopped (SIGTERM); what was written is kept", err=True)
+            raise SystemExit(143) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `finally` blocks (worker shutdown) run."""
 
 
 def _apply(fn: Callable[..., Any], options: list[Callable[[Any], Any]]) -> Callable[..., Any]:
