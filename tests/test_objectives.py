@@ -202,3 +202,39 @@ def test_built_in_objectives_fit_once_from_shipped_examples() -> None:
     assert short > padded
     listed = {o["name"]: o for o in list_objectives()}
     assert listed["concise"]["built_in"] and listed["concise"]["cv"] is not None and {"kind", "formal"} <= set(listed)
+
+
+def test_one_broken_card_does_not_hide_the_others(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from sia_local.objectives import list_objectives, objectives_dir
+
+    monkeypatch.setenv("SIA_CACHE_DIR", str(tmp_path))
+    (objectives_dir() / "broken").mkdir(parents=True)
+    (objectives_dir() / "broken" / "objective.json").write_bytes(b"{\xff not json")
+    rows = {r["name"]: r for r in list_objectives()}
+    assert "kind" in rows and "not a readable objective card" in rows["broken"]["error"]
+
+
+@needs_minilm
+def test_first_uses_race_safely_and_a_local_folder_never_shadows_an_objective(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+
+    from sia_local.objectives import find_objective, resolve_objective
+
+    monkeypatch.setenv("SIA_CACHE_DIR", str(tmp_path / "cache"))
+    found, errors = [], []
+
+    def use() -> None:
+        try:
+            found.append(find_objective("concise"))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(found)) == 1 and (found[0] / "objective.json").exists() and (found[0] / "model.onnx").exists()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "concise").mkdir()  # a folder of that name in the working directory
+    assert resolve_objective("concise") == found[0] and resolve_objective("./concise") == Path("./concise")
