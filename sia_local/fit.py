@@ -60,18 +60,21 @@ ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean feature variance 
 
 
 TEST_SHARE = VAL_SHARE = 0.1
+MAX_GROUP_SHARE = 1 / 3  # a file whose largest situation is bigger than this cannot be split into train, val and test
 
 
 def situation_groups(prompts: Sequence[str], n: int = 4) -> list[int]:
-    """A group per prompt: prompts that share a rare phrase are one situation. A phrase is a word n-gram;
-    it is rare when it is in more than one prompt but in no more than the typical (median) shared phrase. Templated prompts ("Write a diary entry about X", "How should I deal with X?") then group by
-    X: a template's phrases recur in many more prompts than a situation's, so they join nothing, and no
-    situation straddles a split. Prompts that share nothing stay alone."""
+    """A group per prompt: prompts that share a situation phrase are one situation. A phrase is a word n-gram in
+    more than one prompt. Templated prompt files ("Write a diary entry about X", "How should I deal with X?")
+    cross two kinds of phrase: situations (many, each in a few prompts) and templates (few, each in many). The
+    two are told apart by how often a phrase recurs: the threshold splits the shared phrases' log frequencies in
+    two classes (Otsu's rule: the split with the largest between-class variance), and only the rarer class
+    joins prompts. So a situation asked 2 ways and one asked 6 ways both join, however unevenly situations
+    repeat; a template's phrases join nothing. Prompts that share nothing stay alone."""
     words = [re.findall(r"[\w']+", p.lower()) for p in prompts]
     grams = [{" ".join(w[i : i + n]) for i in range(len(w) - n + 1)} for w in words]
     freq = Counter(g for gs in grams for g in gs)
-    shared = [f for f in freq.values() if f >= 2]
-    limit = max(2, int(np.median(shared))) if shared else 2
+    limit = _rare_limit(np.array([f for f in freq.values() if f >= 2], dtype=np.float64))
     parent = list(range(len(prompts)))
 
     def root(i: int) -> int:
@@ -91,6 +94,22 @@ def situation_groups(prompts: Sequence[str], n: int = 4) -> list[int]:
     return [root(i) for i in range(len(prompts))]
 
 
+def _rare_limit(shared: np.ndarray) -> float:
+    """The largest frequency of the rarer class of shared phrases (Otsu's two-class split of log frequencies); all
+    of them when they do not form two classes."""
+    values = np.unique(shared)
+    if len(values) < 2:
+        return float(values[0]) if len(values) else 2.0
+    x = np.log(shared)
+    best, limit = -1.0, float(values[-1])
+    for v in values[:-1]:
+        lo, hi = x[shared <= v], x[shared > v]
+        score = len(lo) * len(hi) * (lo.mean() - hi.mean()) ** 2
+        if score > best:
+            best, limit = score, float(v)
+    return limit
+
+
 def split_by_situation(prompts: Sequence[str], seed: int = 0) -> np.ndarray:
     """"train", "val" or "test" per prompt, whole situations at a time: alpha and the objective are chosen
     on val; the card's figures come from test, on which nothing was chosen."""
@@ -102,6 +121,11 @@ def split_by_situation(prompts: Sequence[str], seed: int = 0) -> np.ndarray:
     if len(order) < n_test + n_val + 1:
         raise ConfigError(f"the prompts form {len(order)} situation(s); distillation needs at least 3 (train, validation, test)",
                           "give prompts about more different situations (--prompts)")
+    largest = max(Counter(groups).values())
+    if largest > len(prompts) * MAX_GROUP_SHARE:
+        raise ConfigError(f"{largest} of the {len(prompts)} prompts share phrases that join them into one situation, so no split keeps "
+                          "situations apart and leaves room for validation and test",
+                          "give prompts about more different situations, worded apart (--prompts)")
     part = {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(order)}
     return np.array([part[g] for g in groups])
 
@@ -195,7 +219,8 @@ def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas
     variance, chosen on val by the mean Kendall tau of each junction's ranking), then scaled so the values spread
     within a junction as the teacher's do on val (train + val when val shows no spread). Returns w, b (the mean reward, so values sit where the
     teacher's do), alpha, the scale and the val / test figures: mean Kendall tau,
-    corr of the centred values, and how often the head's top candidate is the teacher's."""
+    corr of the centred values, and how often the head's top candidate is the teacher's. Without validation junctions
+    on which the teacher ranks anything, alpha (and the layer) cannot be chosen: refused, not guessed."""
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean(axis=1, keepdims=True)
     train = split == "train"
@@ -215,6 +240,10 @@ def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas
         if best is None or score > best[0]:
             best = (score, alpha, w)
     assert best is not None
+    if not np.isfinite(best[0]):
+        n_val = int((split == "val").sum())
+        raise ConfigError(f"{n_val} validation junction(s) with a ranking to learn from: the head's regularisation and layer cannot be chosen",
+                          "record more junctions: more prompts (--prompts, --limit) or more tokens per prompt (--junction-tokens)")
     # ridge shrinks: the fitted values vary less than the teacher's (by about their correlation), and at a junction
     # that spread is the steering strength. Scale w so the values spread as the teacher's do on the junctions not
     # trained on (validation; all fitting junctions when those show the teacher no spread at all).

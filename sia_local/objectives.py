@@ -27,6 +27,7 @@ import numpy as np
 from .errors import ConfigError, RewardModelError
 from .fit import corr, ridge
 from .paths import build_lock, cache_dir
+from .prompts import read_utf8
 
 MIN_PER_SIDE = 20
 MAX_BAD_SHARE = 0.1  # duplicate or empty examples beyond this share of a file are refused
@@ -51,7 +52,7 @@ def read_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"examples file not found: {path}", "pass a text file (one example a line) or JSONL with \"text\"")
     texts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if line.lstrip().startswith("{"):
             try:
                 texts.append(str(json.loads(line)["text"]).strip())
@@ -65,7 +66,7 @@ def read_texts(path: Path) -> list[str]:
 def read_scored(path: Path) -> tuple[list[str], np.ndarray]:
     """(texts, scores) of a JSONL file of {"text": ..., "score": number}."""
     texts, scores = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.is_file() else [], 1):
+    for n, line in enumerate(read_utf8(path).splitlines() if path.is_file() else [], 1):
         if not line.strip():
             continue
         try:
@@ -81,11 +82,17 @@ def read_scored(path: Path) -> tuple[list[str], np.ndarray]:
 
 def clean(texts: Sequence[str], where: str) -> list[str]:
     """The distinct non-empty texts; refuses a file whose duplicates and empties pass MAX_BAD_SHARE."""
+    return [texts[i] for i in clean_indices(texts, where)]
+
+
+def clean_indices(texts: Sequence[str], where: str) -> list[int]:
+    """Where the first copy of each distinct non-empty text stands (case-insensitive); refuses a file whose duplicates
+    and empties pass MAX_BAD_SHARE."""
     kept, seen = [], set()
-    for t in texts:
+    for i, t in enumerate(texts):
         if t and t.lower() not in seen:
             seen.add(t.lower())
-            kept.append(t)
+            kept.append(i)
     if len(texts) and (len(texts) - len(kept)) / len(texts) > MAX_BAD_SHARE:
         raise ConfigError(f"{where}: {len(texts) - len(kept)} of {len(texts)} examples are empty or repeated",
                           "give distinct examples, one per line")
@@ -134,41 +141,68 @@ class Fit:
     b: float
     kind: str  # "classifier" (good/bad) or "regression" (scored)
     cv_metric: str  # "auc" or "corr"
-    cv_mean: float
+    cv_mean: float  # nested: each outer fold's head was chosen and fitted without that fold
     cv_std: float
-    choice: float  # C or alpha
-    curve: list[dict[str, float]]
+    choice: float  # C or alpha, chosen by cross-validation on all examples
+    curve: list[dict[str, float]]  # the selection curve on all examples (optimistic: what chose `choice`)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """A head family: its regularisation grid, how to fit one, and how to score held-out examples (higher is better)."""
+
+    kind: str
+    metric: str
+    param: str
+    grid: tuple[float, ...]
+    fit: Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, float]]
+    score: Callable[[np.ndarray, np.ndarray], float]
+    stratify: bool
+
+
+_CLASSIFIER = _Family("classifier", "auc", "C", C_GRID, lambda x, y, c: logistic(x, y, c), auc, True)
+_REGRESSION = _Family("regression", "corr", "alpha", ALPHA_GRID, lambda x, y, a: ridge(x, y, a, relative=True), corr, False)
+
+
+def _select(family: _Family, x: np.ndarray, y: np.ndarray, k: int) -> tuple[float, list[dict[str, float]]]:
+    """The grid value with the best k-fold score on (x, y), and the curve it was chosen from."""
+    folds = folds_of(len(y), k, y if family.stratify else None)
+    curve, best = [], (-np.inf, family.grid[0])
+    for value in family.grid:
+        scores = [family.score(x[folds == f] @ w + b, y[folds == f]) for f in range(k)
+                  for w, b in [family.fit(x[folds != f], y[folds != f], value)]]
+        mean = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+        curve.append({family.param: value, f"{family.metric}_mean": mean, f"{family.metric}_std": float(np.nanstd(scores))})
+        if np.isfinite(mean) and mean > best[0]:
+            best = (mean, value)
+    return best[1], curve
+
+
+def _fit(family: _Family, x: np.ndarray, y: np.ndarray, k: int = 5) -> Fit:
+    """Nested cross-validation: in each outer fold the grid value is chosen on the other folds alone (inner k-fold),
+    fitted there and scored on the fold, so the reported figure was not chosen on the data it scores. The head
+    itself is chosen and fitted on all examples."""
+    outer = folds_of(len(y), k, y if family.stratify else None, seed=1)
+    nested = []
+    for f in range(k):
+        train = outer != f
+        value, _ = _select(family, x[train], y[train], k)
+        w, b = family.fit(x[train], y[train], value)
+        nested.append(family.score(x[~train] @ w + b, y[~train]))
+    finite = [v for v in nested if np.isfinite(v)] or [float("nan")]
+    choice, curve = _select(family, x, y, k)
+    w, b = family.fit(x, y, choice)
+    return Fit(w, b, family.kind, family.metric, float(np.mean(finite)), float(np.std(finite)), choice, curve)
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, k: int = 5) -> Fit:
-    """Logistic head with C chosen by k-fold CV AUC."""
-    folds = folds_of(len(y), k, y)
-    curve, best = [], None
-    for c in C_GRID:
-        scores = [auc(x[folds == f] @ w + b, y[folds == f]) for f in range(k)
-                  for w, b in [logistic(x[folds != f], y[folds != f], c)]]
-        curve.append({"C": c, "auc_mean": float(np.mean(scores)), "auc_std": float(np.std(scores))})
-        if best is None or np.mean(scores) > best[1]:
-            best = (c, float(np.mean(scores)), float(np.std(scores)))
-    assert best is not None
-    w, b = logistic(x, y, best[0])
-    return Fit(w, b, "classifier", "auc", best[1], best[2], best[0], curve)
+    """Logistic head, C chosen by k-fold AUC; the reported AUC is nested."""
+    return _fit(_CLASSIFIER, x, y, k)
 
 
 def fit_regression(x: np.ndarray, y: np.ndarray, k: int = 5) -> Fit:
-    """Ridge head with alpha chosen by k-fold CV correlation."""
-    folds = folds_of(len(y), k)
-    curve, best = [], None
-    for alpha in ALPHA_GRID:
-        scores = [corr(x[folds == f] @ w + b, y[folds == f]) for f in range(k)
-                  for w, b in [ridge(x[folds != f], y[folds != f], alpha, relative=True)]]
-        scores = [s for s in scores if np.isfinite(s)] or [float("nan")]
-        curve.append({"alpha": alpha, "corr_mean": float(np.mean(scores)), "corr_std": float(np.std(scores))})
-        if best is None or np.nan_to_num(np.mean(scores), nan=-1) > best[1]:
-            best = (alpha, float(np.nan_to_num(np.mean(scores), nan=-1)), float(np.std(scores)))
-    assert best is not None
-    w, b = ridge(x, y, best[0], relative=True)
-    return Fit(w, b, "regression", "corr", best[1], best[2], best[0], curve)
+    """Ridge head, alpha chosen by k-fold correlation; the reported correlation is nested."""
+    return _fit(_REGRESSION, x, y, k)
 
 
 def embedder_fingerprint() -> str:
@@ -192,18 +226,24 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
     if not describe.strip():
         raise ConfigError("an objective needs a one-line description", "pass --describe \"Answer politely.\" (a system prompt would say it)")
     started = time.perf_counter()
+    conflicts = 0
     if scored is not None:
-        texts, targets = list(scored[0]), np.asarray(scored[1], dtype=np.float64)
+        keep = clean_indices(list(scored[0]), "--scored")
+        texts, targets = [str(scored[0][i]) for i in keep], np.asarray(scored[1], dtype=np.float64)[keep]
         if len(texts) < 2 * MIN_PER_SIDE:
             raise ConfigError(f"{len(texts)} scored examples; at least {2 * MIN_PER_SIDE} are needed", "add more examples")
     else:
         good, bad = clean(good, "--good"), clean(bad, "--bad")
+        both = {t.lower() for t in good} & {t.lower() for t in bad}  # one text cannot teach both labels: it leaves both sides
+        conflicts = len(both)
+        good, bad = [t for t in good if t.lower() not in both], [t for t in bad if t.lower() not in both]
         if len(good) < MIN_PER_SIDE or len(bad) < MIN_PER_SIDE:
-            raise ConfigError(f"{len(good)} good and {len(bad)} bad examples; at least {MIN_PER_SIDE} of each are needed", "add more examples")
+            raise ConfigError(f"{len(good)} good and {len(bad)} bad examples" + (f" ({conflicts} in both files were dropped)" if conflicts else "")
+                              + f"; at least {MIN_PER_SIDE} of each are needed", "add more examples")
         texts, targets = [*good, *bad], np.r_[np.ones(len(good)), np.zeros(len(bad))]
     if progress:
         progress(f"embedding {len(texts)} examples")
-    x = Embedder()(texts).astype(np.float64)
+    x = Embedder(keep_end=True)(texts).astype(np.float64)  # cut from the left at 128 tokens, as a junction's text is scored
     if progress:
         progress("cross-validating the head")
     fit = fit_regression(x, targets) if scored is not None else fit_classifier(x, targets)
@@ -214,9 +254,11 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
         raise ConfigError(f"the scores are not predictable from the texts: cross-validated correlation {fit.cv_mean:.2f} (< {MIN_CORR})",
                           "add more examples or check the scores")
     rewards = x @ fit.w + fit.b
-    card = {"name": name, "description": describe.strip(), "kind": fit.kind, "examples": {"good": int(targets.sum()), "bad": int(len(targets) - targets.sum())}
-            if scored is None else {"scored": len(texts)}, "cv": {"metric": fit.cv_metric, "folds": 5, "mean": fit.cv_mean, "std": fit.cv_std,
-                                                                  "chosen": fit.choice, "curve": fit.curve},
+    card = {"name": name, "description": describe.strip(), "kind": fit.kind,
+            "examples": {"good": int(targets.sum()), "bad": int(len(targets) - targets.sum()), "in_both_dropped": conflicts}
+            if scored is None else {"scored": len(texts)},
+            "cv": {"metric": fit.cv_metric, "folds": 5, "nested": True, "mean": fit.cv_mean, "std": fit.cv_std, "chosen": fit.choice,
+                   "curve": fit.curve},
             "embedder": {"name": "all-MiniLM-L6-v2 int8, mean pooling, L2 norm", "fingerprint": embedder_fingerprint()},
             "reward": {"mean": float(rewards.mean()), "std": float(rewards.std())}, "created": time.strftime("%Y-%m-%d %H:%M"),
             "fit_seconds": time.perf_counter() - started,

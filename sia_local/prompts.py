@@ -33,11 +33,15 @@ def load_prompts(path: str | Path | None = None, default: str = "bench") -> list
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"prompt file not found: {p}" if not p.exists() else f"{p} is not a file", "pass --prompts with a JSONL or text file")
+    return _parse(read_utf8(p), str(p))
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents, or one line naming the file and the first byte that is not UTF-8."""
     try:
-        text = p.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason})", "save it as UTF-8") from None
-    return _parse(text, str(p))
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})", "save it as UTF-8") from None
 
 
 def _parse(text: str, where: str) -> list[str]:

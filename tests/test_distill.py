@@ -36,6 +36,36 @@ def test_templated_prompts_split_by_situation_never_by_template() -> None:
         split_by_situation([t.format(SITUATIONS[0]) for t in TEMPLATES])
 
 
+def test_a_users_file_with_unevenly_repeated_situations_never_straddles_a_split() -> None:
+    """40 situations, each asked 2 to 6 ways (the review's case: the old median rule let 15 of 40 straddle)."""
+    import random
+
+    rng = random.Random(7)
+    nouns = ["kettle", "violin", "tractor", "hammock", "lantern", "glacier", "pigeon", "saxophone", "canoe", "wardrobe"]
+    first = ("amber basil cedar dune ember fjord garnet harbor indigo jasper kelp lilac maple nectar onyx pepper quartz "
+             "raven saffron thistle umber velvet willow yarrow zinnia acorn birch clover dahlia elm fennel ginger hazel iris "
+             "juniper kale laurel myrtle nutmeg olive").split()
+    second = ("parrot quilt rocket sled tulip urn vase wagon yacht zither anchor bucket candle drum easel fiddle gong hatchet "
+              "igloo jug kite ladder mitten needle oar pail quiver rake saddle tent umbrella vest whistle xylophone yoyo zipper "
+              "apron bellows compass dome").split()
+    situations = [f"the {a} {b} I lost last spring" for a, b in zip(first, second)]  # worded apart, as real situations are
+    templates = ["Write a short note about {}.", "How should I deal with {}?", "Describe {} in a few words.", "Tell a story about {}.",
+                 "What would you do about {}?", "Give me advice on {}."]
+    prompts, owner = [], []
+    for i, s in enumerate(situations):
+        for t in rng.sample(templates, rng.randint(2, 6)):
+            prompts.append(t.format(s))
+            owner.append(i)
+    groups = situation_groups(prompts)
+    assert all(len({groups[j] for j in range(len(prompts)) if owner[j] == i}) == 1 for i in range(40))
+    parts = split_by_situation(prompts, seed=1)
+    assert all(len({parts[j] for j in range(len(prompts)) if owner[j] == i}) == 1 for i in range(40))
+    assert {"train", "val", "test"} == set(parts)
+    chained = [f"Tell me about the {n} and the {m} at home." for n in nouns for m in nouns if n != m]  # everything shares phrases
+    with pytest.raises(ConfigError, match="no split keeps situations apart|situation"):
+        split_by_situation(chained)
+
+
 def test_alpha_does_not_depend_on_the_scale_of_the_hidden_state() -> None:
     rng = np.random.default_rng(0)
     h = [rng.normal(size=(int(rng.integers(3, 9)), 16)) for _ in range(90)]

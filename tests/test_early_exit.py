@@ -167,6 +167,8 @@ def test_the_junction_fit_learns_rankings_not_levels() -> None:
     fit = fit_junction_head(x, y, split)
     assert fit["test"]["kendall"] > 0.9 and fit["test"]["same_top"] > 0.8
     assert junction_agreement(-y[:5], y[:5])["kendall"] == pytest.approx(-1.0)
+    with pytest.raises(ConfigError, match="validation junction"):
+        fit_junction_head(x, y, np.array(["train"] * 250 + ["test"] * 50))  # no validation: alpha cannot be chosen
 
 
 def test_min_prob_scores_only_the_candidates_that_can_matter(tiny_gguf: Path, tiny_reward: Path) -> None:

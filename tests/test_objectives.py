@@ -34,7 +34,8 @@ def test_fit_keep_by_name_score_and_steer(tmp_path: Path, tiny_gguf: Path) -> No
 
     good, bad = _examples()
     card = fit_objective("polite", good=good, bad=bad, describe="Answer politely.")
-    assert card["cv"]["metric"] == "auc" and card["cv"]["mean"] > 0.95 and card["examples"] == {"good": 50, "bad": 50}
+    assert card["cv"]["metric"] == "auc" and card["cv"]["mean"] > 0.95 and card["examples"] == {"good": 50, "bad": 50, "in_both_dropped": 0}
+    assert card["cv"]["nested"]  # the reported AUC was not chosen on the folds it scores
     folder = find_objective("polite")
     assert folder is not None and check(folder)["info"]["objective"] == "Answer politely."
     texts = ["Thanks so much, that was kind of you.", "Stop bothering me with this."]
@@ -238,3 +239,38 @@ def test_first_uses_race_safely_and_a_local_folder_never_shadows_an_objective(tm
     monkeypatch.chdir(tmp_path)
     (tmp_path / "concise").mkdir()  # a folder of that name in the working directory
     assert resolve_objective("concise") == found[0] and resolve_objective("./concise") == Path("./concise")
+
+
+@needs_minilm
+def test_a_text_in_both_files_teaches_neither_label_and_scored_repeats_are_cleaned(tmp_path: Path) -> None:
+    from sia_local.objectives import fit_objective
+
+    good, bad = _examples()
+    card = fit_objective("both", good=good + bad[:3], bad=bad, describe="Answer politely.", out=tmp_path / "both")
+    assert card["examples"] == {"good": 50, "bad": 47, "in_both_dropped": 3}
+    texts = [*good, *bad] + good[:5]  # five repeats (under the refusal share): dropped, scores kept aligned
+    scores = np.r_[np.ones(50), np.zeros(50), np.ones(5)]
+    card = fit_objective("scored", scored=(texts, scores), describe="Answer politely.", out=tmp_path / "scored")
+    assert card["examples"] == {"scored": 100} and card["cv"]["metric"] == "corr" and card["cv"]["mean"] > 0.5
+
+
+def test_nested_cv_is_not_the_best_of_the_grid() -> None:
+    """On labels that are noise, the best grid value's AUC is above 0.5 by selection; the nested figure is not."""
+    from sia_local.objectives import _CLASSIFIER, _select, fit_classifier
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(60, 20)), np.r_[np.ones(30), np.zeros(30)]
+    fit = fit_classifier(x, y)
+    chosen = max(row["auc_mean"] for row in _select(_CLASSIFIER, x, y, 5)[1])
+    assert fit.cv_mean < chosen and fit.cv_mean < 0.65
+
+
+def test_examples_that_are_not_utf8_are_one_line(tmp_path: Path) -> None:
+    from sia_local.objectives import read_texts
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 latin-1\n")
+    with pytest.raises(ConfigError, match="bad.txt is not UTF-8 text"):
+        read_texts(bad)
+    result = CliRunner().invoke(main, ["reward", "fit", "x", "--good", str(bad), "--bad", str(bad), "--describe", "x"])
+    assert result.exit_code != 0 and "not UTF-8" in result.output and "Traceback" not in result.output

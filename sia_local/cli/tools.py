@@ -292,8 +292,10 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
             assert good is not None and bad is not None
             card = fit_objective(name, good=read_texts(good), bad=read_texts(bad), describe=describe, out=out, progress=say)
     cv = card["cv"]
-    sizes = ", ".join(f"{v} {k}" for k, v in card["examples"].items())
-    click.echo(f"{name}: {sizes}; cross-validated {cv['metric'].upper()} {cv['mean']:.3f} ± {cv['std']:.3f} over {cv['folds']} folds; "
+    sizes = ", ".join(f"{v} {k}" for k, v in card["examples"].items() if k != "in_both_dropped")
+    dropped = card["examples"].get("in_both_dropped")
+    sizes += f" ({dropped} texts in both files dropped)" if dropped else ""
+    click.echo(f"{name}: {sizes}; nested cross-validated {cv['metric'].upper()} {cv['mean']:.3f} ± {cv['std']:.3f} over {cv['folds']} folds; "
                f"reward mean {card['reward']['mean']:.2f}, spread {card['reward']['std']:.2f}; fitted in {card['fit_seconds']:.1f} s")
     click.echo(f"steer with it: sia generate \"...\" -r {out or name}", err=True)
 
