@@ -1,11 +1,14 @@
-"""Several objectives at one junction: `-r kind -r polite:0.5 -r rude:-1`, at about the cost of one.
+"""Objectives at a junction, one or several: `-r kind -r polite:0.5 -r rude:-1`, at about the cost of one.
 
-The combined reward of a candidate is sum_j w_j * (r_j - mean_j) / std_j, each objective on its own
-card's scale (so a weight means the same for any objective; a negative weight steers away). The
+The combined reward of a candidate is sum_j w_j * (r_j - mean_j) / std_j, where mean_j and std_j are objective j's
+raw reward over one shipped set of reference answers (`reference_texts`), measured the same way for every objective
+(the built-in `kind`, a fitted one, any reward folder) and however it is named (`-r kind`, `-r kind:1`, the default,
+`sia.rewards`, a batch row's `rewards`): a weight of 1 adds one reference spread of the objective per unit of
+logit, and a negative weight steers away. The
 objectives built on the default embedder (the built-in `kind` and everything `sia reward fit` makes)
 are linear heads on the same pooled MiniLM embedding, so the embedder runs once per junction and each
 head is one dot product: three objectives cost about what one does. Any other reward folder in the
-mix runs as its own scorer (its scale: 0 and 1, unless its sia.json gives `scale`).
+mix runs as its own scorer, on the same rule.
 """
 
 from __future__ import annotations
@@ -70,47 +73,95 @@ class Member:
     w: np.ndarray | None = None
     b: float = 0.0
     scorer: Scorer | None = None
+    folder: Path | None = None
 
     def standardise(self, r: np.ndarray) -> np.ndarray:
         return (r - self.mean) / self.std
 
 
-def reference_scale(w: np.ndarray, b: float, embed: SharedEmbedder) -> tuple[float, float]:
-    """Mean and spread of a head's reward over the shipped calibration and bench prompts (for heads without examples)."""
-    from .prompts import shipped
-
-    r = embed(shipped("calibration") + shipped("bench")) @ w + b
-    return float(r.mean()), float(max(r.std(), 1e-6))
+REFERENCE_EVERY = 3  # every third of the built-in objectives' example answers (~200 texts): the one reference set
 
 
-def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, threads: int | None, verbose: bool,
+def reference_texts() -> list[str]:
+    """The one set of answers every objective's scale is measured on: the built-in objectives' example answers (concise
+    and padded, formal and casual; sia_local/data/objectives), every REFERENCE_EVERY-th. Fixed, shipped, the same for all."""
+    from importlib import resources
+
+    data = resources.files("sia_local.data").joinpath("objectives")
+    texts = [json.loads(line)["text"] for name in ("concise", "formal")
+             for line in data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts[::REFERENCE_EVERY]
+
+
+def reference_scale(key: str, score: Callable[[list[str]], np.ndarray]) -> tuple[float, float]:
+    """Mean and spread of an objective's raw reward over `reference_texts()`: the one rule that puts every objective
+    on one scale, whatever it is and however it is named, so a weight of 1 means "one reference spread of this
+    objective per unit of logit". Kept in the cache under `key` (what identifies the objective's scoring)."""
+    from .paths import cache_dir, write_atomic
+
+    import hashlib
+
+    texts = reference_texts()
+    digest = hashlib.sha256((key + "\n" + "\n".join(texts)).encode()).hexdigest()[:16]
+    file = cache_dir() / "scales" / f"{digest}.json"
+    try:
+        cached = json.loads(file.read_text(encoding="utf-8"))
+        return float(cached["mean"]), float(cached["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    r = np.asarray(score(texts), dtype=np.float64)
+    mean, std = float(r.mean()), float(max(r.std(), 1e-6))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(file, json.dumps({"mean": mean, "std": std, "texts": len(texts), "key": key[:200]}))
+    return mean, std
+
+
+def _head_key(w: np.ndarray, b: float) -> str:
+    import hashlib
+
+    return "head:" + hashlib.sha256(np.asarray(w, dtype=np.float64).tobytes() + repr(float(b)).encode()).hexdigest()
+
+
+def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, threads: int | None, verbose: bool, label: str | None = None,
            progress: Progress | None = None, note: Callable[[str], None] | None = None) -> Member:
-    """The objective `name` (a name from `sia reward list`, or a reward folder) with its weight and scale."""
+    """The objective `name` (a name from `sia reward list`, or a reward folder) with its weight, on the one scale
+    (`reference_scale`): its raw reward standardised over the shipped reference answers."""
     folder = resolve_objective(name, progress=progress, note=note)
     if folder is None:
         from .objectives import list_objectives
 
         names = ", ".join(o["name"] for o in list_objectives())
         raise RewardModelError(f"no objective or folder named {name!r}; the objectives here: {names}", "fit one with `sia reward fit NAME`")
+    shown = folder.name if folder == Path(name) else name  # a path shows as its folder's name
+    head, description = _shared_head(folder)
+    if head is not None:  # fitted with `sia reward fit`, or the built-in kind: a head on the shared embedding
+        w, b = head
+        mean, std = reference_scale(_head_key(w, b), lambda texts: embed(texts) @ w + b)
+        return Member(shown, weight, mean, std, description, w, b, folder=folder)
+    scorer = OnnxReward(folder, label=label, provider=provider, threads=threads, verbose=verbose)
+    from .llama import file_fingerprint
+
+    key = f"folder:{file_fingerprint(folder / 'model.onnx')}:{label}"
+    mean, std = reference_scale(key, lambda texts: scorer.score("", texts))
+    return Member(shown, weight, mean, std, scorer.objective, scorer=scorer, folder=folder)
+
+
+def _shared_head(folder: Path) -> tuple[tuple[np.ndarray, float] | None, str | None]:
+    """((w, b), description) when the folder's reward is a linear head on the shared embedding (a fitted objective, or
+    the built-in kind), else (None, None)."""
     card_file = folder / CARD
-    if card_file.exists():  # fitted with `sia reward fit`: a head on the shared embedding, on its examples' scale
+    if card_file.exists():
         card = _read_json(card_file)
-        head = card.get("head")
         try:
-            if head is not None:
-                return Member(name, weight, float(card["reward"]["mean"]), max(float(card["reward"]["std"]), 1e-6), card.get("description"),
-                              np.asarray(head["weights"], dtype=np.float64), float(head["bias"]))
+            if card.get("head") is not None:
+                return (np.asarray(card["head"]["weights"], dtype=np.float64), float(card["head"]["bias"])), card.get("description")
         except (KeyError, TypeError, ValueError) as exc:
             raise RewardModelError(f"{card_file} is not a complete objective card ({exc})", f"delete {folder} and fit it again") from None
     spec = _read_json(folder / "sia.json") if (folder / "sia.json").exists() else {}
     if spec.get("head", {}).get("name") == load_head()["name"]:  # the built-in kind: the shipped head
         head = load_head()
-        w, b = np.asarray(head["weights"], dtype=np.float64), float(head["bias"])
-        mean, std = reference_scale(w, b, embed)
-        return Member(name, weight, mean, std, spec.get("objective"), w, b)
-    scorer = OnnxReward(folder, provider=provider, threads=threads, verbose=verbose)
-    scale = spec.get("scale") or {}
-    return Member(folder.name if Path(name).exists() else name, weight, float(scale.get("mean", 0.0)), float(scale.get("std", 1.0)), scorer.objective, scorer=scorer)
+        return (np.asarray(head["weights"], dtype=np.float64), float(head["bias"])), spec.get("objective")
+    return None, None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -130,11 +181,11 @@ class Objectives:
     lm_state: str | None = None
 
     def __init__(self, specs: Sequence[tuple[str, float]], *, provider: str = "auto", threads: int | None = None, verbose: bool = False,
-                 progress: Progress | None = None, note: Callable[[str], None] | None = None) -> None:
+                 label: str | None = None, progress: Progress | None = None, note: Callable[[str], None] | None = None) -> None:
         if not specs:
             raise ConfigError("a mix needs at least one objective", "pass -r NAME[:WEIGHT]")
         self.embedder = SharedEmbedder(provider, threads, verbose)
-        self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, progress=progress, note=note)
+        self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, label=label, progress=progress, note=note)
                         for n, w in specs]
         seen: dict[str, int] = {}
         for m in self.members:  # one key per member in the trace and stats: `-r kind -r kind:-0.5` shows both
@@ -148,6 +199,8 @@ class Objectives:
 
     @property
     def objective(self) -> str | None:
+        if len(self.members) == 1 and self.members[0].weight == 1:  # one objective as it is: its own words
+            return self.members[0].description
         return "; ".join(f"{m.weight:+g} x {m.name} ({m.description or 'no description'})" for m in self.members if m.weight)
 
     def _combine(self, texts: list[str], sizes: list[int], prompt: str) -> list[np.ndarray]:
@@ -177,8 +230,10 @@ class Objectives:
 
     def info(self) -> ScorerInfo:
         details = {"objectives": [{"name": m.name, "weight": m.weight, "mean": m.mean, "std": m.std, "shared_embedder": m.w is not None}
-                                  for m in self.members]}
-        return ScorerInfo(kind="objectives", name=self.name, path="", provider=self.provider, provider_note=self.embedder.provider_note,
+                                  for m in self.members],
+                   "scale": f"each objective's raw reward standardised over {len(reference_texts())} shipped reference answers"}
+        single = self.members[0].folder if len(self.members) == 1 else None  # one objective: where it lives (a head's teacher_path)
+        return ScorerInfo(kind="objectives", name=self.name, path=str(single) if single is not None else "", provider=self.provider, provider_note=self.embedder.provider_note,
                           objective=self.objective, details=details)
 
     def reset(self) -> None:

@@ -109,14 +109,14 @@ def scorer_kind(folder: Path) -> str:
 def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Progress | None = None, note: Note | None = None) -> Scorer:
     """A reward model or a value model, by what the folder holds; None path = the default reward (built once)."""
     from .defaults import default_reward_dir
-    from .reward import OnnxReward
     from .vm import ValueModel
 
     say = (lambda msg: progress(0, 0, msg)) if progress else None
     if settings.mix:
         from .mix import Objectives
 
-        return Objectives(settings.mix, provider=settings.provider, threads=settings.threads, verbose=settings.verbose, progress=say, note=note)
+        return Objectives(settings.mix, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose,
+                          progress=say, note=note)
     if settings.path is None:
         folder = default_reward_dir(progress=say, note=note)
     else:
@@ -133,8 +133,12 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
         scorer = head
     elif kind == "value-model":
         scorer = ValueModel(folder, lm, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
-    else:
-        scorer = OnnxReward(folder, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
+    else:  # a reward: an objective of one, on the scale every objective has, however it was named (mix.py)
+        from .mix import Objectives
+
+        spec = "kind" if settings.path is None else str(settings.path)
+        scorer = Objectives([(spec, 1.0)], label=settings.label, provider=settings.provider, threads=settings.threads,
+                            verbose=settings.verbose, progress=say, note=note)
     info = scorer.info()
     if info.provider_note and note is not None:
         note(info.provider_note)

@@ -110,7 +110,8 @@ def test_a_negative_weight_steers_away(tiny_gguf: Path, tiny_reward: Path) -> No
     from sia_local.mix import load_objectives
 
     def e_share(weight: float) -> float:
-        s = _steerer(tiny_gguf, load_objectives([(str(tiny_reward), weight)], provider="cpu"), weight=4.0)
+        # the tiny reward counts e's: over the reference answers its spread is ~54, so one 'e' is ~0.2 of it
+        s = _steerer(tiny_gguf, load_objectives([(str(tiny_reward), weight)], provider="cpu"), weight=200.0)
         texts = [s.generate("Hi", raw=True, seed=i).text for i in range(6)]
         return sum(t.count("e") for t in texts) / max(1, sum(len(t) for t in texts))
 
@@ -274,3 +275,33 @@ def test_examples_that_are_not_utf8_are_one_line(tmp_path: Path) -> None:
         read_texts(bad)
     result = CliRunner().invoke(main, ["reward", "fit", "x", "--good", str(bad), "--bad", str(bad), "--describe", "x"])
     assert result.exit_code != 0 and "not UTF-8" in result.output and "Traceback" not in result.output
+
+
+def test_one_objective_steers_alike_however_it_is_named(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    """`-r FOLDER`, `-r FOLDER:1`, a request's sia.rewards and a batch row's rewards: the same scale, the same text."""
+    from fastapi.testclient import TestClient
+
+    from sia_local.batch import Worker, WorkerSpec, read_rows
+    from sia_local.config import SteerConfig
+    from sia_local.llama import LM
+    from sia_local.runtime import LMSettings, ScorerSettings, load_scorer
+    from sia_local.server import create_app
+    from sia_local.steer import Steerer
+
+    config = SteerConfig(gate="dense", weight=200.0, max_tokens=16, seed=5)
+    lm = LM(tiny_gguf, n_ctx=256)
+    texts = {}
+    for spelling, settings in (("-r FOLDER", ScorerSettings(path=tiny_reward, provider="cpu")),
+                               ("-r FOLDER:1", ScorerSettings(mix=((str(tiny_reward), 1.0),), provider="cpu"))):
+        texts[spelling] = Steerer(lm, load_scorer(settings, lm), config).generate("Hi", raw=True).text
+    client = TestClient(create_app(Steerer(lm, None, config.replace(gate="none")), model_id="tiny", objective_dirs=[str(tiny_reward)]),
+                        base_url="http://127.0.0.1")
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 16, "seed": 5,
+                                             "sia": {"gate": "dense", "weight": 200.0, "rewards": [{"name": tiny_reward.name}]}})
+    texts["sia.rewards"] = r.json()["choices"][0]["text"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": 1, "prompt": "Hi", "seed": 5, "sia": {"gate": "dense", "weight": 200.0,
+                                                                           "rewards": [str(tiny_reward)]}}) + "\n")
+    worker = Worker(WorkerSpec(LMSettings(model=tiny_gguf, n_ctx=256), None, config.replace(gate="none"), raw=True))
+    texts["batch row"] = worker.run(read_rows(rows)[0], 0)["text"]
+    assert len(set(texts.values())) == 1, texts

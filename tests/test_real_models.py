@@ -77,3 +77,15 @@ def test_smollm2_chat_template_and_stop() -> None:
     g = Steerer(lm, None, SteerConfig(gate="none", seed=0, max_tokens=200, temperature=0)).generate("Say hello in three words.")
     assert g.stats.finish_reason == "stop"  # the end-of-turn token ends the answer
     assert "<|im_end|>" not in g.text
+
+
+@needs_smollm2
+@needs_minilm
+def test_the_default_objective_steers_alike_however_it_is_named() -> None:
+    """No -r, `-r kind` and `-r kind:1`: one objective on one scale, so the same seed gives the same text."""
+    texts = []
+    for extra in ([], ["-r", "kind"], ["-r", "kind:1"]):
+        result = CliRunner().invoke(main, ["generate", "Write one sentence to a friend.", "--seed", "0", "-n", "16", "--json", *extra])
+        assert result.exit_code == 0, result.stderr
+        texts.append(json.loads(result.stdout)["text"])
+    assert texts[0] == texts[1] == texts[2]
