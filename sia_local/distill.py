@@ -415,15 +415,15 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
     settings = junction_data.record(lm, teacher, prompts, out / "junctions", ratio=ratio, max_tokens=max_tokens, seed=seed, fresh=fresh,
                                     progress=progress)
     recorded = time.perf_counter()
-    states, rewards, _, _, owner = junction_data.load(out / "junctions", len(prompts))
+    rewards, _, _, owner = junction_data.load(out / "junctions", len(prompts))
     split = parts[owner]
     layers = [*settings["layers"], lm.n_layer]
     if layer is not None and layer not in settings["layers"]:
         raise ConfigError(f"--layer {layer} was not tapped; the junctions hold layers {settings['layers']}", "pick one of them")
     table, fits, test_values = [], {}, {}
     test = split == "test"
-    for i, x in enumerate(layers):
-        feats = states[:, i].astype(np.float32)
+    for i, x in enumerate(layers):  # one layer's states in memory at a time
+        feats = junction_data.load_layer(out / "junctions", len(prompts), i).astype(np.float32)
         feats = rms_rows(feats) if x < lm.n_layer else feats
         fit = fit_junction_head(feats, rewards.astype(np.float64), split)
         fits[x] = fit
@@ -432,7 +432,7 @@ def _layer_heads(lm: LM, teacher: Scorer, prompts: Sequence[str], parts: np.ndar
                       "spread_scale": fit["spread_scale"], "val": fit["val"], "test": fit["test"]})
     for row in table:  # how each layer's head ranks the test junctions against the final-state head's ranking
         row["test_vs_final_state_head"] = junction_agreement(test_values[row["layer"]], test_values[lm.n_layer])
-    finals = states[:, -1].astype(np.float32)
+    finals = feats  # the last layer read: the final state
     if final is not None:  # the sample stage's branch head, judged on the same held-out junctions
         final["val"] = junction_agreement(finals[split == "val"] @ final["w"] + final["b"], rewards[split == "val"])
         final["test"] = junction_agreement(finals[split == "test"] @ final["w"] + final["b"], rewards[split == "test"])

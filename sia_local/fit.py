@@ -225,10 +225,16 @@ def fit_junction_head(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, alphas
     yc = y - y.mean(axis=1, keepdims=True)
     train = split == "train"
     d = x.shape[2]
-    flat = xc[train].reshape(-1, d).astype(np.float64)
-    target = yc[train].reshape(-1)
-    scale = float(np.mean(np.var(flat, axis=0))) or 1.0
-    gram, rhs = flat.T @ flat, flat.T @ target
+    flat = xc[train].reshape(-1, d)  # kept in x's precision: the float64 products are summed chunk by chunk
+    target = yc[train].reshape(-1).astype(np.float64)
+    gram, rhs, total = np.zeros((d, d)), np.zeros(d), np.zeros(d)
+    for start in range(0, len(flat), 8192):
+        chunk = flat[start : start + 8192].astype(np.float64)
+        gram += chunk.T @ chunk
+        rhs += chunk.T @ target[start : start + 8192]
+        total += chunk.sum(axis=0)
+    mean = total / max(len(flat), 1)
+    scale = float(np.mean(np.diag(gram) / max(len(flat), 1) - mean * mean)) or 1.0
     grid = list(alphas) if alphas is not None else [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     best: tuple[float, float, np.ndarray] | None = None
     curve = []

@@ -108,18 +108,33 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
     return {**settings, "seconds": sum(float(line.get("seconds", 0.0)) for line in lines)}
 
 
-def load(folder: Path, n_prompts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All recorded junctions: states (J, L', k, d) float16, rewards (J, k), base logits (J, k), candidates (J, k) and
-    each junction's prompt index (J,)."""
-    parts: list[tuple[np.ndarray, ...]] = []
-    owner: list[np.ndarray] = []
-    for i in range(n_prompts):
-        file = folder / f"p{i:05d}.npz"
-        if file.exists():
-            with np.load(file) as data:
-                parts.append((data["states"], data["rewards"], data["z"], data["candidates"]))
-            owner.append(np.full(len(parts[-1][1]), i))
-    if not parts:
+def _files(folder: Path, n_prompts: int) -> list[tuple[int, Path]]:
+    files = [(i, folder / f"p{i:05d}.npz") for i in range(n_prompts)]
+    files = [(i, f) for i, f in files if f.exists()]
+    if not files:
         raise ValueError(f"{folder} holds no junctions")
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
-            np.concatenate([p[3] for p in parts]), np.concatenate(owner))
+    return files
+
+
+def load(folder: Path, n_prompts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What was recorded besides the states: rewards (J, k), base logits (J, k), candidates (J, k) and each junction's
+    prompt index (J,). The states are read one layer at a time (`load_layer`): all layers at once would take
+    J x L' x k x d halves (~1 GB for SmolLM2's distillation, ~3.5 GB at a width of 2,048)."""
+    rewards, z, candidates, owner = [], [], [], []
+    for i, file in _files(folder, n_prompts):
+        with np.load(file) as data:
+            rewards.append(data["rewards"])
+            z.append(data["z"])
+            candidates.append(data["candidates"])
+        owner.append(np.full(len(rewards[-1]), i))
+    return np.concatenate(rewards), np.concatenate(z), np.concatenate(candidates), np.concatenate(owner)
+
+
+def load_layer(folder: Path, n_prompts: int, index: int) -> np.ndarray:
+    """(J, k, d) float16 states of the `index`-th recorded layer (the last: the final state), in `load`'s order; one
+    prompt's file in memory at a time besides the result."""
+    parts = []
+    for _, file in _files(folder, n_prompts):
+        with np.load(file) as data:
+            parts.append(np.ascontiguousarray(data["states"][:, index]))
+    return np.concatenate(parts)

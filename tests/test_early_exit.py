@@ -225,3 +225,18 @@ def test_best_of_n_contexts_are_freed_after_each_search(deep_gguf: Path, tiny_re
     for _ in range(30):
         best_of_n(steerer, "Tell me a story.", 3)
     assert alive() == before  # the LM's own taps only
+
+
+def test_junctions_are_read_one_layer_at_a_time(deep_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    from sia_local import junction_data
+
+    lm = LM(deep_gguf, n_ctx=256, hidden=True, flash_attn="off")
+    card = distill_head(lm, OnnxReward(tiny_reward, provider="cpu"), PROMPTS, tmp_path / "h", samples_per_prompt=0, junction_tokens=8,
+                        junction_ratio=0.5, layer=1)
+    folder = tmp_path / "h" / "junctions"
+    rewards, _, _, owner = junction_data.load(folder, len(PROMPTS))
+    full = np.concatenate([np.load(f)["states"] for f in sorted(folder.glob("p*.npz"))])  # (J, L', k, d): what is no longer loaded
+    for i in range(full.shape[1]):
+        layer = junction_data.load_layer(folder, len(PROMPTS), i)
+        assert layer.shape == (len(rewards), rewards.shape[1], lm.n_embd) and np.array_equal(layer, full[:, i])
+    assert card["junctions"]["count"] == len(rewards) == len(owner)
