@@ -324,3 +324,36 @@ def test_a_worker_that_dies_while_idle_loses_nothing(tmp_path: Path, tiny_gguf: 
         if result["id"] == "short":  # its worker is idle now (nothing left to hand it) while the long row runs
             os.kill(pids[2], signal.SIGKILL)
     assert sorted(r["id"] for r in out) == ["long", "short"] and all(r["error"] is None for r in out)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_stopping_sia_batch_stops_its_workers_in_one_line(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path, how: str) -> None:
+    import subprocess
+    import sys
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "prompt": "Go on.", "max_tokens": 1 if i == 0 else 4000}) + "\n" for i in range(40)))  # 156k dense tokens: no machine ends first
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "batch", str(rows), "-o", str(out), "-m", str(tiny_gguf), "-c", "4200",
+                             "-r", str(tiny_reward), "--gate", "dense", "--workers", "2", "-t", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out.exists() and out.read_text().strip()):  # the short row is done: workers are busy
+            time.sleep(0.1)
+        assert out.read_text().strip(), "no row was written"
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole process group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == (143 if how == "SIGTERM" else 130), err
+    said = [line for line in err.splitlines() if line.strip() and not line.startswith("batch: ")]  # besides the progress lines
+    assert "Traceback" not in err and len(said) == 1 and ("stopped" in said[0] or "interrupted" in said[0]), err
+    time.sleep(0.5)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read().lower()], "a worker outlived the run"
+    assert json.loads(out.read_text().splitlines()[0])["id"] == 0  # what was written is kept
