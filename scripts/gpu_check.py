@@ -135,8 +135,11 @@ def taps_check(gguf: Path, reward: OnnxReward, tmp: Path, tokens: int) -> dict:
         row: dict = {"early_exit": lm.early_exit, "layer": layer, "n_layer": lm.n_layer}
         print(key, lm.early_exit, flush=True)
         prefix = lm.tokenize(PROMPT * 20, add_special=False)[:400]
-        cand = [int(c) for c in top_k(lm.prefill(prefix), 40)[0]]
-        states[ngl] = {k: lm.branch_layers(cand[:k], [layer])[layer] for k in (10, 40)}  # 40 rows: offloaded even at 0
+        top = [int(c) for c in top_k(lm.prefill(prefix), 40)[0]]
+        cand = fixed = [int(c) for c in np.linspace(5, lm.n_vocab - 10, 40)]  # the same candidates on both (top-k differs in the last bits)
+        states[ngl] = {k: lm.branch_layers(fixed[:k], [layer])[layer] for k in (10, 40)}  # 40 rows: offloaded even at 0
+        row["final_states"] = lm.branch_layers(fixed[:10], [layer], final=True)[lm.n_layer]  # no tap: how far CPU and GPU differ anyway
+        cand = top
         row["states_finite"] = bool(all(np.isfinite(v).all() for v in states[ngl].values()))
 
         def median_ms(fn, repeats: int = 15) -> float:
@@ -170,12 +173,14 @@ def taps_check(gguf: Path, reward: OnnxReward, tmp: Path, tokens: int) -> dict:
         row["speed"] = speed
         bon = best_of_n(steerer, PROMPT, 4, raw=True, gate="dense", max_tokens=8)  # 4 x 10 rows in one tapped decode
         row["best_of_4"] = {"tokens": bon.stats.tokens, "ranked_by": bon.ranked_by, "decode_calls": bon.stats.decode_calls}
+        finals = row.pop("final_states")
+        states[ngl]["final"] = finals
         print(json.dumps({key: row}), flush=True)
         out[key] = row
         del steerer, head, lm
-    for k in (10, 40):
+    for k in (10, 40, "final"):  # tapped states at 0 and -1 layers offloaded, beside the untapped final states' own difference
         a, b = states[0][k], states[-1][k]
-        out[f"states_k{k}_max_rel_diff_ngl0_vs_gpu"] = float(np.abs(a - b).max() / (np.abs(a).max() + 1e-9))
+        out[f"states_{k}_max_rel_diff_ngl0_vs_gpu"] = float(np.abs(a - b).max() / (np.abs(a).max() + 1e-9))
     return out
 
 

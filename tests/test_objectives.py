@@ -305,3 +305,12 @@ def test_one_objective_steers_alike_however_it_is_named(tiny_gguf: Path, tiny_re
     worker = Worker(WorkerSpec(LMSettings(model=tiny_gguf, n_ctx=256), None, config.replace(gate="none"), raw=True))
     texts["batch row"] = worker.run(read_rows(rows)[0], 0)["text"]
     assert len(set(texts.values())) == 1, texts
+
+
+def test_an_objective_named_twice_keeps_both_in_the_trace(tiny_reward: Path) -> None:
+    from sia_local.mix import load_objectives
+
+    mix = load_objectives([(str(tiny_reward), 1.0), (str(tiny_reward), -0.5)], provider="cpu")
+    assert [m.name for m in mix.members] == ["prefers-e", "prefers-e#2"]
+    mix.score_responses("", [], [("eee", []), ("xyz", [])])
+    assert set(mix.last_parts[0]) == {"prefers-e", "prefers-e#2"}

@@ -6,6 +6,11 @@ for Best-of-N), `taps` (intermediate layers' states read during a decode, which 
 branches) and `compat` (version shims, llama.cpp's log, GGUF checks).
 """
 
+try:  # onnxruntime before llama.cpp: loaded after llama.cpp's CUDA backend, it makes every later model load crash
+    import onnxruntime  # noqa: F401  (seen on an H200: CUDA 13, onnxruntime 1.30, llama-cpp-python 0.3.36)
+except ImportError:  # the reward's runtime is optional for the LM alone
+    pass
+
 from .batch import BatchContext
 from .compat import FLASH_ATTN, Message, file_fingerprint, gpu_offload_supported, physical_cores, system_info
 from .model import DEFAULT_N_CTX, LM, VOCAB_SAMPLE

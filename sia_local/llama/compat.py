@@ -49,6 +49,12 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def use_mmap() -> bool:
+    """Whether llama.cpp maps the GGUF into memory (its default) or reads it (SIA_NO_MMAP=1, as llama.cpp's --no-mmap:
+    for file systems or sandboxes where mapping a file fails)."""
+    return os.environ.get("SIA_NO_MMAP", "").strip().lower() in ("", "0", "no", "false")
+
+
 def gpu_offload_supported() -> bool:
     """Whether this llama-cpp-python build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
     import llama_cpp
@@ -84,6 +90,7 @@ def _gguf_context_length(path: Path) -> int | None:
 
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
+    params.use_mmap = use_mmap()
     model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if not model:  # a broken file: llama.cpp says why when the model itself is loaded
         return None

@@ -20,7 +20,7 @@ DEFAULT_N_CTX = 4096  # tokens of context when none is asked (capped at the mode
 VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
 
 from .taps import LayerTaps, layer_name, supported
-from .compat import (FLASH_ATTN, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
+from .compat import (FLASH_ATTN, use_mmap, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
                      _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
                      physical_cores)
 
@@ -81,6 +81,7 @@ class LM:
                 n_gpu_layers=n_gpu_layers,
                 flash_attn=flash_attn == "on",
                 logits_all=False,
+                use_mmap=use_mmap(),
                 verbose=verbose,
                 **({"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_NONE} if hidden else {}),
             )
