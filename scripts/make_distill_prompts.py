@@ -7,7 +7,8 @@ hobbies, neighbours, technology, neutral tasks), each asked 5 ways drawn from 24
 (a message, advice, a story, a plan, an explanation, a review, a poem, ...) and 12 registers (to a
 child, formally, in two sentences, as a list, ...): ~1,200 prompts, no two alike, no situation with
 more than 5. Held out: 70 other situations asked in 10 other ways, one prompt each, for evaluation
-only: nothing is fitted or chosen on them. Deterministic; the script refuses a prompt that is also a
+only: no code fits or chooses anything on them (but the heads' spread scaling was adopted after
+looking at their figures: docs/value-heads.md). Deterministic; the script refuses a prompt that is also a
 bench or calibration prompt, and a held-out situation that appears in the distillation set.
 """
 
