@@ -13,6 +13,7 @@ mix runs as its own scorer, on the same rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardModelError
+from .llama import file_fingerprint
 from .objectives import CARD, resolve_objective
+from .paths import cache_dir, write_atomic
 from .reward import OnnxReward, open_session
 from .scorer import Junction, Scorer, ScorerInfo
 from .sentiment import Embedder, load_head, minilm_files
@@ -97,10 +100,6 @@ def reference_scale(key: str, score: Callable[[list[str]], np.ndarray]) -> tuple
     """Mean and spread of an objective's raw reward over `reference_texts()`: the one rule that puts every objective
     on one scale, whatever it is and however it is named, so a weight of 1 means "one reference spread of this
     objective per unit of logit". Kept in the cache under `key` (what identifies the objective's scoring)."""
-    from .paths import cache_dir, write_atomic
-
-    import hashlib
-
     texts = reference_texts()
     digest = hashlib.sha256((key + "\n" + "\n".join(texts)).encode()).hexdigest()[:16]
     file = cache_dir() / "scales" / f"{digest}.json"
@@ -117,8 +116,6 @@ def reference_scale(key: str, score: Callable[[list[str]], np.ndarray]) -> tuple
 
 
 def _head_key(w: np.ndarray, b: float) -> str:
-    import hashlib
-
     return "head:" + hashlib.sha256(np.asarray(w, dtype=np.float64).tobytes() + repr(float(b)).encode()).hexdigest()
 
 
@@ -139,8 +136,6 @@ def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, th
         mean, std = reference_scale(_head_key(w, b), lambda texts: embed(texts) @ w + b)
         return Member(shown, weight, mean, std, description, w, b, folder=folder)
     scorer = OnnxReward(folder, label=label, provider=provider, threads=threads, verbose=verbose)
-    from .llama import file_fingerprint
-
     key = f"folder:{file_fingerprint(folder / 'model.onnx')}:{label}"
     mean, std = reference_scale(key, lambda texts: scorer.score("", texts))
     return Member(shown, weight, mean, std, scorer.objective, scorer=scorer, folder=folder)
