@@ -314,3 +314,15 @@ def test_an_objective_named_twice_keeps_both_in_the_trace(tiny_reward: Path) -> 
     assert [m.name for m in mix.members] == ["prefers-e", "prefers-e#2"]
     mix.score_responses("", [], [("eee", []), ("xyz", [])])
     assert set(mix.last_parts[0]) == {"prefers-e", "prefers-e#2"}
+
+
+@needs_minilm
+def test_long_examples_are_fitted_on_the_end_that_is_scored(tmp_path: Path) -> None:
+    """Past 128 tokens a junction's text is cut from the left (the end is kept); the fit must see the same end."""
+    from sia_local.objectives import fit_objective
+
+    filler = " ".join(["The meeting notes list the agenda items, the rooms and the times for next week."] * 12)  # > 128 tokens
+    good, bad = _examples()
+    card = fit_objective("tail", good=[f"{filler} {g}" for g in good], bad=[f"{filler} {b}" for b in bad], describe="Polite endings.",
+                         out=tmp_path / "tail")
+    assert card["cv"]["mean"] > 0.9  # cut from the right, every example would be the same filler: refused as inseparable
