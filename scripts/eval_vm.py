@@ -43,7 +43,7 @@ def main() -> None:
             g = steerer.generate(p, seed=i, **opts)
             wall += time.perf_counter() - t
             tokens += g.stats.tokens
-            rewards.append(float(rm.score(p, [g.text])[0]))
+            rewards.append(float(rm.score_responses(p, [], [(g.text, [])])[0]))
             judged.append(judge(p, [g.text])[0])
             ratios.append(g.stats.ratio)
         results[name] = {"reward": statistics.fmean(rewards), "reward_se": statistics.stdev(rewards) / len(rewards) ** 0.5,

@@ -13,7 +13,6 @@ Steerer). Objectives: `fit_objective(name, good=[...], bad=[...], describe=...)`
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .config import SteerConfig
@@ -40,9 +39,7 @@ def load_default_lm(**kwargs: Any) -> LM:
     return load_lm(LMSettings(**kwargs))
 
 
-def load_default_reward(**kwargs: Any) -> OnnxReward:
-    """The positive-tone reward (built into the user cache on first use); kwargs go to `OnnxReward`."""
-    from .defaults import default_reward_dir
-
-    folder: Path = default_reward_dir()
-    return OnnxReward(folder, **kwargs)
+def load_default_reward(**kwargs: Any) -> Scorer:
+    """The default objective, `kind` (a positive tone; built into the user cache on first use), on the scale every
+    objective has, exactly as `sia generate` with no `-r` steers; kwargs are `ScorerSettings` fields (provider, threads)."""
+    return load_scorer(ScorerSettings(**kwargs))
