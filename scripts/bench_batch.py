@@ -17,9 +17,9 @@ from pathlib import Path
 
 from sia_local.batch import WorkerSpec, run_file
 from sia_local.prompts import load_prompts
-from sia_local.config import SteerConfig
+from sia_local.core.config import SteerConfig
 from sia_local.runtime import LMSettings, ScorerSettings, load_lm, load_scorer
-from sia_local.calibrate import tau_for_ratio
+from sia_local.core.calibrate import tau_for_ratio
 
 
 def main() -> None:

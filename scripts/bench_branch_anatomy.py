@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sia_local.defaults import default_model_path
-from sia_local.junction import top_k
+from sia_local.rewards.defaults import default_model_path
+from sia_local.core.junction import top_k
 from sia_local.llama import LM
 
 TEXT = "The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. " * 60

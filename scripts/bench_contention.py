@@ -24,7 +24,7 @@ from pathlib import Path
 CHILD = r"""
 import json, statistics, sys, time
 from sia_local import runtime
-from sia_local.config import SteerConfig
+from sia_local.core.config import SteerConfig
 threads = int(sys.argv[1]) or None
 steerer = runtime.load(runtime.LMSettings(n_threads=threads), None, SteerConfig(gate="none", max_tokens=64))
 steerer.generate("Once upon a time, in a small village by the sea, there lived", raw=True, seed=99)  # warm-up

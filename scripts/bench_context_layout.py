@@ -32,7 +32,7 @@ LAYOUTS = {  # name: (flash attention type: 1 on / 0 off, n_seq_max, kv_unified)
 def main() -> None:
     import numpy as np
 
-    from sia_local.junction import top_k
+    from sia_local.core.junction import top_k
     from sia_local.llama import LM
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Writes only --json.")

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from sia_local.defaults import default_model_path
+    from sia_local.rewards.defaults import default_model_path
     from sia_local.llama import LM
 
     path = Path(args.model) if args.model else default_model_path()

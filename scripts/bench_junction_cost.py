@@ -19,8 +19,8 @@ import json
 import platform
 from pathlib import Path
 
-from sia_local.defaults import default_model_path
-from sia_local.head import junction_cost
+from sia_local.rewards.defaults import default_model_path
+from sia_local.heads.head import junction_cost
 from sia_local.llama import LM
 
 TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps and listening to the sea. "

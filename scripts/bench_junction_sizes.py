@@ -72,9 +72,9 @@ def build(name: str, workdir: Path) -> Path:
 
 def reward_junction_ms(repeats: int) -> float | None:
     """Median ms of the default reward (MiniLM) scoring one junction's 10 candidate texts of a 40-token answer."""
-    from sia_local.defaults import default_reward_dir
-    from sia_local.reward import OnnxReward
-    from sia_local.scorer import Junction
+    from sia_local.rewards.defaults import default_reward_dir
+    from sia_local.rewards.reward import OnnxReward
+    from sia_local.core.scorer import Junction
 
     try:
         reward = OnnxReward(default_reward_dir())
@@ -93,7 +93,7 @@ def reward_junction_ms(repeats: int) -> float | None:
 
 
 def main() -> None:
-    from sia_local.head import junction_cost
+    from sia_local.heads.head import junction_cost
     from sia_local.llama import LM
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Builds the models once into --workdir; writes only --json.")

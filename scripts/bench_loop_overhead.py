@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sia_local.speed import SPEED_PROMPT
-from sia_local.config import SteerConfig
-from sia_local.defaults import default_model_path
+from sia_local.bench.speed import SPEED_PROMPT
+from sia_local.core.config import SteerConfig
+from sia_local.rewards.defaults import default_model_path
 from sia_local.llama import LM, physical_cores
-from sia_local.steer import SequenceState, Steerer
+from sia_local.core.steer import SequenceState, Steerer
 
 
 def models() -> dict[str, Path]:

@@ -38,12 +38,12 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("SIA_CACHE_DIR", tempfile.mkdtemp(prefix="sia-objectives-"))
-    from sia_local.config import SteerConfig
-    from sia_local.defaults import default_model_path
+    from sia_local.core.config import SteerConfig
+    from sia_local.rewards.defaults import default_model_path
     from sia_local.llama import LM
-    from sia_local.mix import load_objectives
-    from sia_local.objectives import fit_objective
-    from sia_local.steer import Steerer
+    from sia_local.rewards.mix import load_objectives
+    from sia_local.rewards.objectives import fit_objective
+    from sia_local.core.steer import Steerer
 
     for name, (good, bad) in SETS.items():
         fit_objective(name, good=[g.format(t=t) for t in TOPICS for g in good], bad=[b.format(t=t) for t in TOPICS for b in bad],

@@ -31,7 +31,7 @@ def main() -> None:
     import numpy as np
 
     from sia_local.prompts import load_prompts
-    from sia_local.config import SteerConfig
+    from sia_local.core.config import SteerConfig
     from sia_local.runtime import load
 
     steerer = load(config=SteerConfig(max_tokens=args.tokens))

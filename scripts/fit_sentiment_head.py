@@ -4,7 +4,7 @@ Procedure (deterministic, offline):
   1. Read AFINN-en-165 (3,382 English words and phrases, integer valence -5..+5 rated by Finn
      Arup Nielsen) from the `afinn` package.
   2. Split by word: sha1(word) mod 5 == 0 is held out (about 20 %), never seen by the fit.
-  3. Put every word in the sentence templates of `sia_local.sentiment.TEMPLATES`, embed each
+  3. Put every word in the sentence templates of `sia_local.rewards.sentiment.TEMPLATES`, embed each
      sentence with all-MiniLM-L6-v2 (int8 ONNX, mean pooling, L2 norm).
   4. Ridge regression of valence on the embedding; alpha picked by 5-fold CV on the training words.
   5. Report Spearman rho of the head's score against the label on
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sia_local.sentiment import TEMPLATES, Embedder, package_dir
+from sia_local.rewards.sentiment import TEMPLATES, Embedder, package_dir
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_models import write_reward_folder, write_tiny_gguf  # noqa: E402
 
 from sia_local import LM, OnnxReward, SteerConfig, Steerer  # noqa: E402
-from sia_local.calibrate import tau_from_entropies  # noqa: E402
-from sia_local.head import junction_cost  # noqa: E402
+from sia_local.core.calibrate import tau_from_entropies  # noqa: E402
+from sia_local.heads.head import junction_cost  # noqa: E402
 from sia_local.info import loadable_providers  # noqa: E402
 from sia_local.llama import gpu_offload_supported, system_info  # noqa: E402
 
@@ -122,9 +122,9 @@ def taps_check(gguf: Path, reward: OnnxReward, tmp: Path, tokens: int) -> dict:
 
     import numpy as np
 
-    from sia_local.head import load_head
-    from sia_local.junction import top_k
-    from sia_local.search import best_of_n
+    from sia_local.heads.head import load_head
+    from sia_local.core.junction import top_k
+    from sia_local.core.search import best_of_n
 
     out: dict = {}
     states: dict = {}

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=1.0, help="w in s = z + w r [default: 1, the CLI's]")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from sia_local.junction_data import load
+    from sia_local.heads.junction_data import load
 
     card = json.loads((args.head_dir / "head.json").read_text())
     _, rewards, z, _, _ = load(args.head_dir / "junctions", card["prompts"])

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sia_local.defaults import default_model_path
-from sia_local.distill import token_embeddings
+from sia_local.rewards.defaults import default_model_path
+from sia_local.heads.distill import token_embeddings
 from sia_local.fit import kendall as _kendall
-from sia_local.junction import entropy, top_k
+from sia_local.core.junction import entropy, top_k
 from sia_local.llama import LM
 
 

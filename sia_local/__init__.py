@@ -13,18 +13,22 @@ Steerer). Objectives: `fit_objective(name, good=[...], bad=[...], describe=...)`
 
 from __future__ import annotations
 
+from . import _moved
+
+_moved.install()  # old import paths (sia_local.steer, sia_local.reward, ...) name the moved modules
+
 from typing import Any
 
-from .config import SteerConfig
+from .core.config import SteerConfig
 from .errors import SiaError
-from .junction import register_gate
+from .core.junction import register_gate
 from .llama import LM
-from .mix import Objectives, load_objectives
-from .objectives import fit_objective
-from .reward import OnnxReward
+from .rewards.mix import Objectives, load_objectives
+from .rewards.objectives import fit_objective
+from .rewards.reward import OnnxReward
 from .runtime import LMSettings, ScorerSettings, build_steerer, load, load_lm, load_scorer
-from .scorer import Scorer, ScorerInfo
-from .steer import Generation, Piece, Stats, Steerer, Stream, TokenInfo
+from .core.scorer import Scorer, ScorerInfo
+from .core.steer import Generation, Piece, Stats, Steerer, Stream, TokenInfo
 
 __all__ = [
     "LM", "OnnxReward", "Steerer", "SteerConfig", "Generation", "Stats", "TokenInfo", "Piece", "Stream",

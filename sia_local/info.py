@@ -18,7 +18,7 @@ def loadable_providers() -> dict[str, bool]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from .reward import new_session
+    from .rewards.reward import new_session
 
     ort.set_default_logger_severity(4)
     graph = helper.make_graph(
@@ -63,13 +63,13 @@ def collect() -> dict[str, Any]:
         "cache dir": str(cache_dir()),
     }
     try:
-        from .defaults import default_model_path
+        from .rewards.defaults import default_model_path
 
         facts["default model"] = str(default_model_path())
     except SiaError as exc:
         facts["default model"] = f"missing: {exc}"
     try:
-        from .sentiment import minilm_files
+        from .rewards.sentiment import minilm_files
 
         facts["default reward"] = "built from " + ", ".join(str(p) for p in minilm_files())
     except SiaError as exc:

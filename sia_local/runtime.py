@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import SteerConfig
+from .core.config import SteerConfig
 from .errors import PromptError, RewardModelError
 from .llama import DEFAULT_N_CTX, LM
-from .scorer import Scorer
-from .steer import Steerer
+from .core.scorer import Scorer
+from .core.steer import Steerer
 
 Progress = Callable[[int, int, str], None]  # (done, total, what); total 0 = unknown
 Note = Callable[[str], None]
@@ -66,8 +66,8 @@ class ScorerSettings:
 def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
     """The language model: a path, a local store name, or the default SmolLM2. `hidden`: with hidden
     states and branch sequences, as value heads on the LM need (see `needs_hidden`)."""
-    from .defaults import default_model_path
-    from .models import resolve_model
+    from .rewards.defaults import default_model_path
+    from .llama.models import resolve_model
 
     path = resolve_model(settings.model) if settings.model else default_model_path()
     return LM(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
@@ -84,7 +84,7 @@ def needs_hidden(scorer: ScorerSettings | None) -> bool:
 def resolve_scorer_path(path: str | os.PathLike[str], *, progress: Callable[[str], None] | None = None, note: Note | None = None) -> Path:
     """A named objective (`kind`, or one fitted with `sia reward fit NAME`) first, else the folder as given: a folder
     called like an objective in the working directory does not shadow it (write ./kind for the folder)."""
-    from .objectives import resolve_objective
+    from .rewards.objectives import resolve_objective
 
     found = resolve_objective(str(path), progress=progress, note=note)
     return found if found is not None else Path(path)
@@ -92,7 +92,7 @@ def resolve_scorer_path(path: str | os.PathLike[str], *, progress: Callable[[str
 
 def scorer_kind(folder: Path) -> str:
     """"lm-head" (head.json), "value-model" (vm.json + model.onnx), "reward" (model.onnx), or an error naming the folder."""
-    from .head import head_file
+    from .heads.head import head_file
 
     if head_file(folder) is not None:
         return "lm-head"
@@ -108,12 +108,12 @@ def scorer_kind(folder: Path) -> str:
 
 def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Progress | None = None, note: Note | None = None) -> Scorer:
     """A reward model or a value model, by what the folder holds; None path = the default reward (built once)."""
-    from .defaults import default_reward_dir
-    from .vm import ValueModel
+    from .rewards.defaults import default_reward_dir
+    from .heads.vm import ValueModel
 
     say = (lambda msg: progress(0, 0, msg)) if progress else None
     if settings.mix:
-        from .mix import Objectives
+        from .rewards.mix import Objectives
 
         return Objectives(settings.mix, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose,
                           progress=say, note=note)
@@ -124,7 +124,7 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     scorer: Scorer
     kind = scorer_kind(folder)
     if kind == "lm-head":
-        from .head import load_head
+        from .heads.head import load_head
 
         if lm is None:
             raise RewardModelError(f"{folder} is a value head on the LM", "load the LM first (runtime.load_lm(..., hidden=True))")
@@ -134,7 +134,7 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     elif kind == "value-model":
         scorer = ValueModel(folder, lm, provider=settings.provider, threads=settings.threads, verbose=settings.verbose)
     else:  # a reward: an objective of one, on the scale every objective has, however it was named (mix.py)
-        from .mix import Objectives
+        from .rewards.mix import Objectives
 
         spec = "kind" if settings.path is None else str(settings.path)
         scorer = Objectives([(spec, 1.0)], label=settings.label, provider=settings.provider, threads=settings.threads,
@@ -148,7 +148,7 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
 def teacher_loader(card: dict, settings: ScorerSettings) -> Callable[[], Scorer] | None:
     """A loader of the reward a head was distilled from (its card's `teacher_path`, or the default reward when the
     card names it), for ranking whole answers; None when it is not on this machine."""
-    from .defaults import REWARD_NAME
+    from .rewards.defaults import REWARD_NAME
 
     path = card.get("teacher_path")
     if path and Path(path).exists():

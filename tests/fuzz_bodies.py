@@ -13,8 +13,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from sia_local.config import settings
-from sia_local.junction import gate_names
+from sia_local.core.config import settings
+from sia_local.core.junction import gate_names
 
 SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
 ANY_JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),

@@ -1,4 +1,5 @@
-"""The package's shape: no import circle, llama_cpp behind lm.py, and docs/architecture.md's gate recipe works everywhere."""
+"""The package's shape: folders by concept, no import circle, llama_cpp behind llama/, every module small, each
+folder importing only what its docstring allows, and docs/architecture.md's gate recipe works everywhere."""
 
 from __future__ import annotations
 
@@ -62,11 +63,47 @@ def test_the_map_matches_the_code() -> None:
         assert not upward, f"{module}.py (layer {layer}) imports {upward} from layer(s) {[table[m][0] for m in upward]}"
 
 
+def _folders() -> list[Path]:
+    return [d for d in PACKAGE.iterdir() if d.is_dir() and (d / "__init__.py").exists() and d.name != "data"]
+
+
+def test_each_folder_imports_only_what_its_docstring_allows() -> None:
+    """Every subpackage's __init__ says what it may import ("May import: a, b"); every file in it keeps to that."""
+    for folder in _folders():
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        said = [line for line in doc.splitlines() if line.startswith("May import:")]
+        assert said, f"{folder.name}/__init__.py does not say what it may import"
+        allowed = {m.strip(" .") for m in said[0].split(":", 1)[1].split("(")[0].split(",")}
+        if "anything below it" in said[0]:
+            allowed = {m.strip(" .") for m in said[0].split("(", 1)[1].rstrip(").").split(",")}
+        for file in folder.glob("*.py"):
+            extra = _imports(file, 2) - allowed - {folder.name}
+            assert not extra, f"{folder.name}/{file.name} imports {sorted(extra)}, which {folder.name}/__init__.py does not allow"
+
+
+def test_no_module_is_over_500_lines_and_few_sit_at_the_top() -> None:
+    long = {str(f.relative_to(PACKAGE)): n for f in PACKAGE.rglob("*.py") if (n := len(f.read_text().splitlines())) > 500}
+    assert not long, long
+    assert len(list(PACKAGE.glob("*.py"))) <= 9  # the rest sits in folders by concept
+
+
+def test_old_import_paths_name_the_moved_modules() -> None:
+    import importlib
+
+    from sia_local._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"sia_local.{old}") is importlib.import_module(f"sia_local.{new}"), old
+    from sia_local.steer import Steerer as old_steerer
+    from sia_local import Steerer
+
+    assert old_steerer is Steerer
+
+
 def test_lower_modules_do_not_reach_up() -> None:
-    graph = _graph()
-    assert "steer" not in graph["calibrate"]  # calibration runs its own loop
-    for module in ("runtime", "steer", "batch", "bench"):  # nothing click-specific below the CLI
-        assert "import click" not in (PACKAGE / f"{module}.py").read_text(), module
+    assert "steer" not in _imports(PACKAGE / "core" / "calibrate.py", 2) and "from .steer" not in (PACKAGE / "core" / "calibrate.py").read_text()
+    for module in ("runtime.py", "core/steer.py", "batch/__init__.py", "bench/grid.py"):  # nothing click-specific below the CLI
+        assert "import click" not in (PACKAGE / module).read_text(), module
 
 
 def test_llama_cpp_only_in_the_llama_package() -> None:
@@ -77,7 +114,7 @@ def test_llama_cpp_only_in_the_llama_package() -> None:
 @pytest.fixture()
 def every_other_gate():
     """docs/architecture.md's recipe, verbatim in spirit: one class and one registration."""
-    from sia_local.junction import _GATES, register_gate
+    from sia_local.core.junction import _GATES, register_gate
 
     class EveryOtherGate:
         def __call__(self, step: int, h: float) -> bool:
@@ -108,12 +145,12 @@ def test_a_registered_gate_works_in_generate(every_other_gate: str, tiny_gguf: P
 def test_a_registered_gate_works_in_server_chat_and_bench(every_other_gate: str, tiny_lm, tiny_reward: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from sia_local.bench import VaderJudge, run_grid, select_arms
-    from sia_local.chat import ChatSession
-    from sia_local.config import SteerConfig
-    from sia_local.reward import OnnxReward
-    from sia_local.server import create_app
-    from sia_local.steer import Steerer
+    from sia_local.bench.grid import VaderJudge, run_grid, select_arms
+    from sia_local.cli.chat import ChatSession
+    from sia_local.core.config import SteerConfig
+    from sia_local.rewards.reward import OnnxReward
+    from sia_local.serve.server import create_app
+    from sia_local.core.steer import Steerer
 
     reward = OnnxReward(tiny_reward, provider="cpu")
     steerer = Steerer(tiny_lm, reward, SteerConfig(tau=1.0, max_tokens=8, seed=0))

@@ -35,9 +35,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 @needs_minilm
 def test_default_reward_ranks_tone() -> None:
-    from sia_local.defaults import default_reward_dir
-    from sia_local.reward import OnnxReward
-    from sia_local.sentiment import Embedder, load_head
+    from sia_local.rewards.defaults import default_reward_dir
+    from sia_local.rewards.reward import OnnxReward
+    from sia_local.rewards.sentiment import Embedder, load_head
 
     rm = OnnxReward(default_reward_dir(), provider="cpu")
     labels = np.array([y for y, _ in LABELLED], dtype=float)
@@ -66,10 +66,10 @@ def test_cli_generate_on_default_models() -> None:
 
 @needs_smollm2
 def test_smollm2_chat_template_and_stop() -> None:
-    from sia_local.config import SteerConfig
-    from sia_local.defaults import default_model_path
+    from sia_local.core.config import SteerConfig
+    from sia_local.rewards.defaults import default_model_path
     from sia_local.llama import LM
-    from sia_local.steer import Steerer
+    from sia_local.core.steer import Steerer
 
     lm = LM(default_model_path(), n_ctx=1024)
     ids, _ = lm.render_chat([{"role": "user", "content": "Say hello."}])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sia_local.config import SteerConfig
+from sia_local.core.config import SteerConfig
 from sia_local.errors import PromptError, RewardModelError
 from sia_local.runtime import LMSettings, ScorerSettings, load, load_lm, needs_hidden, scorer_kind
 

@@ -2,15 +2,18 @@
 
 `options` turns the shared flags into typed settings (`LMSettings`, `Steering`) and loads through
 `runtime`; `everyday` holds generate, chat, serve, batch, models and info; `tools` holds calibrate,
-bench, reward and vm. Flag defaults and ranges come from `SteerConfig` (declared once); errors a user
-can fix print as one line.
+bench, reward and vm; `chat` the `sia chat` session. Flag defaults and ranges come from `SteerConfig`
+(declared once); errors a user can fix print as one line.
+
+May import: anything below it (errors, paths, prompts, fit, runtime, info, llama, core, rewards, heads, serve, batch, bench).
 """
 
 from __future__ import annotations
 
 import click
 
-from . import everyday, tools
+from . import everyday
+from . import tools
 
 
 @click.group()

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import MAX_TOP_K
+from ..core.config import MAX_TOP_K
 from ..runtime import LMSettings
 from .options import Steering, fail_cleanly, load_steerer, model_options, note, progress, steer_options
 
@@ -73,8 +73,8 @@ def generate(prompt: str, lm: LMSettings, steering: Steering, system: str | None
 
 def _write_page(path: Path, steerer: Any, prompt: str, generation: Any, *, system: str | None, raw: bool, compare: bool) -> None:
     """The answer (and with `compare` the unsteered one, same seed) as one self-contained page."""
-    from ..openai_api import token_tracer
-    from ..page import render_page
+    from ..serve.openai_api import token_tracer
+    from ..serve.page import render_page
 
     trace = token_tracer(steerer.lm.piece)
     answers = []
@@ -88,7 +88,7 @@ def _write_page(path: Path, steerer: Any, prompt: str, generation: Any, *, syste
 
 
 def _best_of(steerer: Any, prompt: str, n: int, *, system: str | None, raw: bool, as_json: bool) -> None:
-    from ..search import best_of_n
+    from ..core.search import best_of_n
 
     with progress(f"decoding {n} samples") as tick:
         done = [0]
@@ -127,7 +127,7 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
     sia chat --highlight
     sia chat -m model.gguf -r reward/ --ratio 0.3 -s "You are a kind assistant."
     """
-    from ..chat import ChatSession, repl
+    from .chat import ChatSession, repl
 
     repl(ChatSession(load_steerer(lm, steering, chat=True), system), highlight=highlight)
 
@@ -161,7 +161,7 @@ def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: An
     sia serve --port 8000
     curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}], "sia": {"ratio": 0.3}}'
     """
-    from ..server import ServerSettings, serve as run_server
+    from ..serve.server import ServerSettings, serve as run_server
 
     settings = ServerSettings(**{**limits, "allow_origins": list(limits["allow_origins"]) or None, "allowed_hosts": list(limits["allowed_hosts"]) or None,
                                  "objective_dirs": [str(d) for d in limits["objective_dirs"]] or None})
@@ -234,7 +234,7 @@ def models(as_json: bool) -> None:
     sia generate "Hi" -m gemma3 --raw         # the Gemma 3 270M package (its GGUF has no chat template)
     Nothing is downloaded: only these folders are read.
     """
-    from ..models import find_models, search_roots
+    from ..llama.models import find_models, search_roots
 
     found = find_models()
     if as_json:

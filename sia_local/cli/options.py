@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from ..config import Setting, SteerConfig, setting_default, settings
+from ..core.config import Setting, SteerConfig, setting_default, settings
 from ..errors import MissingPackageError, SiaError
-from ..junction import gate_names, gate_spec
-from ..mix import parse_objective
+from ..core.junction import gate_names, gate_spec
+from ..rewards.mix import parse_objective
 from ..runtime import LMSettings, ScorerSettings
 
 if TYPE_CHECKING:
-    from ..steer import Steerer
+    from ..core.steer import Steerer
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:

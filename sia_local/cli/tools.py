@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import setting_default
+from ..core.config import setting_default
 from ..errors import ConfigError
 from ..runtime import LMSettings
 from .options import Steering, fail_cleanly, float_list, int_list, load_steerer, model_options, need, note, progress, reward_label_option, steer_options
 
 if TYPE_CHECKING:
-    from ..scorer import Scorer
+    from ..core.scorer import Scorer
 
 
 @click.command()
@@ -30,7 +30,7 @@ def calibrate(lm: LMSettings, top_k: int, temperature: float, ratios: tuple[floa
     """Decode the calibration prompts unsteered and print tau for each target ratio (cached per model)."""
     import numpy as np
 
-    from ..calibrate import REPORT_RATIOS, entropy_profile, tau_from_entropies
+    from ..core.calibrate import REPORT_RATIOS, entropy_profile, tau_from_entropies
     from ..runtime import load_lm
 
     model = load_lm(lm)
@@ -75,9 +75,9 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     if ctx.invoked_subcommand is not None:
         ctx.obj = (lm, steering)
         return
-    from ..bench import RewardJudge, VaderJudge, default_arms, markdown_table, run_grid, select_arms
+    from ..bench.grid import RewardJudge, VaderJudge, default_arms, markdown_table, run_grid, select_arms
     from ..prompts import load_prompts
-    from ..reward import OnnxReward
+    from ..rewards.reward import OnnxReward
     from ..runtime import load_scorer
 
     need("matplotlib", "sia bench draws its plots with matplotlib", 'pip install "sia-local[bench]"')  # before the work, not after it
@@ -134,13 +134,13 @@ def bench_speed(settings: tuple[LMSettings, Steering], tokens: int, repeats: int
     sia bench speed --head head-smollm2 --head-k 5 # + the branch heads with 5 candidates
     sia bench speed --head head-smollm2 --head-min-prob 0.05   # + the branch heads scoring only candidates with p >= 0.05 p1
     """
-    from ..speed import speed
+    from ..bench.speed import speed
 
     lm, steering = settings
     steerer = load_steerer(replace(lm, hidden=head_dir is not None), steering, need_scorer=True)
     heads: "dict[str, Scorer] | None" = None
     if head_dir is not None:
-        from ..head import LayerHead, load_head
+        from ..heads.head import LayerHead, load_head
 
         heads = {}
         for kind in ("layer", "branch", "prefix"):
@@ -191,7 +191,7 @@ def reward_export(src: str, out: Path, int8: bool, task: str, opset: int, atol: 
     sia reward export ./Skywork-Reward-V2-Qwen3-0.6B rm-skywork --int8
     sia reward export ./distilbert-sst2 rm-sst2 --label POSITIVE --input response
     """
-    from ..export import export_reward
+    from ..rewards.export import export_reward
 
     with progress("exporting") as tick:
         report = export_reward(src, out, int8=int8, task=task, opset=opset, atol=atol, label=label, input_mode=input_mode,
@@ -209,7 +209,7 @@ def reward_export(src: str, out: Path, int8: bool, task: str, opset: int, atol: 
 @fail_cleanly
 def reward_check(folder: Path, reward_label: str | None, reward_provider: str, as_json: bool) -> None:
     """Load a reward folder, show its inputs, outputs, labels and provider, score sample texts, time a junction."""
-    from ..rewardkit import check
+    from ..rewards.rewardkit import check
 
     result = check(folder, provider=reward_provider, label=reward_label)
     if as_json:
@@ -242,7 +242,7 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
     sia reward build default                       # the positive-tone model `sia generate` uses by default
     sia reward build attribute -o rm-polite --positive "polite, warm and respectful" --negative "rude, dismissive, insulting"
     """
-    from ..defaults import default_reward_dir
+    from ..rewards.defaults import default_reward_dir
 
     with progress(f"building {kind}") as tick:
         say = lambda m: tick(0, 0, m)  # noqa: E731
@@ -252,13 +252,13 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
             click.echo(f"{'wrote' if notes else 'up to date:'} {folder}; try: sia reward check {folder}")
             return
         if kind == "default":
-            from ..sentiment import build_reward_folder, load_head
+            from ..rewards.sentiment import build_reward_folder, load_head
 
             folder = build_reward_folder(out, load_head(), progress=say) if out else default_reward_dir(progress=say)
         else:
             if out is None:
                 raise click.UsageError("attribute rewards need --out DIR")
-            from ..rewardkit import build_attribute
+            from ..rewards.rewardkit import build_attribute
 
             folder = build_attribute(out, positive, negative, progress=say)
     click.echo(f"wrote {folder}; try: sia reward check {folder}")
@@ -280,7 +280,7 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
     sia generate "..." -r polite                        # steer with it by name
     sia reward score polite my-texts.txt                # how it scores your own texts
     """
-    from ..objectives import fit_objective, read_scored, read_texts
+    from ..rewards.objectives import fit_objective, read_scored, read_texts
 
     if scored is None and (good is None or bad is None):
         raise click.UsageError("give --good FILE and --bad FILE, or --scored FILE")
@@ -305,7 +305,7 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
 @fail_cleanly
 def reward_list(as_json: bool) -> None:
     """The objectives `-r NAME` accepts: the built-in ones and those made with `sia reward fit`."""
-    from ..objectives import list_objectives
+    from ..rewards.objectives import list_objectives
 
     found = list_objectives()
     if as_json:
@@ -329,8 +329,8 @@ def reward_score(name: str, file: Path | None) -> None:
     """
     import sys
 
-    from ..objectives import read_texts
-    from ..reward import OnnxReward
+    from ..rewards.objectives import read_texts
+    from ..rewards.reward import OnnxReward
     from ..runtime import resolve_scorer_path
 
     texts = read_texts(file) if file is not None else [line.strip() for line in sys.stdin.read().splitlines()]
@@ -390,14 +390,14 @@ def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, pr
     teacher = load_scorer(ScorerSettings(path=reward, label=reward_label, verbose=lm.verbose), model, note=note)
     with progress("distilling") as tick:
         if onnx_graph:
-            from ..distill import distill
+            from ..heads.vm_distill import distill
 
             card = distill(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, seed=seed, fresh=fresh,
                            progress=lambda d, t, what: tick(d, t, what))
             click.echo(f"wrote {out_dir}: {card['samples']} samples from {card['prompts']} prompts, alpha {card['alpha']:g} (x feature variance), "
                        f"corr(V, R) = {card['test_corr_V_R']:.3f} on {card['test_prompts']} test prompts of unseen situations")
         else:
-            from ..distill import distill_head
+            from ..heads.distill import distill_head
 
             card = distill_head(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
                                 seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what), junction_ratio=junction_ratio,
@@ -431,7 +431,7 @@ def head_summary(card: dict[str, Any], out_dir: Path) -> str:
 @fail_cleanly
 def vm_export(src: Path, out: Path, head_file: Path | None, atol: float) -> None:
     """A Hugging Face Llama-style causal LM + value head -> a cached ONNX value-model folder (needs the export extra)."""
-    from ..distill import export_hf
+    from ..heads.vm_distill import export_hf
 
     card = export_hf(src, out, head_file=head_file, atol=atol)
     click.echo(f"wrote {out}: max |torch - onnx| hidden = {card['torch_max_abs_diff']:.2e}, "
@@ -451,9 +451,9 @@ def vm_latency(lm: LMSettings, folder: Path, lengths: str, uncached_up_to: int, 
     layer head's layer, the prefix head)."""
     import numpy as np
 
-    from ..head import head_file, junction_cost
+    from ..heads.head import head_file, junction_cost
     from ..runtime import load_lm
-    from ..vm import ValueModel, junction_latency
+    from ..heads.vm import ValueModel, junction_latency
 
     sizes = int_list(lengths, "--lengths")
     if head_file(folder) is not None:

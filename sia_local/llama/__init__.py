@@ -1,9 +1,13 @@
 """The language model: a GGUF file run by llama.cpp through llama-cpp-python.
 
-This package is the only importer of `llama_cpp`: `model.LM` (one context: prefill, step, logits,
-chat template, hidden states and branches), `batch.BatchContext` (several sequences in one context,
-for Best-of-N), `taps` (intermediate layers' states read during a decode, which may stop there: early-exit
-branches) and `compat` (version shims, llama.cpp's log, GGUF checks).
+This package is the only importer of `llama_cpp`, and everything that depends on llama.cpp's internals
+lives here: `model.LM` (one context: prefill, step, logits, chat template), `branches` (hidden states,
+k-branch and early-exit decodes of that context), `batch.BatchContext` (several sequences in one
+context, for Best-of-N), `taps` (intermediate layers' states read during a decode, which may stop there),
+`compat` (version shims, llama.cpp's log, GGUF checks, a raw context), `threads` (the thread governor),
+`models` (GGUF models already on this machine: Ollama, LM Studio, the HF cache, model packages).
+
+May import: errors, paths.
 """
 
 try:  # onnxruntime before llama.cpp: loaded after llama.cpp's CUDA backend, it makes every later model load crash

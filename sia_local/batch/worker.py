@@ -1,0 +1,221 @@
+"""One batch row and the worker that answers it: the row format of `sia batch`, and `Worker`.
+
+Input rows are JSONL (`{"id": ..., "prompt": ...}` or `{"id": ..., "messages": [...]}`, optional
+`sia` settings with the server's field names, the OpenAI fields `max_tokens`, `seed`, `temperature`,
+`top_p`, `stop`, and `system`) or plain text (one prompt a line, id = line number). Every setting is
+checked when the row is read, by SteerConfig itself. Every worker (in-process, a worker process or a
+Ray actor) is the same `Worker`: it loads the model and scorer once through `runtime` and turns each
+row into exactly one result row -- an error row, with the same keys, for anything that goes wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.config import SteerConfig, request_changes, settings
+from ..errors import ConfigError, SiaError
+from ..runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
+from ..rewards.mix import MixCache, as_specs
+from ..core.steer import Steerer
+
+
+ROW_OPTIONS = tuple(name for name, s in settings() if s.api == "openai")  # OpenAI-named fields a row may set, as the server takes them
+
+
+@dataclass
+class Row:
+    """One input row. `error` is set when the line itself is unusable (it is then written as an error row)."""
+
+    line: int  # 1-based line number in the input
+    id: Any
+    prompt: str | list[dict[str, str]] | None = None
+    system: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)  # SteerConfig changes from the row
+    error: str | None = None
+    best_of: int | None = None  # Best-of-N for this row (None: the run's --best-of)
+    detail: bool = False  # also return token ids, per-token entropies and the search's cost (sia bench uses these)
+    mix: tuple[tuple[str, float], ...] | None = None  # the row's own objectives ("sia": {"rewards": [...]}), else the run's scorer
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load its model once and answer rows; picklable (sent to processes and actors)."""
+
+    lm: LMSettings
+    scorer: ScorerSettings | None
+    config: SteerConfig
+    best_of: int = 1
+    raw: bool = False
+    system: str | None = None
+    verbose: bool = False  # a row's unexpected error also logs its traceback to stderr
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows of a JSONL or text file; malformed lines become error rows naming their line number."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"input file not found: {p}" if not p.exists() else f"{p} is not a file", "pass a JSONL or text file of prompts")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason})", "save it as UTF-8, e.g. iconv -t UTF-8") from None
+    jsonl = p.suffix in (".jsonl", ".json") or any(line.lstrip().startswith("{") for line in lines[:5] if line.strip())
+    rows: list[Row] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        rows.append(parse_json_row(line, n, p) if jsonl else Row(n, n, line.strip()))
+    seen: set[str] = set()
+    for row in rows:
+        key = row_key(row.id)
+        if key in seen and row.error is None:
+            row.error = f"{p}:{row.line}: id {row.id!r} appears twice in the input; ids must be unique"
+        seen.add(key)
+    return rows
+
+
+def parse_json_row(line: str, n: int, path: Path) -> Row:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Row(n, n, error=f"{path}:{n} is not valid JSON ({exc.msg}); fix that line")
+    if not isinstance(data, dict):
+        return Row(n, n, error=f"{path}:{n} must be a JSON object with \"prompt\" or \"messages\"")
+    row = Row(n, data.get("id", n))
+    if "messages" in data:
+        messages = data["messages"]
+        if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
+            row.error = f"{path}:{n}: \"messages\" must be a list of {{\"role\": string, \"content\": string}} objects"
+            return row
+        row.prompt = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    elif "prompt" in data:
+        if not isinstance(data["prompt"], str):
+            row.error = f"{path}:{n}: \"prompt\" must be a string, got {type(data['prompt']).__name__}"
+            return row
+        row.prompt = data["prompt"]
+    else:
+        row.error = f"{path}:{n} has neither \"prompt\" nor \"messages\""
+        return row
+    if data.get("system") is not None and not isinstance(data["system"], str):
+        row.error = f"{path}:{n}: \"system\" must be a string, got {type(data['system']).__name__}"
+        return row
+    row.system = data.get("system")
+    sia = data.get("sia") or {}
+    if isinstance(sia, dict) and "rewards" in sia:
+        try:
+            row.mix = as_specs(sia["rewards"], f"{path}:{n}: sia.rewards")
+        except ConfigError as exc:
+            row.error = exc.message
+            return row
+        sia = {k: v for k, v in sia.items() if k != "rewards"}
+    api_names = {name for name, s in settings() if s.api == "sia"}
+    unknown = sorted(set(sia) - api_names) if isinstance(sia, dict) else ["(not an object)"]
+    extra = sorted(set(data) - {"id", "prompt", "messages", "system", "sia", *ROW_OPTIONS})
+    if unknown or extra:
+        bad = [f"sia.{k}" for k in unknown] + extra
+        row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} or rewards in \"sia\", or {', '.join(ROW_OPTIONS)}"
+        return row
+    row.changes = request_changes(data, sia)
+    try:  # every type and range, checked now by SteerConfig itself (the same checks as the CLI and the server)
+        SteerConfig().updated(**row.changes)
+    except ConfigError as exc:
+        row.error = f"{path}:{n}: {exc.message}"
+    except (TypeError, ValueError) as exc:
+        row.error = f"{path}:{n}: a setting has the wrong type ({exc})"
+    return row
+
+
+def _is_message(m: Any) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("role"), str) and (m.get("content") is None or isinstance(m.get("content"), str))
+
+
+def row_key(row_id: Any) -> str:
+    return json.dumps(row_id, sort_keys=True)
+
+
+def finished_ids(out: str | os.PathLike[str]) -> set[str]:
+    """Ids already in OUT (as JSON keys). A last line cut off mid-write is removed, so its row runs again."""
+    p = Path(out)
+    if not p.exists():
+        return set()
+    data = p.read_bytes()
+    keep = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
+    done: set[str] = set()
+    lines = data[:keep].splitlines()
+    good = 0
+    for i, line in enumerate(lines):
+        try:
+            done.add(row_key(json.loads(line)["id"]))
+            good += len(line) + 1
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            if i == len(lines) - 1:  # a torn last line that happens to end in a newline
+                break
+            raise ConfigError(f"{p}:{i + 1} is not a result row", "pass another --output file, or fix that line") from None
+    if good < len(data):
+        with p.open("r+b") as f:
+            f.truncate(good)
+    return done
+
+
+class Worker:
+    """Loads the model and scorer once (or wraps a steerer already loaded); turns rows into result rows (errors included)."""
+
+    def __init__(self, spec: WorkerSpec, steerer: Steerer | None = None) -> None:
+        self.spec = spec
+        if steerer is None:
+            lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer))
+            scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
+            steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
+        self.steerer = steerer
+        scorer = spec.scorer
+        # rows' own objectives, on this worker's share of the cores and its provider (`batch.split_threads`)
+        self.mixes = MixCache(provider=scorer.provider, threads=scorer.threads, verbose=scorer.verbose) if scorer is not None else MixCache()
+
+    def run(self, row: Row, base_seed: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": row.id, "line": row.line}
+        if row.error is not None:
+            return error_row(row, row.error)
+        from ..core.search import best_of_n
+
+        changes = {"seed": base_seed + row.line, **row.changes}
+        system = row.system or self.spec.system
+        best_of = row.best_of or self.spec.best_of
+        try:
+            assert row.prompt is not None
+            steerer = self.steerer if row.mix is None else self.steerer.with_scorer(self.mixes.get(row.mix))
+            t = time.perf_counter()
+            if best_of > 1:
+                result = best_of_n(steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
+                generation = result.best
+                out["samples"] = result.samples()
+                out["best_index"] = result.best_index
+                extra = {"generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
+                logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
+            else:
+                generation = steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
+                extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
+                logprob_seconds = generation.stats.logprob_seconds
+            if row.detail:
+                out["detail"] = {"token_ids": generation.token_ids, "wall_seconds": time.perf_counter() - t - logprob_seconds, **extra,
+                                 "entropies": [round(x.entropy, 4) for x in generation.trace] if generation.trace is not None else None}
+        except SiaError as exc:
+            return error_row(row, str(exc))
+        except Exception as exc:  # never let one row stop the batch: it becomes an error row, the run goes on
+            if self.spec.verbose:
+                import traceback
+
+                traceback.print_exc()
+            return error_row(row, f"line {row.line}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}")
+        s = generation.stats
+        stats = {k: v for k, v in asdict(s).items() if k not in ("finish_reason",)}
+        return {**out, "text": generation.text, "finish_reason": s.finish_reason, "stats": stats, "error": None}
+
+
+def error_row(row: Row, message: str) -> dict[str, Any]:
+    """A row that could not run: the same keys as a result row, with `error` set and nothing generated."""
+    return {"id": row.id, "line": row.line, "text": None, "finish_reason": "error", "stats": None, "error": message}

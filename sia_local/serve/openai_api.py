@@ -1,0 +1,287 @@
+"""The OpenAI wire format, derived from the one steering core: request models, request -> config changes, responses.
+
+The request's OpenAI fields (temperature, top_p, max_tokens, seed, stop) and its `sia` object are
+pydantic models built from SteerConfig's Settings (`api="openai"` / `api="sia"`), so each field has
+the one range the CLI and `sia batch` enforce too; `request_changes` turns a validated request into
+SteerConfig changes. Responses, stream chunks and errors take OpenAI's shapes; a value JSON cannot
+hold (an infinite tau, a NaN) becomes null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Annotated, Any, AsyncGenerator, AsyncIterator, Callable
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ..core.config import request_changes, settings
+from ..errors import SiaError
+from ..core.junction import gate_names
+from ..core.steer import Generation, TokenInfo
+
+
+MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(item, dict):
+            stack += [(v, d + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, d + 1) for v in item]
+    return deepest
+
+
+def _check_gate(name: str) -> str:
+    if name not in gate_names():
+        raise ValueError(f"must be one of {', '.join(gate_names())}")  # checked per request: gates registered later count
+    return name
+
+
+def _fields(api: str) -> dict[str, Any]:
+    """Pydantic fields for SteerConfig's Settings marked `api`, each with its one range."""
+    fields: dict[str, Any] = {}
+    for name, setting in settings():
+        if setting.api != api:
+            continue
+        kind: Any = setting.kind
+        if name == "gate":
+            kind = Annotated[str, AfterValidator(_check_gate)]
+        elif setting.kind == "strs":
+            kind = str | list[str]  # lengths and counts are SteerConfig's to check (one message for every shell)
+        bounds: dict[str, float] = {}
+        if setting.lo is not None:
+            bounds["gt" if setting.lo_open else "ge"] = setting.lo
+        if setting.hi is not None:
+            bounds["le"] = setting.hi
+        fields[name] = (kind | None, Field(default=None, description=setting.help, **bounds))
+    return fields
+
+
+class ObjectiveWeight(BaseModel):
+    """One objective of a request's mix: a name from `sia reward list` (or a reward folder on the server) and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    weight: float = Field(default=1.0, ge=-1000.0, le=1000.0)
+
+
+SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"),
+                         trace=(bool | None, Field(default=None, description="each token's steering info in the answer (`sia.tokens`)")),
+                         rewards=(list[ObjectiveWeight] | None, Field(default=None, min_length=1, max_length=8,
+                                                                       description="objectives to mix at each junction (the scorer, not a setting)")))
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+_OpenAIFields = create_model("_OpenAIFields", __config__=ConfigDict(extra="ignore"), **_fields("openai"))  # temperature, top_p, max_tokens, seed, stop
+
+
+class Request(_OpenAIFields):  # type: ignore[valid-type,misc]
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    sia: SiaParams | None = None  # type: ignore[valid-type]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image_url and other parts are accepted and skipped
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[ContentPart] | None = ""
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.text or "" for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class ChatRequest(Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(Request):
+    prompt: str | list[str]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+async def parse(request: Any, model: type[Request], max_body_bytes: int) -> Any:
+    body = await request.body()
+    if len(body) > max_body_bytes:
+        raise ApiError(413, f"the request body is over {max_body_bytes} bytes", code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        req = model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
+    return req
+
+
+def options_of(req: Request) -> dict[str, Any]:
+    """The request's SteerConfig changes: its OpenAI fields and its `sia` object (None = not given)."""
+    fields = req.model_dump(exclude_none=True, exclude={"sia"})
+    return request_changes(fields, req.sia.model_dump(exclude_none=True, exclude={"rewards"}) if req.sia else None)
+
+
+def mix_of(req: Request) -> tuple[tuple[str, float], ...] | None:
+    """The request's own mix of objectives (`sia.rewards`), or None for the server's scorer."""
+    rewards = getattr(req.sia, "rewards", None) if req.sia else None
+    return tuple((r.name, r.weight) for r in rewards) if rewards else None
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    """By class, never by wording: the error's own HTTP status and OpenAI code, and its hint in request terms."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, SiaError):
+        kind = "invalid_request_error" if exc.http_status < 500 else "server_error"
+        return ApiError(exc.http_status, exc.for_api(), type=kind, code=exc.api_code)
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats (an infinite tau, a NaN from an extreme weight) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def finish_reason_of(generation: Generation) -> str:
+    return "length" if generation.stats.finish_reason in ("length", "context") else "stop"
+
+
+def usage_of(generation: Generation) -> dict[str, Any]:
+    s = generation.stats
+    return {
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.tokens,
+        "total_tokens": s.prompt_tokens + s.tokens,
+        "sia": finite({k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens")}),
+    }
+
+
+TokenTrace = Callable[[TokenInfo], dict[str, Any]]
+
+
+def token_tracer(piece: Callable[[int], bytes]) -> TokenTrace:
+    """A token's steering info for clients (the web page): its text, entropy, whether it was a junction and
+    whether the reward changed it, and its k candidates as text with their base and steered probabilities
+    and rewards. `piece` gives a candidate token's bytes."""
+
+    def trace(t: TokenInfo) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": t.text, "entropy": round(t.entropy, 4), "junction": t.junction, "changed": t.changed, "rank": t.rank}
+        if t.candidates is not None:
+            cands = []
+            for i, c in enumerate(t.candidates):
+                row: dict[str, Any] = {"text": piece(c).decode("utf-8", "replace"), "p_base": t.p_base[i] if t.p_base else None}
+                if t.rewards is not None:
+                    row["reward"] = round(t.rewards[i], 4)
+                if t.p_steered is not None:
+                    row["p_steered"] = t.p_steered[i]
+                if t.objectives:
+                    row["rewards"] = {name: round(v[i], 4) for name, v in t.objectives.items()}
+                cands.append(row)
+            out["candidates"] = cands
+        return finite(out)
+
+    return trace
+
+
+def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None) -> dict[str, Any]:
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": finish_reason_of(generation)}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": generation.text, "logprobs": None, "finish_reason": finish_reason_of(generation)}
+        obj = "text_completion"
+    out = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice], "usage": usage_of(generation)}
+    if trace is not None and generation.trace is not None:
+        out["sia"] = {"tokens": [trace(t) for t in generation.trace]}
+    return out
+
+
+async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
+              chat: bool, include_usage: bool, trace: TokenTrace | None = None) -> AsyncIterator[bytes]:
+    """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`)."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, *, role: bool = False, tokens: list[dict[str, Any]] | None = None) -> bytes:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        if tokens is not None:
+            payload["sia"] = {"tokens": tokens}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    if chat:
+        yield chunk(None, None, role=True)
+    pending: list[tuple[str, Any]] = [first]
+    try:
+        while True:
+            kind, item = pending.pop() if pending else await events.__anext__()
+            if kind == "piece":
+                if trace is not None:  # every token, even one whose text is held back (a stop string may follow)
+                    yield chunk(item.text, None, tokens=[trace(item.token)])
+                elif item.text:
+                    yield chunk(item.text, None)
+                continue
+            if kind == "error":
+                err = as_api_error(item)
+                yield f"data: {json.dumps(err.body())}\n\n".encode()
+                break
+            generation: Generation = item
+            yield chunk(None if chat else "", finish_reason_of(generation))
+            if include_usage:
+                payload = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [], "usage": usage_of(generation)}
+                yield f"data: {json.dumps(payload)}\n\n".encode()
+            break
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # sets the cancel flag if the client left early

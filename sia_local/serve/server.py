@@ -1,0 +1,404 @@
+"""`sia serve`: an OpenAI-compatible HTTP server over the one steering core.
+
+Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+Steering settings ride along as an extra body field, e.g. ``"sia": {"ratio": 0.2, "weight": 1.0}``
+(``extra_body`` in the openai client), and ``usage.sia`` reports the junction statistics.
+
+Concurrency: one llama.cpp context serves one generation at a time (an asyncio lock); up to
+`max_queue` requests wait behind it and any more get a 503 at once. A generation runs in a worker
+thread that checks a cancel flag at every token, so a streaming client that disconnects frees the
+model after at most one more token; non-streaming and n > 1 requests poll `is_disconnected()` at
+every token / step (which is why the server's own checks are a plain ASGI middleware, see `_Guard`).
+--request-timeout stops every kind of request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..core.config import MAX_TOP_K
+from ..errors import Cancelled, SiaError
+from .guard import OriginPolicy, _Guard
+from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, as_api_error, finish_reason_of, finite, full_response,
+                         mix_of, options_of, parse, sse, token_tracer)
+from .openai_api import Request as ApiRequest
+from ..rewards.mix import MixCache
+from ..core.steer import Steerer
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's own settings (the steering ones are the steerer's `SteerConfig`), each declared here once.
+
+    max_queue: requests that may wait behind the running one (more get 503). api_key: required as a
+    bearer token on /v1/*. max_body_bytes: the largest request body (413). max_tokens_limit: the
+    largest max_tokens (default: the larger of 4096 and the context). allow_origins: browser origins
+    that may call the API from a page elsewhere, and get CORS headers (none by default: every other
+    cross-origin request is refused). request_timeout: seconds a request may hold the model (504).
+    max_top_k: the largest sia.top_k (default SteerConfig's bound). max_batch_tokens: Best-of-N's KV
+    budget, n x (prompt + answer) (default: `default_batch_tokens`). host: the address the server is bound
+    to (the Host header must name it, a loopback name, or one of `allowed_hosts`; "*" accepts any).
+    objective_dirs: folders of reward folders a request may name in `sia.rewards` besides the named
+    objectives (`sia reward list`); a request never names a path.
+    """
+
+    max_queue: int = 8
+    api_key: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_tokens_limit: int | None = None
+    allow_origins: list[str] | None = None
+    request_timeout: float | None = None
+    max_top_k: int | None = None
+    max_batch_tokens: int | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: list[str] | None = None
+    objective_dirs: list[str] | None = None
+
+
+class Engine:
+    """The model behind the server: one generation at a time, a bounded queue in front."""
+
+    def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue) -> None:
+        self.steerer = steerer
+        self.model_id = model_id
+        self.mixes = MixCache()  # requests' own objectives (`sia.rewards`); one process: every core, as the server's scorer
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.active = 0
+        self.cancelled = 0
+        self.served = 0
+        self._lock: asyncio.Lock | None = None
+
+    async def _admit(self) -> None:
+        """Wait for the model, or refuse at once when the queue is full."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if self._lock.locked() and self.waiting >= self.max_queue:
+            raise ApiError(503, f"the server is busy: {self.active} running and {self.waiting} queued; retry later",
+                           type="server_error", code="server_busy")
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        self.active = 1
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run a whole job (Best-of-N) in a worker thread, behind the same queue as streamed generations. The model is
+        let go when the thread ends, not when the caller stops waiting (a cancelled caller's job may still decode)."""
+        await self._admit()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._release()
+            if not outcome.done():
+                outcome.set_exception(error) if error is not None else outcome.set_result(result)
+
+        def worker() -> None:
+            result, error = None, None
+            try:
+                result = fn()
+                self.served += 1
+            except BaseException as exc:  # handed to the caller, who raises it
+                error = exc
+            finally:
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=worker, name="sia-job", daemon=True).start()
+        return await outcome
+
+    def _release(self) -> None:
+        self.active = 0
+        assert self._lock is not None
+        self._lock.release()
+
+    def steerer_for(self, mix: tuple[tuple[str, float], ...] | None) -> Steerer:
+        """The server's steerer, or one scoring with a request's own objectives (loaded once, then cached); called
+        from the worker thread, after the request was admitted."""
+        return self.steerer if mix is None else self.steerer.with_scorer(self.mixes.get(mix))
+
+    async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event,
+                  mix: tuple[tuple[str, float], ...] | None = None) -> AsyncGenerator[tuple[str, Any], None]:
+        """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
+        await self._admit()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(kind: str, item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, item))
+
+        def worker() -> None:
+            try:
+                stream = self.steerer_for(mix).stream(prompt, **options)
+                for piece in stream:
+                    if cancel.is_set():
+                        stream.close()
+                        self.cancelled += 1
+                        emit("error", Cancelled("the generation was stopped", "the client left or the request ran past its time limit",
+                                                api_hint="raise the server's --request-timeout or ask for fewer tokens"))
+                        return
+                    emit("piece", piece)
+                self.served += 1
+                emit("done", stream.generation)
+            except Exception as exc:  # a SiaError becomes its 4xx/5xx; anything else (a bug) a 500 rather than a hung client
+                emit("error", exc)
+            finally:
+                loop.call_soon_threadsafe(self._release)  # on the event loop, once the worker has let go of the model
+
+        threading.Thread(target=worker, name="sia-generation", daemon=True).start()
+        try:
+            while True:
+                kind, item = await events.get()
+                yield kind, item
+                if kind != "piece":
+                    return
+        finally:
+            cancel.set()  # the client went away or we are done: stop the worker at its next token
+
+
+def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | None = None, **changes: Any) -> Any:
+    """The FastAPI application; state lives on `app.state.engine`. `changes`: ServerSettings fields to change.
+
+    Every request is bounded before it reaches the model, each limit refused with a 400 that names it:
+    `max_tokens_limit` caps max_tokens (below it, an answer stops where the context is full);
+    `max_top_k` caps k; `max_batch_tokens` caps Best-of-N's n x (prompt + answer) KV cells; a top_k
+    whose tau was never calibrated is refused rather than calibrated inside the request.
+    """
+    conf = dataclasses.replace(settings or ServerSettings(), **changes)
+    max_tokens_limit, max_top_k, max_batch_tokens = conf.max_tokens_limit, conf.max_top_k, conf.max_batch_tokens
+    max_queue, api_key, max_body_bytes = conf.max_queue, conf.api_key, conf.max_body_bytes
+    allow_origins, request_timeout = conf.allow_origins, conf.request_timeout
+    objective_dirs = [Path(d) for d in conf.objective_dirs or []]
+    token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
+    top_k_limit = min(max_top_k or MAX_TOP_K, MAX_TOP_K)
+    batch_limit = max_batch_tokens or default_batch_tokens(steerer.lm)
+    app = FastAPI(title="sia-local", version="0.1.0")
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes,
+                       origin=OriginPolicy(conf.host, conf.allowed_hosts or [], allow_origins or []))
+    if allow_origins:  # no CORS headers at all unless origins are named (a page elsewhere cannot read the answers); outermost, so preflights pass
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    engine = Engine(steerer, model_id, max_queue)
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.waiting,
+                "served": engine.served, "cancelled": engine.cancelled}
+
+    @app.get("/")
+    async def page() -> Response:
+        """The chat page (static, offline: no CDN, font or external script) that talks to this server's own API."""
+        from importlib import resources
+
+        return Response(resources.files("sia_local.serve").joinpath("web/index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "sia-local"}]}
+
+    @app.get("/v1/sia/settings")
+    async def sia_settings() -> dict[str, Any]:
+        """Every request setting with its one range and this server's default, the server's own limits, the
+        gates and the objectives it can load: what a client (the web page) builds its controls from."""
+        from ..core.config import settings as all_settings
+        from ..core.junction import gate_names
+        from ..rewards.objectives import list_objectives, request_objectives
+
+        fields = [{"name": name, "place": f"sia.{name}" if s.api == "sia" else name, "kind": s.kind if isinstance(s.kind, str) else s.kind.__name__,
+                   "lo": s.lo, "hi": s.hi, "lo_open": s.lo_open, "max_items": s.max_items, "max_len": s.max_len, "help": s.help,
+                   "default": finite(getattr(engine.steerer.config, name) if not isinstance(getattr(engine.steerer.config, name), tuple)
+                                     else list(getattr(engine.steerer.config, name)))}
+                  for name, s in all_settings() if s.api]
+        objectives = await asyncio.to_thread(list_objectives)
+
+        named = {o["name"] for o in objectives}
+        extra = await asyncio.to_thread(request_objectives, objective_dirs)
+        objectives += [{"name": n, "description": None, "cv": None, "created": None, "built_in": False, "from": "--objective-dir"}
+                       for n in sorted(extra) if n not in named]
+        scorer = engine.steerer.scorer
+        details = scorer.info().details if scorer is not None else {}
+        return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(scorer, "name", None),
+                "early_exit": details.get("early_exit"), "ranks_answers_with": details.get("ranks_answers_with"),
+                "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes}}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = await parse(request, ChatRequest, max_body_bytes)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return await _respond(request, engine, req, messages, {}, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = await parse(request, CompletionRequest, max_body_bytes)
+        prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
+        return await _respond(request, engine, req, prompt, {"raw": True}, chat=False)
+
+    def _check(req: ApiRequest, prompt: Any, options: dict[str, Any], steerer: Steerer, mixed: bool) -> None:
+        """Refuse, before the model is touched, a request that would cost more than this server allows. `mixed`: the
+        request brings its own objectives (a sequence reward, loaded once admitted), so a steering gate has a scorer."""
+        if req.model and req.model != model_id:
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
+        try:
+            changes = {k: v for k, v in options.items() if k != "raw"}
+            config = steerer.config.updated(**changes) if mixed else steerer.config_for(**changes)
+        except SiaError as exc:
+            raise as_api_error(exc) from None
+        if config.max_tokens > token_limit:
+            raise ApiError(400, f"max_tokens is {config.max_tokens} but this server allows at most {token_limit}; lower max_tokens",
+                           param="max_tokens", code="context_length_exceeded")
+        if config.top_k > top_k_limit:
+            raise ApiError(400, f"sia.top_k is {config.top_k} but this server allows at most {top_k_limit} (each junction scores k candidates); "
+                           "lower sia.top_k", param="sia.top_k")
+        if config.needs_tau() and not steerer.is_calibrated(config.top_k):
+            raise ApiError(400, f"tau was never calibrated for top_k {config.top_k} on this model, and a calibration does not run inside a "
+                           f"request; run `sia calibrate --top-k {config.top_k}` before starting the server, or give sia.tau",
+                           param="sia.top_k", code="not_calibrated")
+        if req.n > 1:
+            try:
+                prompt_tokens = len(steerer.prepare(prompt, None, bool(options.get("raw"))).ids)
+            except SiaError as exc:
+                raise as_api_error(exc) from None
+            answer = min(config.max_tokens, max(steerer.lm.n_ctx - prompt_tokens, 0))
+            cells = req.n * (prompt_tokens + answer)
+            if cells > batch_limit:
+                raise ApiError(400, f"n={req.n} x ({prompt_tokens} prompt + {answer} answer tokens) = {cells} KV cells, but this server allows "
+                               f"{batch_limit} (--max-batch-tokens); lower n or max_tokens", param="n", code="batch_too_large")
+
+    async def _respond(request: Request, engine: Engine, req: ApiRequest, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+        options = {**extra, **options_of(req)}
+        if "max_tokens" not in options and engine.steerer.config.max_tokens > token_limit:
+            options["max_tokens"] = token_limit  # the server's own default never exceeds its limit
+        mix = mix_of(req)
+        if mix is not None:  # the request's own objectives: names checked now, loaded by the worker once admitted
+            mix = await asyncio.to_thread(_allowed_mix, mix, objective_dirs)
+        steerer = engine.steerer
+        _check(req, prompt, options, steerer, mix is not None)
+        cancel = threading.Event()
+        if request_timeout:
+            asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
+        if req.n > 1:
+            return await _best_of(request, engine, mix, req, prompt, options, chat, cancel)
+        tracer = token_tracer(steerer.lm.piece) if options.get("trace") else None
+        events = engine.run(prompt, options, cancel, mix)
+        first = await _first_event(events)  # prompt errors surface here, before any byte is sent
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if not req.stream:
+            kind, item = first
+            while kind == "piece":
+                if await request.is_disconnected():  # nobody will read the answer: free the model now
+                    await events.aclose()
+                    return Response(status_code=499)
+                kind, item = await events.__anext__()
+            if kind == "error":
+                raise as_api_error(item)
+            return full_response(rid, created, model_id, item, chat, tracer)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def _allowed_mix(mix: tuple[tuple[str, float], ...], dirs: list[Path]) -> tuple[tuple[str, float], ...]:
+    """A request's objectives as the worker will load them: named objectives by name, `--objective-dir` folders by their
+    path. Anything else is one 400 that lists what may be named, the same whether or not such a path exists."""
+    from ..rewards.objectives import request_objectives
+
+    allowed = request_objectives(dirs)
+    out = []
+    for name, weight in mix:
+        if name not in allowed:
+            raise ApiError(400, f"sia.rewards: no objective named {name[:60]!r} on this server; it has: {', '.join(sorted(allowed))} "
+                                "(a request names objectives, never paths; the server's user adds folders with --objective-dir)",
+                           param="sia.rewards", code="unknown_objective")
+        folder = allowed[name]
+        out.append((str(folder) if folder is not None else name, weight))
+    return tuple(out)
+
+
+async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any]:
+    kind, item = await events.__anext__()
+    if kind == "error":
+        raise as_api_error(item)
+    return kind, item
+
+
+async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], ...] | None, req: ApiRequest, prompt: Any,
+                   options: dict[str, Any], chat: bool, cancel: threading.Event) -> Any:
+    """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
+    from ..core.search import best_of_n
+
+    if req.stream:
+        raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
+    if engine.steerer.scorer is None and mix is None:
+        raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
+    job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer_for(mix), prompt, req.n, cancel=cancel, **options)))
+    left = False
+    while not job.done():
+        await asyncio.wait([job], timeout=0.1)
+        if not left and not job.done() and await request.is_disconnected():
+            left = True
+            cancel.set()  # the search stops at its next step
+            engine.cancelled += 1  # once per request, however long the search takes to wind down
+    try:
+        result = job.result()
+    except SiaError as exc:
+        raise as_api_error(exc) from None
+    if cancel.is_set() and await request.is_disconnected():
+        return Response(status_code=499)
+    ranked = sorted(result.candidates, key=lambda c: -c.score)
+    choices = []
+    for i, c in enumerate(ranked):
+        g = c.generation
+        body = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text, "logprobs": None}
+        choices.append({"index": i, **body, "finish_reason": finish_reason_of(g), "sia_score": finite(float(c.score)), "sia_sample": c.index})
+    st = result.stats
+    usage = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.tokens, "total_tokens": st.prompt_tokens + st.tokens,
+             "sia": finite({"best_of": req.n, "ranked_by": result.ranked_by, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
+                             "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s})}
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
+
+
+def default_batch_tokens(lm: Any) -> int:
+    """Best-of-N's KV budget when the server is not given one: the tokens whose KV cache fits in a
+    quarter of the memory free now (at least one full context, at most 32 of them)."""
+    free = _free_memory_bytes()
+    per_token = lm.kv_bytes_per_token()
+    fit = int(free // 4 // per_token) if free and per_token else 16 * lm.n_ctx
+    return max(lm.n_ctx, min(fit, 32 * lm.n_ctx))
+
+
+def _free_memory_bytes() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return None
+
+
+def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None) -> None:
+    """Run the server until Ctrl-C."""
+    import uvicorn
+
+    app = create_app(steerer, model_id=model_id, settings=dataclasses.replace(settings or ServerSettings(), host=host))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
