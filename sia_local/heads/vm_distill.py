@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,20 +26,23 @@ def hidden_states(session: Any, arch: Arch, ids: Sequence[int]) -> np.ndarray:
     return session.run(["hidden"], feeds(arch, ids, len(ids)))[0][0]
 
 
-def distill(
-    lm: LM,
-    reward: Scorer,
-    prompts: Sequence[str],
-    out: Path,
-    *,
-    samples_per_prompt: int = 4,
-    max_tokens: int = 64,
-    seed: int = 0,
-    fresh: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> dict[str, Any]:
-    """On-policy value-model distillation into the VM folder `out` (resumable: sampled data is kept in out/data.jsonl;
-    `fresh` starts over). Alpha is chosen on validation situations, the card's test figure is on others."""
+@dataclass(frozen=True)
+class Sampling:
+    """How the on-policy samples are drawn and kept: samples per prompt, tokens each, the seed, whether to start over
+    (`fresh`; else out/data.jsonl resumes), and progress(done, total, what)."""
+
+    samples_per_prompt: int = 4
+    max_tokens: int = 64
+    seed: int = 0
+    fresh: bool = False
+    progress: Callable[[int, int, str], None] | None = None
+
+
+def distill(lm: LM, reward: Scorer, prompts: Sequence[str], out: Path, **sampling: Any) -> dict[str, Any]:
+    """On-policy value-model distillation into the VM folder `out`; `sampling`: `Sampling`'s fields (an unknown one is
+    a TypeError). Alpha is chosen on validation situations, the card's test figure is on others."""
+    run = Sampling(**sampling)
+    samples_per_prompt, max_tokens, seed, fresh, progress = run.samples_per_prompt, run.max_tokens, run.seed, run.fresh, run.progress
     import onnxruntime as ort
 
     if len(prompts) < 3:
