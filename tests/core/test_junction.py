@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from sia_local.core.config import SteerConfig
 from sia_local.core.junction import DenseGate, EntropyGate, FirstNGate, NoGate, RandomGate, entropy, log_normaliser, make_gate, softmax, top_k
 from sia_local.core.junction import pick as _pick
-from sia_local.core.steer import _held_back, _find_stop
+from sia_local.core.sequence import _held_back, _find_stop
 
 
 def test_entropy_hand_computed() -> None:
@@ -139,7 +139,7 @@ def test_a_tiny_temperature_is_greedy_not_nan() -> None:
 
 
 def test_kl_at_a_tiny_temperature_is_a_number() -> None:
-    from sia_local.core.steer import _kl
+    from sia_local.core.sequence import _kl
 
     z = np.array([3.0, 2.0, 1.0])
     assert _kl(z, z, 1e-300) == 0.0 and _kl(z, z, 1.0) == pytest.approx(0.0, abs=1e-12)
