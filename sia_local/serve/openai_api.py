@@ -115,10 +115,66 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(Request):
     prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+
+def logprob_count(req: Request) -> int | None:
+    """How many alternatives per token the request wants with its logprobs (None: no logprobs), in OpenAI's two shapes:
+    chat's `logprobs: true` + `top_logprobs: N`, completions' `logprobs: N`."""
+    if isinstance(req, ChatRequest):
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return (req.top_logprobs or 0) if req.logprobs else None
+    value = getattr(req, "logprobs", None)
+    return int(value) if value is not None else None
+
+
+class Logprobs:
+    """OpenAI's logprobs from the loop's token records. `logprob` and `top_logprobs` are the **base model's**: log p over
+    the full vocabulary at T = 1, before steering (what OpenAI reports for an unsteered model). The alternatives are the
+    step's top-k candidates (at most k of them, however many are asked). Under `sia` each token also carries
+    `draw_logprob`, log p of the token in the draw it came from (the steered softmax((z + w r) / T) over the k at a
+    junction, the base one over the k elsewhere; top-p not applied), and whether the step was a junction."""
+
+    def __init__(self, piece: Callable[[int], bytes], n: int) -> None:
+        self.piece, self.n = piece, n
+
+    def _alternatives(self, t: TokenInfo) -> list[tuple[bytes, float]]:
+        return [(self.piece(c), lp) for c, lp in zip((t.candidates or [])[: self.n], (t.top_logprobs or [])[: self.n])]
+
+    def _by_text(self, t: TokenInfo) -> dict[str, float]:
+        """Completions' {text: logprob}: two tokens whose bytes decode alike (parts of a character) keep the likelier."""
+        out: dict[str, float] = {}
+        for b, lp in self._alternatives(t):
+            out.setdefault(b.decode("utf-8", "replace"), lp)
+        return out
+
+    def chat(self, tokens: list[TokenInfo]) -> dict[str, Any]:
+        """`choices[].logprobs` of a chat answer or chunk."""
+        content = []
+        for t in tokens:
+            raw = self.piece(t.id)
+            content.append({"token": raw.decode("utf-8", "replace"), "logprob": t.logprob, "bytes": list(raw),
+                            "top_logprobs": [{"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)} for b, lp in self._alternatives(t)],
+                            "sia": {"draw_logprob": t.draw_logprob, "junction": t.junction, "changed": t.changed}})
+        return finite({"content": content, "refusal": None})
+
+    def completion(self, tokens: list[TokenInfo], offset: int = 0) -> dict[str, Any]:
+        """`choices[].logprobs` of a completion (or a chunk, its text starting at `offset`)."""
+        texts = [self.piece(t.id).decode("utf-8", "replace") for t in tokens]
+        starts, at = [], offset
+        for text in texts:
+            starts.append(at)
+            at += len(text)
+        return finite({"tokens": texts, "token_logprobs": [t.logprob for t in tokens],
+                       "top_logprobs": [self._by_text(t) for t in tokens],
+                       "text_offset": starts, "sia": [{"draw_logprob": t.draw_logprob, "junction": t.junction} for t in tokens]})
 
 
 class ApiError(Exception):
@@ -229,12 +285,16 @@ def token_tracer(piece: Callable[[int], bytes]) -> TokenTrace:
     return trace
 
 
-def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None) -> dict[str, Any]:
+def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None,
+                  logprobs: Logprobs | None = None) -> dict[str, Any]:
+    tokens = list(generation.trace or [])
     if chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": finish_reason_of(generation)}
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": finish_reason_of(generation),
+                                  "logprobs": logprobs.chat(tokens) if logprobs else None}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": generation.text, "logprobs": None, "finish_reason": finish_reason_of(generation)}
+        choice = {"index": 0, "text": generation.text, "logprobs": logprobs.completion(tokens) if logprobs else None,
+                  "finish_reason": finish_reason_of(generation)}
         obj = "text_completion"
     out = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice], "usage": usage_of(generation)}
     if trace is not None and generation.trace is not None:
@@ -243,16 +303,22 @@ def full_response(rid: str, created: int, model_id: str, generation: Generation,
 
 
 async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
-              chat: bool, include_usage: bool, trace: TokenTrace | None = None) -> AsyncIterator[bytes]:
-    """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`)."""
+              chat: bool, include_usage: bool, trace: TokenTrace | None = None, logprobs: Logprobs | None = None) -> AsyncIterator[bytes]:
+    """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`); with
+    `logprobs`, its token's log-probabilities (`choices[].logprobs`, in OpenAI's shape)."""
     obj = "chat.completion.chunk" if chat else "text_completion"
+    offset = 0
 
-    def chunk(text: str | None, finish: str | None, *, role: bool = False, tokens: list[dict[str, Any]] | None = None) -> bytes:
+    def chunk(text: str | None, finish: str | None, *, role: bool = False, tokens: list[dict[str, Any]] | None = None,
+              token: TokenInfo | None = None) -> bytes:
+        lp = None
+        if logprobs is not None and token is not None:
+            lp = logprobs.chat([token]) if chat else logprobs.completion([token], offset)
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
         payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
         if include_usage:
             payload["usage"] = None
@@ -263,14 +329,17 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
     if chat:
         yield chunk(None, None, role=True)
     pending: list[tuple[str, Any]] = [first]
+    seen: TokenInfo | None = None
     try:
         while True:
             kind, item = pending.pop() if pending else await events.__anext__()
             if kind == "piece":
-                if trace is not None:  # every token, even one whose text is held back (a stop string may follow)
-                    yield chunk(item.text, None, tokens=[trace(item.token)])
+                fresh, seen = item.token is not seen, item.token  # the closing piece (held-back text) repeats the last token
+                if fresh and (trace is not None or logprobs is not None):  # every token, even one whose text is held back
+                    yield chunk(item.text, None, tokens=[trace(item.token)] if trace is not None else None, token=item.token)
                 elif item.text:
                     yield chunk(item.text, None)
+                offset += len(item.text)
                 continue
             if kind == "error":
                 err = as_api_error(item)

@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..core.config import MAX_TOP_K
 from ..errors import Cancelled, SiaError
 from .guard import OriginPolicy, _Guard
-from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, as_api_error, finish_reason_of, finite, full_response,
-                         mix_of, options_of, parse, sse, token_tracer)
+from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, Logprobs, as_api_error, finish_reason_of, finite,
+                         full_response, logprob_count, mix_of, options_of, parse, sse, token_tracer)
 from .openai_api import Request as ApiRequest
 from ..rewards.mix import MixCache
 from ..core.steer import Steerer
@@ -283,6 +283,11 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
 
     async def _respond(request: Request, engine: Engine, req: ApiRequest, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
         options = {**extra, **options_of(req)}
+        n_logprobs = logprob_count(req)
+        tracer = token_tracer(engine.steerer.lm.piece) if options.get("trace") else None
+        logprobs = Logprobs(engine.steerer.lm.piece, n_logprobs) if n_logprobs is not None else None
+        if logprobs is not None:
+            options.update(logprobs=True, trace=True)  # the token records the logprobs are read from
         if "max_tokens" not in options and engine.steerer.config.max_tokens > token_limit:
             options["max_tokens"] = token_limit  # the server's own default never exceeds its limit
         mix = mix_of(req)
@@ -295,7 +300,6 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
             asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
         if req.n > 1:
             return await _best_of(request, engine, mix, req, prompt, options, chat, cancel)
-        tracer = token_tracer(steerer.lm.piece) if options.get("trace") else None
         events = engine.run(prompt, options, cancel, mix)
         first = await _first_event(events)  # prompt errors surface here, before any byte is sent
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -309,9 +313,9 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                 kind, item = await events.__anext__()
             if kind == "error":
                 raise as_api_error(item)
-            return full_response(rid, created, model_id, item, chat, tracer)
+            return full_response(rid, created, model_id, item, chat, tracer, logprobs)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer), media_type="text/event-stream",
+        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer, logprobs), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
