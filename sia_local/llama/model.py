@@ -96,6 +96,23 @@ class LM(Branches):
                 "re-download it or upgrade llama-cpp-python",
             ) from None
         self.flash_attn = flash_attn  # as asked; llama.cpp resolves auto per device
+        self._attach(n_threads, n_gpu_layers, chat_format, chat_template, hidden)
+
+    @classmethod
+    def from_llama(cls, llm: Any, *, chat_format: str | None = None, chat_template: str | None = None) -> "LM":
+        """An LM over a `llama_cpp.Llama` the caller already has: its weights and context, no second load (a script's
+        own model, `sia_local.steered`). Its thread count is kept as given; no hidden states (value heads load their own)."""
+        lm = cls.__new__(cls)
+        lm.path = Path(llm.model_path)
+        lm.flash_attn = "as loaded"
+        lm._llm = llm
+        lm._attach(int(llm.n_threads), int(llm.model_params.n_gpu_layers), chat_format, chat_template, hidden=False)
+        return lm
+
+    def _attach(self, n_threads: int | None, n_gpu_layers: int, chat_format: str | None, chat_template: str | None, hidden: bool) -> None:
+        """Read what the loop needs from `self._llm` (loaded here or by the caller)."""
+        import llama_cpp
+
         self._vocab = self._llm._model.vocab
         self._ctx = self._llm._ctx.ctx
         self.n_vocab: int = self._llm.n_vocab()

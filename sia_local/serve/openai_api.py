@@ -302,11 +302,23 @@ def full_response(rid: str, created: int, model_id: str, generation: Generation,
     return out
 
 
+def chunk_payload(rid: str, created: int, model_id: str, chat: bool, text: str | None, finish: str | None, *, role: bool = False,
+                  logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed chunk in OpenAI's (and llama-cpp-python's) shape: a chat delta or a completion's text."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model_id,
+            "choices": [choice]}
+
+
 async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
               chat: bool, include_usage: bool, trace: TokenTrace | None = None, logprobs: Logprobs | None = None) -> AsyncIterator[bytes]:
     """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`); with
     `logprobs`, its token's log-probabilities (`choices[].logprobs`, in OpenAI's shape)."""
-    obj = "chat.completion.chunk" if chat else "text_completion"
+    obj = "chat.completion.chunk" if chat else "text_completion"  # the usage chunk's object
     offset = 0
 
     def chunk(text: str | None, finish: str | None, *, role: bool = False, tokens: list[dict[str, Any]] | None = None,
@@ -314,12 +326,7 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
         lp = None
         if logprobs is not None and token is not None:
             lp = logprobs.chat([token]) if chat else logprobs.completion([token], offset)
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
-        payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+        payload = chunk_payload(rid, created, model_id, chat, text, finish, role=role, logprobs=lp)
         if include_usage:
             payload["usage"] = None
         if tokens is not None:
