@@ -89,3 +89,21 @@ def test_the_default_objective_steers_alike_however_it_is_named() -> None:
         assert result.exit_code == 0, result.stderr
         texts.append(json.loads(result.stdout)["text"])
     assert texts[0] == texts[1] == texts[2]
+
+
+@needs_smollm2
+@needs_minilm
+def test_structured_output_on_smollm2_with_sia() -> None:
+    """SmolLM2 asked for JSON, steered at 0.25 with the default objective, under a bounded schema: every answer validates."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"mood": {"type": "string", "enum": ["happy", "sad", "calm"]},
+                                               "reason": {"type": "string", "maxLength": 80}}, "required": ["mood", "reason"]}
+    from sia_local import SteerConfig, load_default_lm, load_default_reward
+    from sia_local.llama.grammar import schema_grammar
+    from sia_local.runtime import build_steerer
+
+    steerer = build_steerer(load_default_lm(), load_default_reward(), SteerConfig(max_tokens=128, ratio=0.25))
+    for seed in range(3):
+        g = steerer.generate("Describe your mood today as JSON with a mood and a reason.", seed=seed, grammar=schema_grammar(schema, "test"))
+        assert g.stats.finish_reason == "stop", g.text
+        jsonschema.validate(json.loads(g.text), schema)

@@ -24,7 +24,7 @@ from ..rewards.mix import MixCache, as_specs
 from ..core.steer import Steerer
 
 
-ROW_OPTIONS = tuple(name for name, s in settings() if s.api == "openai")  # OpenAI-named fields a row may set, as the server takes them
+ROW_OPTIONS = (*(name for name, s in settings() if s.api == "openai"), "response_format")  # OpenAI-named fields a row may set, as the server takes them
 
 
 @dataclass
@@ -120,8 +120,8 @@ def parse_json_row(line: str, n: int, path: Path) -> Row:
         bad = [f"sia.{k}" for k in unknown] + extra
         row.error = f"{path}:{n}: unknown setting {', '.join(bad)}; use {', '.join(sorted(api_names))} or rewards in \"sia\", or {', '.join(ROW_OPTIONS)}"
         return row
-    row.changes = request_changes(data, sia)
     try:  # every type and range, checked now by SteerConfig itself (the same checks as the CLI and the server)
+        row.changes = request_changes(data, sia)  # a response_format becomes its grammar here (a bad schema: this row's error)
         SteerConfig().updated(**row.changes)
     except ConfigError as exc:
         row.error = f"{path}:{n}: {exc.message}"

@@ -8,6 +8,7 @@ No untyped dict of options travels below the CLI: commands load through `runtime
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,6 +143,26 @@ class Steering:
 
 
 SCORER_FLAGS = ("reward", "vm", "reward_label", "reward_provider", "reward_threads")
+OUTPUT_FLAGS = ("grammar_file", "json_schema_file")
+
+
+def grammar_from_files(grammar_file: Path | None, json_schema_file: Path | None) -> str | None:
+    """--grammar FILE (GBNF) or --json-schema FILE (a JSON schema, converted by llama-cpp-python): the grammar text."""
+    from ..errors import ConfigError
+    from ..llama.grammar import schema_grammar
+    from ..prompts import read_utf8
+
+    if grammar_file and json_schema_file:
+        raise ConfigError("--grammar and --json-schema both given", "give one of them")
+    if grammar_file:
+        return read_utf8(grammar_file)
+    if json_schema_file:
+        try:
+            schema = json.loads(read_utf8(json_schema_file))
+        except ValueError as exc:
+            raise ConfigError(f"{json_schema_file} is not JSON ({exc})", "fix --json-schema FILE") from None
+        return schema_grammar(schema, str(json_schema_file))
+    return None
 
 
 def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,6 +175,7 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         given = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in given.items()}
         given = {k: v for k, v in given.items() if v not in (None, ())}
         flags = {name: kwargs.pop(name) for name in SCORER_FLAGS}
+        output = {name: kwargs.pop(name) for name in OUTPUT_FLAGS}
         verbose = bool(getattr(kwargs.get("lm"), "verbose", False))
         named = list(flags["reward"] or ())
         try:
@@ -164,7 +186,7 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                 provider=flags["reward_provider"] or "auto", threads=flags["reward_threads"], verbose=verbose)
         scorer = replace(reward, path=flags["vm"], mix=()) if flags["vm"] else reward
         try:
-            config = SteerConfig().updated(**given)
+            config = SteerConfig().updated(**given, grammar=grammar_from_files(**output))
         except SiaError as exc:  # NaN passes click's range check; SteerConfig says why, in one line
             raise click.ClickException(str(exc)) from None
         return fn(*args, steering=Steering(config, scorer, reward), **kwargs)
@@ -178,6 +200,10 @@ def steer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         reward_label_option,
         click.option("--reward-provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt, coreml, directml."),
         click.option("--reward-threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads [default: physical cores]."),
+        click.option("--grammar", "grammar_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Structured output: a GBNF grammar file every answer keeps to (candidates outside it are never drawn or scored)."),
+        click.option("--json-schema", "json_schema_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Structured output: answers are JSON valid for this JSON schema file."),
     ])
 
 

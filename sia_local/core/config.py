@@ -70,7 +70,8 @@ class SteerConfig:
     softmax(s / T) (the entropy always uses T = 1); tau: the entropy threshold in nats; ratio: the
     target share of junction steps (tau is calibrated from it; the random gate uses it as its
     probability); first_n: steered steps of the first-n gate; trace / logprobs: keep per-token records /
-    each token's log-probability under the base model (API only).
+    each token's log-probability under the base model (API only); grammar: GBNF that every token must
+    keep valid (structured output), applied before top-k, so junctions choose among valid tokens.
     """
 
     gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
@@ -97,6 +98,7 @@ class SteerConfig:
                                            max_len=64, api="openai"))
     trace: bool = False
     logprobs: bool = False
+    grammar: str | None = None  # GBNF text: only tokens it allows are candidates (`--grammar`, `--json-schema`, `response_format`)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, or a list of them (JSON has no tuples)
@@ -161,6 +163,10 @@ def request_changes(fields: Mapping[str, Any], sia: Mapping[str, Any] | None = N
     out = {k: v for k, v in fields.items() if k in names and v is not None}
     if fields.get("max_completion_tokens") is not None:
         out["max_tokens"] = fields["max_completion_tokens"]
+    if fields.get("response_format") is not None:  # structured output: OpenAI's shape -> the grammar the loop applies
+        from ..llama.grammar import response_format_grammar
+
+        out["grammar"] = response_format_grammar(fields["response_format"])
     if sia:
         out.update({k: v for k, v in sia.items() if v is not None})  # None = not given; `updated` applies "a ratio clears tau"
     return out

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..llama import LM
+from ..llama.grammar import Grammar
 from .config import SteerConfig
 from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, softmax, top_k
 from .scorer import Junction
@@ -36,6 +38,7 @@ class SequenceState:
         self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
                            finish_reason="length", ratio_target=_asked_ratio(cfg))
         self.trace: list[TokenInfo] | None = [] if cfg.trace else None
+        self.grammar = Grammar(lm, cfg.grammar) if cfg.grammar else None  # structured output: this sequence's grammar state
         self.ids: list[int] = []
         self.done = False
         self.junction = False
@@ -58,7 +61,15 @@ class SequenceState:
 
     def propose(self, logits: np.ndarray) -> None:
         """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
-        self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
+        if self.grammar is not None:  # top-k and entropy over what the grammar allows: junctions choose among valid tokens
+            cand, z = top_k(self.grammar.mask(logits, self.cfg.top_k), self.cfg.top_k)
+            allowed = np.isfinite(z)
+            if not allowed.any():
+                raise ConfigError("the grammar allows no token here", "check the grammar: it must end where the model can stop",
+                                  api_hint="check the grammar or response_format")
+            self._cand, self._z = cand[allowed], z[allowed]  # (k' <= k,)
+        else:
+            self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
         if self.cfg.logprobs:
             t = time.perf_counter()
             self._lse = log_normaliser(logits, float(self._z[0]))
@@ -110,6 +121,8 @@ class SequenceState:
         logprob = float(self._z[choice]) - self._lse if cfg.logprobs else None
         if logprob is not None:
             self._logprob_sum += logprob
+        if self.grammar is not None:
+            self.grammar.accept(token)
         self.ids.append(token)
         self.last_token = token
         piece = self.lm.piece(token)

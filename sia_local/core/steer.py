@@ -31,6 +31,7 @@ from .config import SteerConfig
 from ..errors import ConfigError, PromptError
 from .junction import gate_spec
 from ..llama import LM, Message
+from ..llama.grammar import Grammar
 from .scorer import Scorer
 from .generation import Generation, Piece, Stats, TokenInfo
 from .sequence import SequenceState, scored_candidates
@@ -108,6 +109,8 @@ class Steerer:
         if config.steers() and self.scorer is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
                               api_hint="the server has no reward model: use sia.gate \"none\"")
+        if config.grammar:  # a grammar llama.cpp cannot parse is refused here, before any decode
+            Grammar(self.lm, config.grammar).close()
         if config.steers() and getattr(self.scorer, "lm_state", None) == "branches" and config.top_k > self.lm.max_branches:
             raise ConfigError(f"top_k {config.top_k} is more than the {self.lm.max_branches} branches this value head's context holds",
                               f"use --top-k {self.lm.max_branches} or less", api_hint=f"use sia.top_k <= {self.lm.max_branches}")

@@ -4,7 +4,8 @@ This package is the only importer of `llama_cpp`, and everything that depends on
 lives here: `model.LM` (one context: prefill, step, logits, chat template), `branches` (hidden states,
 k-branch and early-exit decodes of that context), `batch.BatchContext` (several sequences in one
 context, for Best-of-N), `taps` (intermediate layers' states read during a decode, which may stop there),
-`compat` (version shims, llama.cpp's log, GGUF checks, a raw context), `threads` (the thread governor),
+`grammar` (structured output: the grammar sampler masks a step's logits), `compat` (version shims, llama.cpp's log,
+GGUF checks, a raw context), `threads` (the thread governor),
 `models` (GGUF models already on this machine: Ollama, LM Studio, the HF cache, model packages).
 
 May import: errors, paths.

@@ -93,6 +93,7 @@ class Request(_OpenAIFields):  # type: ignore[valid-type,misc]
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None  # structured output: the grammar every token keeps valid (`llama/grammar.py`)
     sia: SiaParams | None = None  # type: ignore[valid-type]
 
 

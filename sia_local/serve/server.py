@@ -282,7 +282,10 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                                f"{batch_limit} (--max-batch-tokens); lower n or max_tokens", param="n", code="batch_too_large")
 
     async def _respond(request: Request, engine: Engine, req: ApiRequest, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
-        options = {**extra, **options_of(req)}
+        try:
+            options = {**extra, **options_of(req)}
+        except SiaError as exc:  # a response_format that names no grammar llama.cpp can build
+            raise as_api_error(exc) from None
         n_logprobs = logprob_count(req)
         tracer = token_tracer(engine.steerer.lm.piece) if options.get("trace") else None
         logprobs = Logprobs(engine.steerer.lm.piece, n_logprobs) if n_logprobs is not None else None
