@@ -6,11 +6,12 @@ the steering stats under "sia". It runs on the caller's own model and context (n
 attribute is the Llama's own, so a script changes one line.
 
 Arguments: `messages` / `prompt`, `max_tokens`, `temperature`, `top_p`, `stop`, `seed`, `stream`, `model`, the
-logprobs ones (`logprobs`, `top_logprobs`: the base model's, as `sia serve` gives them), and `top_k` (SIA's k: the
+logprobs ones (`logprobs`, `top_logprobs`: the base model's, as `sia serve` gives them), structured output
+(`response_format`, `grammar`: applied before each junction, as everywhere), and `top_k` (SIA's k: the
 candidates the entropy, the reward and the draw share; llama-cpp-python's default of 40 is not applied, the steered
 object's k is). llama-cpp-python's defaults for temperature (0.2 in chat, 0.8 for completions), top_p (0.95) and
 max_tokens hold. Any other argument (min_p, typical_p, repeat/presence/frequency penalties, mirostat, tfs_z,
-logit_bias, logits_processor, grammar, response_format, tools, functions, suffix, echo, stopping_criteria) is accepted
+logit_bias, logits_processor, tools, functions, suffix, echo, stopping_criteria) is accepted
 only at its default value; anything else is refused with one line naming it, never silently ignored.
 """
 
@@ -24,10 +25,12 @@ from .core.config import SteerConfig
 from .core.steer import Steerer
 from .errors import ConfigError
 from .llama import LM, completion_defaults
+from .llama.grammar import response_format_grammar, schema_grammar
 from .runtime import ScorerSettings, build_steerer, load_scorer
 from .serve.openai_api import Logprobs, chunk_payload, finish_reason_of, full_response, usage_of
 
-SUPPORTED = {"messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "model", "logprobs", "top_logprobs"}
+SUPPORTED = {"messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "model", "logprobs", "top_logprobs",
+             "response_format", "grammar"}
 
 
 def steered(llm: Any, objective: str | Sequence[str] = "kind", **settings: Any) -> "SteeredLlama":
@@ -43,6 +46,19 @@ def steered(llm: Any, objective: str | Sequence[str] = "kind", **settings: Any) 
 
         scorer = load_scorer(ScorerSettings(mix=tuple(parse_objective(s) for s in specs)), lm)
     return SteeredLlama(llm, build_steerer(lm, scorer, SteerConfig().updated(**settings)))
+
+
+def output_grammar(response_format: Any, grammar: Any) -> str | None:
+    """The GBNF of llama-cpp-python's structured-output arguments: a `LlamaGrammar`, or `response_format` in its shape
+    ({"type": "json_object"}, optionally with "schema") or OpenAI's ({"type": "json_schema", "json_schema": {...}})."""
+    if grammar is not None:
+        text = getattr(grammar, "_grammar", None)
+        if not isinstance(text, str):
+            raise ConfigError("grammar must be a llama_cpp.LlamaGrammar", "build it with LlamaGrammar.from_string(...)")
+        return text
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object" and "schema" in response_format:
+        return schema_grammar(response_format["schema"], "response_format.schema")
+    return response_format_grammar(response_format)
 
 
 class SteeredLlama:
@@ -81,6 +97,7 @@ class SteeredLlama:
             changes["seed"] = given["seed"]
         if "top_k" in kwargs:
             changes["top_k"] = kwargs["top_k"]
+        changes["grammar"] = output_grammar(given.get("response_format"), given.get("grammar"))
         if chat:  # chat: logprobs true + top_logprobs N; completions: logprobs N
             n = (given["top_logprobs"] or 0) if given["logprobs"] else None
         else:

@@ -80,3 +80,17 @@ def test_arguments_it_cannot_honour_are_refused(tiny_gguf: Path, tiny_reward: Pa
     done = llm.create_completion("Once upon a time", max_tokens=5, logprobs=2)  # llama-cpp-python would need logits_all; we need not
     lp = done["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == done["usage"]["completion_tokens"] and all(p <= 0 for p in lp["token_logprobs"])
+
+
+def test_structured_output_through_the_drop_in(tiny_gguf: Path, tiny_reward: Path) -> None:
+    import llama_cpp
+
+    from sia_local import steered
+
+    llm = steered(llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=512, verbose=False), objective=str(tiny_reward), tau=1.0)
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"]}
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": "x"}], max_tokens=300,
+                                     response_format={"type": "json_object", "schema": schema})  # llama-cpp-python's own shape
+    assert 0 <= json.loads(out["choices"][0]["message"]["content"])["a"] <= 9
+    grammar = llama_cpp.LlamaGrammar.from_string('root ::= "yes" | "no"', verbose=False)
+    assert llm.create_completion("Answer:", grammar=grammar, max_tokens=5)["choices"][0]["text"] in ("yes", "no")
