@@ -70,7 +70,7 @@ def test_arguments_it_cannot_honour_are_refused(tiny_gguf: Path, tiny_reward: Pa
 
     llm = steered(llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=256, verbose=False), objective=str(tiny_reward), tau=1.0)
     messages = [{"role": "user", "content": "Hi"}]
-    for bad in ({"repeat_penalty": 1.3}, {"grammar": object()}, {"logit_bias": {1: 5.0}}, {"tools": [{}]}):
+    for bad in ({"repeat_penalty": 1.3}, {"mirostat_mode": 2}, {"logit_bias": {1: 5.0}}, {"tools": [{}]}):
         with pytest.raises(ConfigError, match="does not support"):
             llm.create_chat_completion(messages=messages, max_tokens=2, **bad)
     with pytest.raises(ConfigError, match="not an argument"):
