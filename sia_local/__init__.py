@@ -4,8 +4,9 @@
     steerer = Steerer(LM("model.gguf"), OnnxReward("reward/"), SteerConfig(ratio=0.2, seed=0))
     print(steerer.generate("Write a note to my neighbour.").text)
 
-`load_default_lm()` / `load_default_reward()` give the embedded defaults (SmolLM2-135M-Instruct and
-the MiniLM positive-tone reward); `sia_local.runtime` has the loaders every command uses (a model by
+`load()` gives what `sia generate` runs (SmolLM2-135M-Instruct, the default objective's shipped head,
+tau calibrated); `load_default_lm()` / `load_default_reward()` give the embedded model and the MiniLM
+positive-tone reward; `sia_local.runtime` has the loaders every command uses (a model by
 path or by local-store name, a reward or value-model folder recognised by its files, a calibrated
 Steerer). Objectives: `fit_objective(name, good=[...], bad=[...], describe=...)` makes one from examples,
 `load_objectives(["kind", "polite:0.5"])` mixes several into one scorer.
@@ -60,6 +61,8 @@ def load_default_lm(**kwargs: Any) -> LM:
 
 
 def load_default_reward(**kwargs: Any) -> Scorer:
-    """The default objective, `kind` (a positive tone; built into the user cache on first use), on the scale every
-    objective has, exactly as `sia generate` with no `-r` steers; kwargs are `ScorerSettings` fields (provider, threads)."""
+    """The default objective, `kind` (a positive tone; built into the user cache on first use), scored by its MiniLM
+    teacher on the scale every objective has, as `sia generate --scorer teacher` steers; kwargs are `ScorerSettings`
+    fields (provider, threads). `load()` gives what `sia generate` with no flags runs: the model with the objective's
+    head when one is shipped or distilled for it."""
     return load_scorer(ScorerSettings(**kwargs))

@@ -13,7 +13,7 @@ Nothing here knows about click or HTTP: progress and notes go to callbacks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ from .core.scorer import Scorer
 from .core.steer import Steerer
 
 Progress = Callable[[int, int, str], None]  # (done, total, what); total 0 = unknown
+SCORER_CHOICES = ("auto", "head", "teacher")  # ScorerSettings.prefer, --scorer
 Note = Callable[[str], None]
 
 
@@ -49,36 +50,89 @@ class ScorerSettings:
     """How to load the steering signal.
 
     path: a reward folder (model.onnx + tokenizer.json), a value-model folder (model.onnx + vm.json) or
-    a head folder, recognised by its files, or an objective's name; None = the built-in positive-tone
-    reward. mix: several objectives (name or folder, weight) scored together at each junction (`mix.py`),
-    instead of `path`. label: for classifier rewards. provider: onnxruntime provider (auto, cpu, cuda,
-    ...). threads: onnxruntime threads.
+    a head folder, recognised by its files, or an objective's name; None = the built-in objective kind
+    (positive tone). mix: several objectives (name or folder, weight) scored together at each junction
+    (`mix.py`), instead of `path`. prefer: for named objectives, "auto" steers with the objective's head
+    on this model when there is one (`heads/store.py`: shipped or distilled here) and with its teacher
+    (the MiniLM reward) otherwise; "head" insists on a head; "teacher" always takes the teacher.
+    label: for classifier rewards. provider: onnxruntime provider (auto, cpu, cuda, ...). threads:
+    onnxruntime threads.
     """
 
     path: str | os.PathLike[str] | None = None
     mix: tuple[tuple[str, float], ...] = ()
+    prefer: str = "auto"
     label: str | None = None
     provider: str = "auto"
     threads: int | None = None
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        if self.prefer not in SCORER_CHOICES:
+            raise RewardModelError(f"scorer {self.prefer!r} is not one of {', '.join(SCORER_CHOICES)}", "pass --scorer auto, head or teacher")
+
+
+def model_path(settings: LMSettings) -> Path:
+    """The GGUF `settings` names: a path, a local store name, or the default SmolLM2."""
+    from .rewards.defaults import default_model_path
+    from .llama.models import resolve_model
+
+    return resolve_model(settings.model) if settings.model else default_model_path()
+
 
 def load_lm(settings: LMSettings = LMSettings(), *, hidden: bool = False) -> LM:
     """The language model: a path, a local store name, or the default SmolLM2. `hidden`: with hidden
     states and branch sequences, as value heads on the LM need (see `needs_hidden`)."""
-    from .rewards.defaults import default_model_path
-    from .llama.models import resolve_model
-
-    path = resolve_model(settings.model) if settings.model else default_model_path()
+    path = model_path(settings)
     return LM(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
               chat_format=settings.chat_format, verbose=settings.verbose, flash_attn=settings.flash_attn, hidden=hidden or settings.hidden)
 
 
-def needs_hidden(scorer: ScorerSettings | None) -> bool:
-    """Whether this scorer runs inside the LM (a head folder), so the LM must be loaded with `hidden`."""
-    if scorer is None or scorer.mix or scorer.path is None or not Path(scorer.path).exists():
-        return False  # no scorer, the default reward, or a named objective (a reward); a missing folder is load_scorer's to report
+def needs_hidden(scorer: ScorerSettings | None, model: Path | None = None) -> bool:
+    """Whether this scorer runs inside the LM (a head folder, or a named objective with a head for `model`), so the LM
+    must be loaded with `hidden`."""
+    if scorer is None:
+        return False
+    if model is not None and choose_heads(scorer, model).heads:
+        return True
+    if scorer.mix or scorer.path is None or not Path(scorer.path).exists():
+        return False  # the default objective or a named one without a head (a reward); a missing folder is load_scorer's to report
     return scorer_kind(Path(scorer.path)) == "lm-head"
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """Which heads steer a named objective (or mix) on a model, with their weights; none: the teacher. `why` in words."""
+
+    heads: tuple[tuple[Path, float], ...]
+    why: str
+    fallback: str | None = None  # when a head was wanted and none steers: what to run to make one
+
+
+def objective_names(settings: ScorerSettings) -> list[tuple[str, float]] | None:
+    """The named objectives the settings steer by, with weights; None when a folder or value model is named."""
+    from .heads.store import objective_key
+
+    specs = list(settings.mix) if settings.mix else [("kind" if settings.path is None else str(settings.path), 1.0)]
+    return specs if all(objective_key(name) is not None for name, _ in specs) else None
+
+
+def choose_heads(settings: ScorerSettings, model: Path) -> HeadChoice:
+    """The heads that steer these objectives on `model` (`settings.prefer`): all of them have one, or none steers."""
+    from .heads.store import find_head, how_to_distil
+
+    names = objective_names(settings)
+    if names is None:
+        return HeadChoice((), "a reward or value-model folder was named")
+    if settings.prefer == "teacher":
+        return HeadChoice((), "--scorer teacher")
+    found = [(find_head(name, model), name, weight) for name, weight in names]
+    missing = [(lookup, name) for lookup, name, _ in found if lookup.folder is None]
+    if not missing:
+        return HeadChoice(tuple((lookup.folder, weight) for lookup, _, weight in found if lookup.folder is not None),
+                          "; ".join(lookup.why for lookup, _, _ in found))
+    lookup, name = missing[0]
+    return HeadChoice((), lookup.why, how_to_distil(name, model))
 
 
 def resolve_scorer_path(path: str | os.PathLike[str], *, progress: Callable[[str], None] | None = None, note: Note | None = None) -> Path:
@@ -112,11 +166,25 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
     from .heads.vm import ValueModel
 
     say = (lambda msg: progress(0, 0, msg)) if progress else None
+    chosen = None  # why the teacher steers a named objective, when a head was looked for
+    if lm is not None and settings.prefer != "teacher" and objective_names(settings) is not None:
+        choice = choose_heads(settings, lm.path)
+        if choice.heads and lm.hidden:
+            return _load_heads(choice, settings, lm, note)
+        chosen = choice.why if not choice.heads else f"{lm.path.name} was loaded without hidden states, which its head needs"
+        if settings.prefer == "head":
+            raise RewardModelError(f"--scorer head: {chosen}", choice.fallback or "load the LM with hidden=True (runtime.load does)")
+        if note is not None:
+            note(f"steering with the teacher (MiniLM): {chosen}" + (f"; a head is about 2x faster: {choice.fallback}" if choice.fallback else ""))
+    elif settings.prefer == "head" and objective_names(settings) is not None:
+        raise RewardModelError("--scorer head: no model was given to find the objective's head for", "load the LM first (runtime.load does)")
     if settings.mix:
         from .rewards.mix import Objectives
 
-        return Objectives(settings.mix, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose,
-                          progress=say, note=note)
+        mixed = Objectives(settings.mix, label=settings.label, provider=settings.provider, threads=settings.threads, verbose=settings.verbose,
+                           progress=say, note=note)
+        mixed.chosen = chosen
+        return mixed
     if settings.path is None:
         folder = default_reward_dir(progress=say, note=note)
     else:
@@ -137,11 +205,33 @@ def load_scorer(settings: ScorerSettings, lm: LM | None = None, *, progress: Pro
         from .rewards.mix import Objectives
 
         spec = "kind" if settings.path is None else str(settings.path)
-        scorer = Objectives([(spec, 1.0)], label=settings.label, provider=settings.provider, threads=settings.threads,
-                            verbose=settings.verbose, progress=say, note=note)
+        objectives = Objectives([(spec, 1.0)], label=settings.label, provider=settings.provider, threads=settings.threads,
+                                verbose=settings.verbose, progress=say, note=note)
+        objectives.chosen = chosen
+        scorer = objectives
     info = scorer.info()
     if info.provider_note and note is not None:
         note(info.provider_note)
+    return scorer
+
+
+def _load_heads(choice: HeadChoice, settings: ScorerSettings, lm: LM, note: Note | None) -> Scorer:
+    """The chosen heads as one scorer; the objectives themselves (their teacher) rank whole answers."""
+    from .heads.head import load_head
+    from .heads.mix import HeadMix
+
+    teacher = replace(settings, prefer="teacher")
+    heads = [load_head(folder, lm) for folder, _ in choice.heads]
+    for head in heads:
+        if head.note and note is not None:
+            note(head.note)
+    scorer: Scorer
+    if len(heads) == 1 and choice.heads[0][1] == 1.0:
+        scorer = heads[0]
+    else:
+        scorer = HeadMix([(head, weight) for head, (_, weight) in zip(heads, choice.heads)], lm)
+    scorer.teacher = lambda: load_scorer(teacher)  # type: ignore[attr-defined]
+    scorer.chosen = choice.why  # type: ignore[attr-defined]
     return scorer
 
 
@@ -174,7 +264,7 @@ def load(lm_settings: LMSettings = LMSettings(), scorer_settings: ScorerSettings
     """LM + scorer + steerer in one call; `scorer_settings=None` loads no scorer (only `--gate none` then).
     `chat`: prompts will go through the chat template, so a GGUF without one is refused now, before any
     reward build or calibration."""
-    lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings))
+    lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings, model_path(lm_settings)))
     if chat and not lm.has_chat_template:
         raise PromptError(f"{lm.path.name} has no chat template", "pass --raw to send the prompt as plain text, or --chat-format NAME (e.g. chatml)")
     scorer = load_scorer(scorer_settings, lm, progress=progress, note=note) if scorer_settings is not None else None

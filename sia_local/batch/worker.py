@@ -19,7 +19,7 @@ from typing import Any
 
 from ..core.config import SteerConfig, request_changes, settings
 from ..errors import ConfigError, SiaError
-from ..runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, needs_hidden
+from ..runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, model_path, needs_hidden
 from ..rewards.mix import MixCache, as_specs
 from ..core.steer import Steerer
 
@@ -168,7 +168,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, steerer: Steerer | None = None) -> None:
         self.spec = spec
         if steerer is None:
-            lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer))
+            lm = load_lm(spec.lm, hidden=needs_hidden(spec.scorer, model_path(spec.lm)))
             scorer = load_scorer(spec.scorer, lm) if spec.scorer is not None else None
             steerer = build_steerer(lm, scorer, spec.config, announce=lambda message: None)
         self.steerer = steerer

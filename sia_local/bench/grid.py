@@ -74,11 +74,14 @@ class Arm:
     best_of: int = 1
     match: str | None = None  # random arms: take the ratio SIA realised in this arm
     prompted: bool = False  # the objective's description goes in as a system message (the prompt baseline)
+    fixed: bool = False  # entropy arms: the tau calibrated for `ratio`, kept fixed (the paper's rule, no online control)
 
-    def changes(self) -> dict[str, Any]:
+    def changes(self, tau: float | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"gate": self.gate}
         if self.ratio is not None:
             out["ratio"] = self.ratio  # SteerConfig.updated: a ratio clears tau
+        if self.fixed:
+            out["tau"] = tau  # given with the ratio, tau wins and the gate keeps it fixed
         if self.first_n is not None:
             out["first_n"] = self.first_n
         return out
@@ -97,9 +100,10 @@ def default_arms(max_tokens: int, ratios: Sequence[float] = REPORT_RATIOS, best_
 
 
 def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
-    """Arms by name: any of `default_arms`; `sia@R`, `random@R`, `prompt`, `prompt+sia@R` for any ratio R (the
-    prompt arms put the objective's description in as a system message: would asking have done the same?);
-    or any registered gate's name (that gate with the run's settings)."""
+    """Arms by name: any of `default_arms`; `sia@R`, `random@R`, `tau@R`, `prompt`, `prompt+sia@R` for any ratio R (the
+    prompt arms put the objective's description in as a system message: would asking have done the same?; `tau@R`
+    is the paper's fixed threshold, the tau calibrated for R without the online ratio control, and `random-tau@R`
+    random gating at the ratio `tau@R` realised); or any registered gate's name (that gate with the run's settings)."""
     grid = {a.name: a for a in default_arms(max_tokens)}
     out = []
     for name in names:
@@ -114,10 +118,14 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
             out.append(Arm(name, "entropy", ratio=ratio, prompted=bool(prompted)))
         elif kind == "random" and ratio is not None and not prompted:
             out.append(Arm(name, "random", match=f"sia@{ratio:g}"))
+        elif kind == "tau" and ratio is not None and not prompted:
+            out.append(Arm(name, "entropy", ratio=ratio, fixed=True))
+        elif kind == "random-tau" and ratio is not None and not prompted:
+            out.append(Arm(name, "random", match=f"tau@{ratio:g}"))
         elif name in gate_names():
             out.append(Arm(name, name))
         else:
-            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, sia@R, random@R or a gate "
+            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, sia@R, random@R, tau@R, random-tau@R or a gate "
                                                        f"({', '.join(gate_names())})")
     return out
 
@@ -217,7 +225,6 @@ def run_grid(
             jobs: dict[str, tuple[Arm, int, int, dict[str, Any]]] = {}
             todo: list[Row] = []
             for arm in phase:
-                changes = arm.changes()
                 matched = {(r["prompt_index"], r["seed"]): r["ratio"] for r in rows if r["arm"] == arm.match}
                 if arm.match is not None and not matched:
                     raise ConfigError(f"arm {arm.name} matches {arm.match}, which has no rows", "include that arm in the grid")
@@ -225,7 +232,7 @@ def run_grid(
                     for seed in seeds:
                         if (arm.name, i, seed) in done:
                             continue
-                        changes = arm.changes()  # a fresh copy per row: a matched row may change the gate
+                        changes = arm.changes(taus.get(arm.name))  # a fresh copy per row: a matched row may change the gate
                         if arm.match is not None:
                             realised = matched.get((i, seed), float(np.mean(list(matched.values()))))
                             if realised > 0:
@@ -369,6 +376,9 @@ def summarise(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], taus: dict[st
              if not any(o["judge"] >= v["judge"] and o["seconds_per_token"] <= v["seconds_per_token"] and
                         (o["judge"] > v["judge"] or o["seconds_per_token"] < v["seconds_per_token"]) for o in by_arm.values())]
     pairs = [(arm.match, arm.name) for arm in arms if arm.match is not None]  # SIA vs random gating at the ratio SIA realised
+    for arm in arms:  # the fixed tau against the controlled gate at the same target ratio
+        if arm.fixed and arm.ratio is not None:
+            pairs.append((f"sia@{arm.ratio:g}", arm.name))
     if "prompt" in by_arm:  # the prompt baseline: asking vs nothing, steering vs asking, asking + steering vs asking
         pairs += [("prompt", "base")] + [(a.name, "prompt") for a in arms if a.gate == "entropy" and a.best_of == 1]
     comparisons = {f"{a} vs {b}": {key: paired(rows, a, b, key) for key in ("judge", "reward")}

@@ -252,12 +252,31 @@ def models(as_json: bool) -> None:
 
 
 @click.command()
+@model_options
+@click.option("-r", "--reward", "objectives", multiple=True, help="The objective(s) to say the scorer of [default: kind].")
 @click.option("--json", "as_json", is_flag=True)
-def info(as_json: bool) -> None:
-    """Versions, GPU offload, onnxruntime providers that really load, and where the default models are."""
+@fail_cleanly
+def info(lm: LMSettings, objectives: tuple[str, ...], as_json: bool) -> None:
+    """Versions, GPU offload, onnxruntime providers that really load, where the default models are, and which scorer steers.
+
+    \b
+    sia info                              # the default model and objective
+    sia info -m gemma3-270m -r formal     # which scorer `sia generate -m gemma3-270m -r formal` would steer with, and why
+    """
+    from ..errors import SiaError
     from ..info import collect
+    from ..rewards.mix import parse_objective
+    from ..runtime import ScorerSettings, choose_heads, model_path
 
     facts = collect()
+    try:
+        mix = tuple(parse_objective(o) for o in objectives)
+        settings = ScorerSettings(path=mix[0][0] if len(mix) == 1 and mix[0][1] == 1 else None, mix=mix if len(mix) > 1 or (mix and mix[0][1] != 1) else ())
+        choice = choose_heads(settings, model_path(lm))
+        facts["scorer (auto)"] = (f"head: {choice.why}" if choice.heads else f"teacher (MiniLM): {choice.why}"
+                                  + (f"; make a head: {choice.fallback}" if choice.fallback else ""))
+    except SiaError as exc:
+        facts["scorer (auto)"] = f"unknown: {exc}"
     if as_json:
         click.echo(json.dumps(facts, indent=1))
         return

@@ -12,6 +12,7 @@ import click
 
 from ..core.config import setting_default
 from ..errors import ConfigError
+from ..heads.store import BUDGET_PROMPTS
 from ..runtime import LMSettings
 from .options import Steering, fail_cleanly, float_list, int_list, load_steerer, model_options, need, note, progress, reward_label_option, steer_options
 
@@ -52,8 +53,9 @@ def calibrate(lm: LMSettings, top_k: int, temperature: float, ratios: tuple[floa
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
 @click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
-@click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...), prompt and "
-                                           "prompt+sia@R (the objective asked for in a system message), or any gate name [default: the whole grid].")
+@click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...), tau@R (the tau "
+                                           "calibrated for R, fixed), random-tau@R (random at the ratio tau@R realised), prompt and prompt+sia@R (the objective asked for in a system message), or any "
+                                           "gate name [default: the whole grid].")
 @click.option("--objective-prompt", default=None, help="The system message of the prompt arms [default: the objective's own description].")
 @click.option("--raw", is_flag=True, help="Plain-text completions of the prompts, without the chat template (no system message exists then).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
@@ -88,7 +90,7 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     prompts = load_prompts(prompts_file)[:limit]
     grid = select_arms([a.strip() for a in arms.split(",") if a.strip()], config.max_tokens) if arms else default_arms(config.max_tokens)
     the_judge = RewardJudge(OnnxReward(judge, provider=steering.reward.provider)) if judge else VaderJudge()
-    teacher = load_scorer(steering.reward, steerer.lm, note=note) if steering.scorer != steering.reward else None  # --vm steers; --reward scores
+    teacher = load_scorer(replace(steering.reward, prefer="teacher"), steerer.lm, note=note) if steering.scorer != steering.reward else None  # --vm steers; --reward scores
     spec = None
     if workers > 1 or ray_address:
         from ..batch import WorkerSpec
@@ -271,16 +273,26 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
 @click.option("--scored", type=click.Path(path_type=Path), default=None, help="Instead of --good/--bad: JSONL with \"text\" and \"score\" (a regression).")
 @click.option("--describe", required=True, help="One line saying what the objective wants (what a system prompt would ask for).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Write the folder here [default: the named objectives in the cache].")
+@click.option("--head", "with_head", is_flag=True,
+              help="Then distil its junction head for the model (-m; a few minutes): -r NAME on that model steers with it.")
+@click.option("--head-prompts", type=click.IntRange(min=4), default=BUDGET_PROMPTS, show_default=True,
+              help="Distillation prompts for --head (Kendall tau with the teacher vs prompts: docs/value-heads.md).")
+@model_options
 @fail_cleanly
-def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | None, describe: str, out: Path | None) -> None:
+def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | None, describe: str, out: Path | None, with_head: bool,
+               head_prompts: int, lm: LMSettings) -> None:
     """Make an objective from examples: embed them (MiniLM), fit a head with cross-validation, keep it by NAME.
 
     \b
     sia reward fit polite --good polite.txt --bad rude.txt --describe "Answer politely."
-    sia generate "..." -r polite                        # steer with it by name
+    sia reward fit polite --good polite.txt --bad rude.txt --describe "Answer politely." --head   # and its head for the default model
+    sia generate "..." -r polite                        # steer with it by name (its head, when there is one for the model)
     sia reward score polite my-texts.txt                # how it scores your own texts
     """
     from ..rewards.objectives import fit_objective, read_scored, read_texts
+
+    if with_head and out is not None:
+        raise click.UsageError("--head needs a named objective: drop -o (the objective is kept by NAME)")
 
     if scored is None and (good is None or bad is None):
         raise click.UsageError("give --good FILE and --bad FILE, or --scored FILE")
@@ -297,6 +309,14 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
     sizes += f" ({dropped} texts in both files dropped)" if dropped else ""
     click.echo(f"{name}: {sizes}; nested cross-validated {cv['metric'].upper()} {cv['mean']:.3f} ± {cv['std']:.3f} over {cv['folds']} folds; "
                f"reward mean {card['reward']['mean']:.2f}, spread {card['reward']['std']:.2f}; fitted in {card['fit_seconds']:.1f} s")
+    if with_head:
+        from ..heads.store import distil_for
+        from ..runtime import load_lm
+
+        model = load_lm(replace(lm, hidden=True))
+        with progress(f"distilling the head of {name} for {model.path.name}") as tick:
+            folder, head_card = distil_for(name, model, limit=head_prompts, progress=lambda d, t, what: tick(d, t, what), note=note)
+        click.echo(head_summary(head_card, folder))
     click.echo(f"steer with it: sia generate \"...\" -r {out or name}", err=True)
 
 
@@ -349,10 +369,10 @@ def vm() -> None:
 
 @vm.command("distill")
 @model_options
-@click.option("-r", "--reward", type=click.Path(path_type=Path), default=None, help="Sequence reward folder that labels the samples (the teacher) [default: built-in positive tone].")
+@click.option("-r", "--reward", default=None, help="The teacher: an objective's name (`sia reward list`) or a sequence reward folder [default: kind, the built-in positive tone].")
 @reward_label_option
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="JSONL or text prompts [default: the 1,100 shipped distillation prompts, disjoint from the bench's and the held-out set].")
+              help="JSONL or text prompts [default: the shipped distillation prompts, disjoint from the bench's and the held-out set].")
 @click.option("--samples-per-prompt", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also sample this many answers per prompt for the paper's final-reward regression and the prefix head (0: junctions only).")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=48, show_default=True, help="Tokens per sample (--samples-per-prompt).")
@@ -361,33 +381,44 @@ def vm() -> None:
 @click.option("--layer", type=click.IntRange(min=0), default=None, help="Write the early-exit head at this tapped layer [default: the smallest within --layer-tolerance of the best].")
 @click.option("--layer-tolerance", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="How much lower (relative) than the best validation Kendall tau the chosen layer's may be.")
-@click.option("--limit", type=click.IntRange(min=4), default=None, help="Use only the first N prompts.")
+@click.option("--limit", type=click.IntRange(min=4), default=None,
+              help=f"Use only the first N prompts [default: {BUDGET_PROMPTS} of the shipped ones, a few minutes on 2 cores; all of a --prompts file].")
 @click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the prefix head's bilinear term.")
 @click.option("--onnx", "onnx_graph", is_flag=True, help="Write an ONNX value model (the GGUF's transformer as a graph; Llama architecture only) instead of heads on the LM.")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder to write [default, for a named objective: the cache, where `-r NAME` on this model finds the head].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fresh", is_flag=True, help="Start over: delete the data sampled in OUT by an earlier run (else it is resumed, with the same settings only).")
 @fail_cleanly
-def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
+def vm_distill(lm: LMSettings, reward: str | None, reward_label: str | None, prompts_file: Path | None, samples_per_prompt: int, max_tokens: int,
                junction_tokens: int, junction_ratio: float, layer: int | None, layer_tolerance: float,
-               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path, seed: int, fresh: bool) -> None:
+               limit: int | None, rank: int, onnx_graph: bool, out_dir: Path | None, seed: int, fresh: bool) -> None:
     """Distil a value head from your GGUF: record the teacher's rewards at on-policy junctions, fit heads on the LM's layers.
 
     \b
-    sia vm distill -o head-smollm2                    # default model and teacher: 1,100 prompts x 32 tokens, junctions at 0.25
-    sia generate "..." --vm head-smollm2 --ratio 0.2   # its default head (early exit at the layer the card names, or the branch head)
+    sia vm distill -r polite                          # the head of your objective for the default model: -r polite then uses it
+    sia vm distill -o head-smollm2 --limit 1100       # the default teacher on all 1,100 prompts (~20 min), into a folder
+    sia generate "..." --vm head-smollm2 --ratio 0.2   # a folder's default head (early exit at the layer the card names, or the branch head)
     sia generate "..." --vm head-smollm2/branch.npz    # the final-state head (full k-branch decode at a junction)
     sia vm distill -o head2 --samples-per-prompt 2     # also the paper's final-reward regression and the prefix head (no decode)
     Rerunning resumes: recorded junctions (OUT/junctions/) and samples (OUT/data.jsonl) are kept with the settings
     they were made with (run.json); other settings are refused, --fresh starts over.
     """
+    from ..heads.store import identity_of, user_head_dir
     from ..prompts import load_prompts
     from ..runtime import ScorerSettings, load_lm, load_scorer
 
     prompts = load_prompts(prompts_file, default="distill")
+    limit = limit or (BUDGET_PROMPTS if prompts_file is None else None)
     prompts = prompts[:limit] if limit else prompts
     model = load_lm(replace(lm, hidden=not onnx_graph))
-    teacher = load_scorer(ScorerSettings(path=reward, label=reward_label, verbose=lm.verbose), model, note=note)
+    objective = "kind" if reward is None else reward
+    identity = None if onnx_graph or samples_per_prompt else identity_of(objective, model.path, len(prompts), seed)
+    if out_dir is None:
+        if identity is None:
+            raise click.UsageError("pass -o OUT: only a junction head of a named objective (-r NAME) has a place of its own")
+        out_dir = user_head_dir(objective, model.path)
+    teacher = load_scorer(ScorerSettings(path=reward, label=reward_label, verbose=lm.verbose, prefer="teacher"), model, note=note)
     with progress("distilling") as tick:
         if onnx_graph:
             from ..heads.vm_distill import distill
@@ -401,9 +432,12 @@ def vm_distill(lm: LMSettings, reward: Path | None, reward_label: str | None, pr
 
             card = distill_head(model, teacher, prompts, out_dir, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens, rank=rank,
                                 seed=seed, fresh=fresh, progress=lambda d, t, what: tick(d, t, what), junction_ratio=junction_ratio,
-                                junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance)
+                                junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance, identity=identity)
             click.echo(head_summary(card, out_dir))
-    click.echo(f"steer with it: sia generate \"...\" -m {model.path} --vm {out_dir}", err=True)
+    if identity is not None and out_dir == user_head_dir(objective, model.path):
+        click.echo(f"steer with it: sia generate \"...\" -m {model.path} -r {objective}   (found by name; --scorer teacher for the teacher)", err=True)
+    else:
+        click.echo(f"steer with it: sia generate \"...\" -m {model.path} --vm {out_dir}", err=True)
 
 
 def head_summary(card: dict[str, Any], out_dir: Path) -> str:

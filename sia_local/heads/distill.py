@@ -156,6 +156,7 @@ def distill_head(
     junction_tokens: int = 32,
     layer: int | None = None,
     layer_tolerance: float = 0.1,
+    identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """On-policy distillation of value heads on `lm`'s own hidden state into the head folder `out`.
 
@@ -170,13 +171,14 @@ def distill_head(
     from the very llama.cpp decodes that sampled them (out/hidden/, float16; no ONNX graph, no second
     pass). Writes branch.npz (the better of the two closed-form objectives), prefix.npz and head.json.
     Prompts are split by situation (`split_by_situation`): alpha and the objective are chosen on the
-    validation situations; the card's `test` figures are on situations nothing was chosen on.
+    validation situations; the card's `test` figures are on situations nothing was chosen on. `identity`: the
+    named objective the teacher is (`store.objective_key`), written into the card so the head is found by name.
     """
     from .head import CARD
 
     if samples_per_prompt == 0:
         return _distill_junctions_only(lm, teacher, prompts, out, seed=seed, fresh=fresh, progress=progress, junction_ratio=junction_ratio,
-                                       junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance)
+                                       junction_tokens=junction_tokens, layer=layer, layer_tolerance=layer_tolerance, identity=identity)
     if len(prompts) < 4:
         raise ConfigError("distillation needs at least 4 prompts (some are held out for validation)", "add prompts to --prompts")
     if not lm.hidden:
@@ -244,13 +246,14 @@ def distill_head(
         card.update(_layer_heads(lm, teacher, prompts, parts, out, final, seed=seed, fresh=fresh, progress=progress, ratio=junction_ratio,
                                  max_tokens=junction_tokens, layer=layer, tolerance=layer_tolerance))
         card["seconds"]["total"] = time.perf_counter() - started
+    card.update(identity or {})
     write_atomic(out / CARD, json.dumps(card, indent=1))
     return card
 
 
 def _distill_junctions_only(lm: LM, teacher: Scorer, prompts: Sequence[str], out: Path, *, seed: int, fresh: bool,
                             progress: Callable[[int, int, str], None] | None, junction_ratio: float, junction_tokens: int,
-                            layer: int | None, layer_tolerance: float) -> dict[str, Any]:
+                            layer: int | None, layer_tolerance: float, identity: dict[str, Any] | None) -> dict[str, Any]:
     """`distill_head` without the sample stage: the final-state head (branch.npz) and the layer heads, all fitted at junctions."""
     from .head import CARD
 
@@ -271,6 +274,7 @@ def _distill_junctions_only(lm: LM, teacher: Scorer, prompts: Sequence[str], out
     card.update(_layer_heads(lm, teacher, prompts, parts, out, None, seed=seed, fresh=fresh, progress=progress, ratio=junction_ratio,
                              max_tokens=junction_tokens, layer=layer, tolerance=layer_tolerance))
     card["seconds"] = {"total": time.perf_counter() - started}
+    card.update(identity or {})
     write_atomic(out / CARD, json.dumps(card, indent=1))
     return card
 

@@ -103,6 +103,7 @@ class _Head:
         # how whole answers are ranked (Best-of-N) when this head cannot: a loader of the teacher, set by runtime
         self.teacher: Callable[[], Any] | None = None
         self._teacher: Any = None
+        self.chosen: str | None = None  # why runtime picked this head for a named objective (`heads/store.py`), if it did
         self._check(lm)
         if not lm.hidden:
             raise RewardModelError(f"{lm.path.name} was loaded without hidden states, which {folder} needs", "load the LM with hidden=True")
@@ -131,7 +132,7 @@ class _Head:
     def info(self) -> ScorerInfo:
         details = {"head": self.kind, "teacher": self.card.get("teacher"), "samples": self.card.get("samples"),
                    "test": self.card.get("test", {}).get(self.kind), "validation": self.card.get("validation", {}).get(self.kind),
-                   "ranks_answers_with": self.ranking}
+                   "ranks_answers_with": self.ranking, "chosen": self.chosen}
         return ScorerInfo(kind="lm-head", name=self.name, path=str(self.folder), provider=self.provider, provider_note=self.note,
                           objective=self.objective, details=details)
 
@@ -265,8 +266,12 @@ class LayerHead(_Head):
         if not self.early_exit:  # full branches, the final-state head
             hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})
             return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
-        states = decoder.exit_branches({j.key: [int(c) for c in j.candidates] for j in junctions}, self.layer)  # one decode
-        return [(rms_rows(states[j.key]) @ self.w + self.b).astype(np.float64) for j in junctions]
+        states = decoder.exit_branches({j.key: [int(c) for c in j.candidates] for j in junctions}, [self.layer])  # one decode
+        return [self.value(states[j.key][self.layer]) for j in junctions]
+
+    def value(self, states: np.ndarray) -> np.ndarray:
+        """The head's value of each row of its layer's outputs (k, n_embd)."""
+        return (rms_rows(states) @ self.w + self.b).astype(np.float64)
 
 
 class PrefixHead(_Head):

@@ -119,9 +119,9 @@ class BatchContext:
         self._decode(rows, hidden=True)
         return {s: np.stack([self._embedding(self._branched[s][int(c)][0]) for c in requests[s]]) for s in sorted(requests)}
 
-    def exit_branches(self, requests: dict[int, Sequence[int]], layer: int) -> dict[int, np.ndarray]:
-        """{seq: candidates} -> {seq: (k, n_embd) outputs of `layer` for seq + c}, from ONE llama_decode that stops
-        after that layer (`LM.branch_layers`); no branch is kept, each sequence's token is decoded by `step`."""
+    def exit_branches(self, requests: dict[int, Sequence[int]], layers: Sequence[int]) -> dict[int, dict[int, np.ndarray]]:
+        """{seq: candidates} -> {seq: {layer: (k, n_embd) outputs of that layer for seq + c}}, from ONE llama_decode that
+        stops after the highest of `layers` (`LM.branch_layers`); no branch is kept, each sequence's token is decoded by `step`."""
         import llama_cpp
 
         if self.taps is None:
@@ -148,16 +148,17 @@ class BatchContext:
             for _, _, sid, _ in rows:
                 self._context.seq_rm(sid)
 
-        name = layer_name(layer)
+        wanted = sorted({int(x) for x in layers})
+        names = [layer_name(x) for x in wanted]
         llama_cpp.llama_set_embeddings(self._ctx, False)  # no final states wanted: the graph stops before them
-        rc = self.taps.decode(decode, [name], name, cleanup)
+        rc = self.taps.decode(decode, names, names[-1], cleanup)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch of branches (code {rc})", "lower --best-of or --top-k")
         self.decode_calls += 1
         self.tokens_decoded += len(rows)
-        states = self.taps.take(name)[: len(rows)]
         order = np.asarray(owner)
-        return {s: states[order == s] for s in sorted(requests)}
+        states = {x: self.taps.take(layer_name(x))[: len(rows)] for x in wanted}
+        return {s: {x: states[x][order == s] for x in wanted} for s in sorted(requests)}
 
     def hidden_of(self, seq: int) -> np.ndarray:
         """(n_embd,) final hidden state of `seq`'s last token (needs track_hidden)."""

@@ -173,11 +173,11 @@ class Branches:
         if self.n_past + 1 >= self.n_ctx:
             raise ContextLengthError(f"the context of {self.n_ctx} tokens is full", "raise --ctx-size", api_hint="lower max_tokens")
 
-    def exit_branches(self, requests: dict[int, Sequence[int]], layer: int) -> dict[int, np.ndarray]:
-        """`branch_layers` stopped at `layer`, in the form Best-of-N's `BatchContext.exit_branches` has."""
+    def exit_branches(self, requests: dict[int, Sequence[int]], layers: Sequence[int]) -> dict[int, dict[int, np.ndarray]]:
+        """`branch_layers` stopped at the highest of `layers`, in the form Best-of-N's `BatchContext.exit_branches` has."""
         if set(requests) != {0}:
             raise ModelError(f"this context holds one sequence (0), asked to branch {sorted(requests)}", "use a BatchContext for several sequences")
-        return {0: self.branch_layers(requests[0], [layer])[layer]}
+        return {0: self.branch_layers(requests[0], layers)}
 
     def branches(self, requests: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         """`branch` in the form Best-of-N's `BatchContext.branches` has: {0: candidates} -> {0: (k, n_embd)}."""

@@ -191,6 +191,7 @@ class Objectives:
         own = [m.scorer for m in self.members if m.scorer is not None]
         self.provider = self.embedder.provider if any(m.w is not None for m in self.members) or not own else own[0].provider
         self.last_parts: list[dict[str, list[float]]] = []  # per junction of the last call: each objective's raw rewards
+        self.chosen: str | None = None  # why runtime steers with these objectives' teacher and not a head, if it was asked
 
     @property
     def objective(self) -> str | None:
@@ -226,7 +227,8 @@ class Objectives:
     def info(self) -> ScorerInfo:
         details = {"objectives": [{"name": m.name, "weight": m.weight, "mean": m.mean, "std": m.std, "shared_embedder": m.w is not None}
                                   for m in self.members],
-                   "scale": f"each objective's raw reward standardised over {len(reference_texts())} shipped reference answers"}
+                   "scale": f"each objective's raw reward standardised over {len(reference_texts())} shipped reference answers",
+                   "chosen": self.chosen}
         single = self.members[0].folder if len(self.members) == 1 else None  # one objective: where it lives (a head's teacher_path)
         return ScorerInfo(kind="objectives", name=self.name, path=str(single) if single is not None else "", provider=self.provider, provider_note=self.embedder.provider_note,
                           objective=self.objective, details=details)

@@ -235,7 +235,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         scorer = engine.steerer.scorer
         details = scorer.info().details if scorer is not None else {}
         return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(scorer, "name", None),
-                "early_exit": details.get("early_exit"), "ranks_answers_with": details.get("ranks_answers_with"),
+                "early_exit": details.get("early_exit"), "ranks_answers_with": details.get("ranks_answers_with"), "scorer_chosen": details.get("chosen"),
                 "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes}}
 
     @app.post("/v1/chat/completions")

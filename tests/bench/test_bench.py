@@ -157,3 +157,23 @@ def test_a_random_arm_matching_a_ratio_of_zero_steers_nothing(tmp_path: Path, ti
     by = {(r["arm"], r["prompt_index"]): r for r in result.rows}
     assert by[("random@0.25", 0)]["gate"] == "none" and by[("random@0.25", 0)]["junctions"] == 0
     assert by[("random@0.25", 1)]["gate"] == "random"  # the next row matches its own SIA row again
+
+
+def test_a_tau_arm_keeps_the_calibrated_threshold_fixed(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    """tau@R is the paper's rule: the tau calibrated for R, never moved by the ratio control; it is paired with sia@R and
+    with random@R in the summary."""
+    from sia_local.bench.grid import select_arms
+
+    arms = select_arms(["sia@0.3", "tau@0.3", "random@0.3", "random-tau@0.3"], 12)
+    assert [a.fixed for a in arms] == [False, True, False, False] and arms[3].match == "tau@0.3"
+    steerer = Steerer(LM(tiny_gguf, n_ctx=256), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(max_tokens=12))
+    result = run_grid(steerer, RewardJudge(OnnxReward(tiny_reward, provider="cpu")), ["Hello there.", "Tell me more.", "A story."], arms,
+                      tmp_path, plots=False)
+    calibrated = result.summary["arms"]["tau@0.3"]["tau"]
+    tau_rows = [r for r in result.rows if r["arm"] == "tau@0.3"]
+    assert calibrated == result.summary["arms"]["sia@0.3"]["tau"] and all(r["tau"] == pytest.approx(calibrated) for r in tau_rows)
+    assert {"sia@0.3 vs tau@0.3", "tau@0.3 vs random-tau@0.3", "sia@0.3 vs random@0.3"} <= set(result.summary["paired"])
+    by = {(r["arm"], r["prompt_index"]): r for r in result.rows}
+    assert all(by[("random-tau@0.3", i)]["ratio_target"] in (by[("tau@0.3", i)]["ratio"], None) for i in range(3))  # matched to tau's ratio
+    with pytest.raises(ConfigError, match="tau@R"):
+        select_arms(["tau@"], 12)
