@@ -2,6 +2,7 @@
 
     sia vm distill -o /tmp/h600 --limit 600          # record once on the largest budget (here: ~10 min)
     python scripts/head_budget.py /tmp/h600 --budgets 100,150,300,450,600 --json docs/bench/head_budget.json
+    python scripts/head_budget.py /tmp/h600 --budgets 100,200,600 --write /tmp/budget   # + each budget's head, to judge with sia bench --vm
 
 The prompts are split by situation once, on the full set; every budget n fits on the train / validation
 junctions of the first n prompts only (the shipped prompts are shuffled, so the first n are a random
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="100,150,300,450,600")
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--write", type=Path, default=None, help="also write each budget's head as a head folder DIR/pN (for `sia bench --vm`)")
     args = ap.parse_args()
     run = json.loads((args.folder / "junctions" / "run.json").read_text())
     n_prompts = int(run["n_prompts"])
@@ -53,6 +55,14 @@ def main() -> None:
                "final_state_test_kendall": fits[None]["test"]["kendall"],
                "by_layer_test_kendall": {str(x): fits[x]["test"]["kendall"] for x in early}}
         rows.append(row)
+        if args.write is not None:
+            out = args.write / f"p{n}"
+            out.mkdir(parents=True, exist_ok=True)
+            card = json.loads((args.folder / "head.json").read_text())
+            card.update({"default": "layer", "layer": {**card["layer"], "layer": chosen}, "prompts": n, "budget_of": str(args.folder)})
+            (out / "head.json").write_text(json.dumps(card, indent=1))
+            np.savez(out / "layer.npz", w=fits[chosen]["w"], b=np.float32(fits[chosen]["b"]), layer=np.int32(chosen))
+            np.savez(out / "branch.npz", w=fits[None]["w"], b=np.float32(fits[None]["b"]))
         print(f"{n:5d} prompts, {row['train_junctions']:5d} train junctions: layer {chosen} test tau {row['test_kendall']:.3f} "
               f"(corr {row['test_corr']:.3f}, same top {row['test_same_top']:.2f}); final state {row['final_state_test_kendall']:.3f}")
     if args.json:

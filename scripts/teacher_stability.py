@@ -23,39 +23,27 @@ from typing import Any, Sequence
 import numpy as np
 
 from sia_local.core.config import SteerConfig
-from sia_local.core.scorer import Junction, ScorerInfo
+from sia_local.core.scorer import Junction
 from sia_local.core.steer import Steerer
 from sia_local.fit import kendall
+from sia_local.heads import junction_data
 from sia_local.prompts import load_prompts
 from sia_local.runtime import LMSettings, ScorerSettings, load_lm, load_scorer
 
 
-class Recorder:
-    """Scores junctions with the teacher and keeps what is needed to continue each candidate afterwards."""
+class Recorder(junction_data.Recorder):
+    """Scores junctions with the teacher and keeps what is needed to continue each candidate afterwards (no layer states)."""
 
     lm_state: str | None = None
 
-    def __init__(self, teacher: Any) -> None:
-        self.teacher, self.name, self.provider = teacher, "recorder", "cpu"
-        self.rows: list[dict[str, Any]] = []
-
-    @property
-    def objective(self) -> str | None:
-        return self.teacher.objective
-
-    def info(self) -> ScorerInfo:
-        return self.teacher.info()
-
-    def reset(self) -> None:
-        self.teacher.reset()
-
-    def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
-        return self.teacher.score_responses(prompt, prompt_ids, responses)
+    def __init__(self, lm: Any, teacher: Any) -> None:
+        super().__init__(lm, teacher, [])
+        self.kept: list[dict[str, Any]] = []
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
         out = self.teacher.score_junctions(junctions)
         for j, r in zip(junctions, out):
-            self.rows.append({"prompt": j.prompt, "prompt_ids": list(j.prompt_ids), "ids": list(j.response_ids),
+            self.kept.append({"prompt": j.prompt, "prompt_ids": list(j.prompt_ids), "ids": list(j.response_ids),
                               "candidates": [int(c) for c in j.candidates], "now": np.asarray(r, dtype=np.float64)})
         return out
 
@@ -78,7 +66,7 @@ def main() -> None:
         from sia_local.heads.head import load_head
 
         head = load_head(args.head, lm)
-    recorder = Recorder(teacher)
+    recorder = Recorder(lm, teacher)
     steerer = Steerer(lm, recorder, SteerConfig(gate="entropy", ratio=args.ratio, weight=0.0, max_tokens=args.tokens), announce=lambda m: None)
     prompts = load_prompts(None, default="heldout")[: args.prompts]
     taus: dict[str, list[float]] = {f"teacher_now_vs_{h}": [] for h in horizons}
@@ -87,9 +75,9 @@ def main() -> None:
         taus.update({"head_vs_teacher_now": [], **{f"head_vs_teacher_{h}": [] for h in horizons}})
         same_top.update({"head_vs_teacher_now": [], **{f"head_vs_teacher_{h}": [] for h in horizons}})
     for i, prompt in enumerate(prompts):
-        recorder.rows = []
+        recorder.kept = []
         steerer.generate(prompt, seed=i)
-        for row in recorder.rows:
+        for row in recorder.kept:
             context = row["prompt_ids"] + row["ids"]
             head_values = None
             if head is not None:

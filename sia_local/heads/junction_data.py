@@ -34,7 +34,7 @@ def tap_layers(n_layer: int, count: int = 9) -> list[int]:
     return sorted({int(round(f * (n_layer - 2))) for f in np.linspace(0.1, 1.0, count)} - {n_layer - 1})
 
 
-class _Recorder:
+class Recorder:
     """A `Scorer` that asks the teacher and keeps, per junction, the candidates' states and the teacher's rewards."""
 
     lm_state: str | None = "branches"  # it branch-decodes on the LM: the loop keeps k cells free for it
@@ -82,7 +82,7 @@ def record(lm: LM, teacher: Scorer, prompts: Sequence[str], folder: Path, *, rat
     if fresh:
         for old in folder.glob("p*.npz"):
             old.unlink()
-    recorder = _Recorder(lm, teacher, layers)
+    recorder = Recorder(lm, teacher, layers)
     steerer = Steerer(lm, recorder, SteerConfig(gate="entropy", ratio=ratio, weight=0.0, top_k=top_k, max_tokens=max_tokens),
                       announce=lambda message: None)
     raw = not lm.has_chat_template
