@@ -2,7 +2,7 @@
 
 `options` turns the shared flags into typed settings (`LMSettings`, `Steering`) and loads through
 `runtime`; `everyday` holds generate, chat, serve, batch, models and info; `tools` holds calibrate,
-bench, reward and vm; `chat` the `sia chat` session. Flag defaults and ranges come from `SteerConfig`
+bench and reward; `vm` the value-model commands; `chat` the `sia chat` session. Flag defaults and ranges come from `SteerConfig`
 (declared once); errors a user can fix print as one line.
 
 May import: anything below it (errors, paths, prompts, fit, runtime, info, llama, core, rewards, heads, serve, batch, bench).
@@ -14,6 +14,7 @@ import click
 
 from . import everyday
 from . import tools
+from . import vm
 
 
 @click.group()
@@ -28,7 +29,7 @@ def main() -> None:
     """
 
 
-for command in (*everyday.COMMANDS, *tools.COMMANDS):
+for command in (*everyday.COMMANDS, *tools.COMMANDS, *vm.COMMANDS):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -88,7 +88,10 @@ def find_head(objective: str, model: Path) -> Lookup:
     key = objective_key(objective)
     if key is None:
         return Lookup(None, f"{objective!r} is not a named objective")
-    fingerprint = file_fingerprint(model)
+    try:
+        fingerprint = file_fingerprint(model)
+    except OSError:  # a missing or unreadable GGUF: the model's loader says so in its own words
+        return Lookup(None, f"{model} cannot be read")
     stale = None
     for folder, card in _cards([user_root(), shipped_root()]):
         if card.get("backbone_fingerprint") != fingerprint or card.get("objective_name") != objective:
