@@ -173,15 +173,25 @@ def best_of_n(
     finally:
         ctx.close()
         reward.reset()
+    return rank_samples(reward, prepared.reward_prompt, prepared.ids, generations, start=start, decode_calls=ctx.decode_calls,
+                        tokens_decoded=ctx.tokens_decoded, reward_calls=reward_calls, prefill_seconds=prefill_seconds, lm_seconds=lm_seconds,
+                        reward_seconds=reward_seconds, hidden=[np.stack(hidden[i]) for i in range(n)] if keep_hidden else None)
+
+
+def rank_samples(reward: Any, reward_prompt: str, prompt_ids: Sequence[int], generations: list[Generation], *, start: float, decode_calls: int,
+                 tokens_decoded: int, reward_calls: int, prefill_seconds: float, lm_seconds: float, reward_seconds: float,
+                 hidden: list[np.ndarray] | None = None) -> BestOfN:
+    """Score the finished samples as whole answers and keep the best: the end of every Best-of-N (here, or as a group
+    of slots in `slots.py`). `start`: when the search began (perf_counter)."""
     t = time.perf_counter()
-    final = reward.score_responses(prepared.reward_prompt, prepared.ids, [(g.text, g.token_ids) for g in generations])  # (n,)
+    final = reward.score_responses(reward_prompt, prompt_ids, [(g.text, g.token_ids) for g in generations])  # (n,)
     reward_seconds += time.perf_counter() - t
     best = int(np.argmax(final))
     seconds = time.perf_counter() - start
     tokens = sum(g.stats.tokens for g in generations)
-    stats = SearchStats(n=n, prompt_tokens=len(prepared.ids), tokens=tokens, decode_calls=ctx.decode_calls, tokens_decoded=ctx.tokens_decoded,
+    stats = SearchStats(n=len(generations), prompt_tokens=len(prompt_ids), tokens=tokens, decode_calls=decode_calls, tokens_decoded=tokens_decoded,
                         reward_calls=reward_calls, seconds=seconds, prefill_seconds=prefill_seconds, lm_seconds=lm_seconds,
                         reward_seconds=reward_seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
-    candidates = [Candidate(i, float(final[i]), g, np.stack(hidden[i]) if keep_hidden else None) for i, g in enumerate(generations)]
+    candidates = [Candidate(i, float(final[i]), g, hidden[i] if hidden is not None else None) for i, g in enumerate(generations)]
     ranked_by = getattr(reward, "ranking", None) or f"the scorer ({getattr(reward, 'name', '?')})"
     return BestOfN(best=generations[best], best_index=best, candidates=candidates, stats=stats, ranked_by=ranked_by)

@@ -163,9 +163,7 @@ class _Head:
                 raise ConfigError(f"{self.folder} was fitted on differences between a junction's candidates, not on whole answers, "
                                   f"and its teacher ({self.card.get('teacher')}) is not at hand to rank Best-of-N samples",
                                   "distil with --samples-per-prompt 1 or more, or run Best-of-N with the teacher as --reward")
-            if self._teacher is None:
-                self._teacher = self.teacher()
-            return np.asarray(self._teacher.score_responses(prompt, prompt_ids, responses), dtype=np.float64)
+            return teacher_scores(self, prompt, prompt_ids, responses)
         w, b = self._value_head()
         out = []
         for _, ids in responses:
@@ -208,6 +206,13 @@ class BranchHead(_Head):
         decoder = self._decoder(junctions, self.lm)
         hidden = decoder.branches({j.key: [int(c) for c in j.candidates] for j in junctions})  # one decode; chosen branches are kept
         return [(hidden[j.key] @ self.w + self.b).astype(np.float64) for j in junctions]
+
+
+def teacher_scores(owner: Any, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+    """Whole answers scored by the teacher `owner.teacher` loads (once, on first need, kept in `owner._teacher`)."""
+    if owner._teacher is None:
+        owner._teacher = owner.teacher()
+    return np.asarray(owner._teacher.score_responses(prompt, prompt_ids, responses), dtype=np.float64)
 
 
 def rms_rows(states: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from ..core.junction import Junction
 from ..core.scorer import ScorerInfo
 from ..errors import ConfigError
 from ..llama import LM
-from .head import LayerHead, _Head
+from .head import LayerHead, _Head, teacher_scores
 
 
 class HeadMix:
@@ -41,13 +41,14 @@ class HeadMix:
         self._teacher: Any = None
         self.chosen: str | None = None
         self.early_exit = all(isinstance(h, LayerHead) and h.early_exit for h, _ in self.heads)
-        # without one early exit for all: every head on the final state (a layer head's branch.npz)
-        self._final = [h._value_head() if isinstance(h, LayerHead) and h.early_exit else (h.w, h.b) for h, _ in self.heads]  # type: ignore[attr-defined]
+        # without one early exit for all: every head on the final state (a layer head's branch.npz); read only then
+        self._final = [] if self.early_exit else [h._value_head() if isinstance(h, LayerHead) and h.early_exit else (h.w, h.b)  # type: ignore[attr-defined]
+                                                  for h, _ in self.heads]
         self.last_parts: list[dict[str, list[float]]] = []  # per junction of the last call: each head's values (the trace)
 
     @property
     def objective(self) -> str | None:
-        return "; ".join(f"{w:+g} x {h.card.get('objective_name', h.folder.name)} ({h.objective or 'no description'})" for h, w in self.heads if w)
+        return "; ".join(f"{w:+g} x {key} ({h.objective or 'no description'})" for key, (h, w) in zip(self._keys, self.heads) if w)
 
     def info(self) -> ScorerInfo:
         details = {"heads": [{"folder": str(h.folder), "weight": w, "layer": getattr(h, "layer", None)} for h, w in self.heads],
@@ -80,6 +81,4 @@ class HeadMix:
         """Whole answers are ranked by the objectives' teacher: the heads were fitted on differences within junctions."""
         if self.teacher is None:
             raise ConfigError("this mix of heads cannot rank whole answers without its objectives' teacher", "load it through runtime.load_scorer")
-        if self._teacher is None:
-            self._teacher = self.teacher()
-        return np.asarray(self._teacher.score_responses(prompt, prompt_ids, responses), dtype=np.float64)
+        return teacher_scores(self, prompt, prompt_ids, responses)

@@ -31,7 +31,10 @@ class BatchContext:
     for one sequence. `track_hidden` keeps every sequence's last hidden state (prefix heads).
     """
 
-    def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int, *, branches: int = 0, track_hidden: bool = False) -> None:
+    def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int, *, branches: int = 0, track_hidden: bool = False,
+                 slot_ctx: int | None = None) -> None:
+        """`slot_ctx`: slots (`core/slots.py`) -- every sequence has its own prompt and room for `slot_ctx` tokens
+        (prompt_tokens and max_tokens are then unused); one unified buffer with branches, a stream each without."""
         import llama_cpp
 
         limit = int(llama_cpp.llama_max_parallel_sequences()) if hasattr(llama_cpp, "llama_max_parallel_sequences") else 64
@@ -44,9 +47,15 @@ class BatchContext:
         self.n_seq = n_seq
         self.k = branches
         self.track_hidden = track_hidden
-        unified = prompt_tokens >= max_tokens or branches > 0  # branch sequences share their parent's cells
-        n_ctx = prompt_tokens + n_seq * (max_tokens + 1 + branches) + 8 if unified else n_seq * (prompt_tokens + max_tokens + 8)
-        self.n_ctx = n_ctx if unified else n_ctx // n_seq  # the room each sequence has
+        if slot_ctx is not None:  # slots: nothing shared; a unified buffer only where branches must see their parent's cells
+            unified = branches > 0
+            n_ctx = n_seq * (slot_ctx + branches) + 8 if unified else n_seq * slot_ctx
+            self.n_ctx = slot_ctx
+        else:
+            unified = prompt_tokens >= max_tokens or branches > 0  # branch sequences share their parent's cells
+            n_ctx = prompt_tokens + n_seq * (max_tokens + 1 + branches) + 8 if unified else n_seq * (prompt_tokens + max_tokens + 8)
+            self.n_ctx = n_ctx if unified else n_ctx // n_seq  # the room each sequence has
+        self.unified = unified
         self.n_batch = 512
         base = lm._llm.context_params  # the same settings as the single-sequence context (flash attention, KV types, ...)
         params = type(base).from_buffer_copy(base)
@@ -166,8 +175,10 @@ class BatchContext:
             raise ModelError("this Best-of-N context does not keep hidden states", "make it with track_hidden=True")
         return self._hidden[seq]
 
-    def step(self, tokens: dict[int, int]) -> dict[int, np.ndarray]:
-        """Append one token to each given sequence; their next-token logits.
+    def step(self, tokens: dict[int, int], prompts: dict[int, tuple[Sequence[int], bool]] | None = None) -> dict[int, np.ndarray]:
+        """Append one token to each sequence of `tokens`, and a chunk of its prompt to each of `prompts` ({seq: (chunk,
+        last)}: `last` when the chunk ends the prompt), all in one decode; next-token logits of every token sequence and
+        of every prompt that ended (views, valid until the next decode).
 
         A sequence whose token is one of its branches keeps that branch (its logits and hidden state
         are taken before anything else is decoded); the others are decoded together in one call."""
@@ -184,16 +195,40 @@ class BatchContext:
                 self._hidden[s] = self._embedding(row)
             self._context.seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
         self._drop_branches()
-        order = sorted(s for s in tokens if s not in out)
-        if order:
-            self._decode([(tokens[s], self.pos[s], s, True) for s in order], hidden=self.track_hidden)
-            for i, s in enumerate(order):
+        prompts = dict(prompts or {})
+        if self.track_hidden:  # an embeddings decode gives every token a row: a prompt's inner tokens go first, without
+            inner = [(t, self.pos[s] + i, s, False) for s, (chunk, last) in sorted(prompts.items()) for i, t in enumerate(chunk[: len(chunk) - last])]
+            if inner:
+                self._decode(inner, hidden=False)
+                for s, (chunk, last) in list(prompts.items()):
+                    self.pos[s] += len(chunk) - last
+                    prompts[s] = (chunk[len(chunk) - 1 :] if last else [], last)
+        rows: list[tuple[int, int, int, bool]] = [(tokens[s], self.pos[s], s, True) for s in sorted(tokens) if s not in out]
+        ends: dict[int, int] = {s: i for i, (_, _, s, _) in enumerate(rows)}
+        for s, (chunk, last) in sorted(prompts.items()):
+            for i, t in enumerate(chunk):
+                wanted = last and i == len(chunk) - 1
+                if wanted:
+                    ends[s] = len(rows)
+                rows.append((int(t), self.pos[s] + i, s, wanted))
+        if rows:
+            self._decode(rows, hidden=self.track_hidden)
+            for s, i in ends.items():
                 out[s] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i), shape=(self.lm.n_vocab,))
                 if self.track_hidden:
                     self._hidden[s] = self._embedding(i)
         for s in tokens:
             self.pos[s] += 1
+        for s, (chunk, _) in prompts.items():
+            self.pos[s] += len(chunk)
         return out
+
+    def share(self, source: int, target: int) -> None:
+        """Give `target` (an empty sequence) `source`'s cells: a Best-of-N group prefills its prompt once."""
+        self._context.seq_cp(source, target)
+        self.pos[target] = self.pos[source]
+        if source in self._hidden:
+            self._hidden[target] = self._hidden[source]
 
     def extend(self, tails: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         """{seq: tokens} -> {seq: (len, n_embd) final hidden states of those tokens appended to seq}, in
@@ -211,8 +246,10 @@ class BatchContext:
         return out
 
     def drop(self, seq: int) -> None:
-        """Free a finished sequence's KV cells."""
+        """Free a finished sequence's KV cells (the sequence can start again at position 0: a slot's next request)."""
         self._context.seq_rm(seq)
+        self.pos[seq] = 0
+        self._hidden.pop(seq, None)
 
     def _drop_branches(self) -> None:
         for kept in self._branched.values():

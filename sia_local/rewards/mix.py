@@ -55,8 +55,20 @@ class SharedEmbedder:
         self.embed: Embedder | None = None
         self.provider, self.provider_note = "CPUExecutionProvider", None
         self.runs = 0
+        self._ahead: dict[str, np.ndarray] = {}
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if self._ahead and all(t in self._ahead for t in texts):  # embedded already, with the other requests' texts of this step
+            return np.stack([self._ahead[t] for t in texts]) if texts else np.zeros((0, 0))
+        return self._run(texts)
+
+    def ahead(self, texts: Sequence[str]) -> None:
+        """Embed `texts` now, in one run, for the calls that follow (the slots: every request's junction texts of one
+        step, whatever objectives they mix); an empty list forgets them."""
+        unique = list(dict.fromkeys(texts))
+        self._ahead = dict(zip(unique, self._run(unique))) if unique else {}
+
+    def _run(self, texts: Sequence[str]) -> np.ndarray:
         if self.embed is None:
             session, self.provider, self.provider_note = open_session(minilm_files()[0], *self.options)
             self.embed = Embedder(keep_end=True, session=session)
@@ -176,10 +188,11 @@ class Objectives:
     lm_state: str | None = None
 
     def __init__(self, specs: Sequence[tuple[str, float]], *, provider: str = "auto", threads: int | None = None, verbose: bool = False,
-                 label: str | None = None, progress: Progress | None = None, note: Callable[[str], None] | None = None) -> None:
+                 label: str | None = None, progress: Progress | None = None, note: Callable[[str], None] | None = None,
+                 embedder: SharedEmbedder | None = None) -> None:
         if not specs:
             raise ConfigError("a mix needs at least one objective", "pass -r NAME[:WEIGHT]")
-        self.embedder = SharedEmbedder(provider, threads, verbose)
+        self.embedder = embedder or SharedEmbedder(provider, threads, verbose)  # `embedder`: one for every mix of a server
         self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, label=label, progress=progress, note=note)
                         for n, w in specs]
         seen: dict[str, int] = {}
@@ -199,7 +212,12 @@ class Objectives:
             return self.members[0].description
         return "; ".join(f"{m.weight:+g} x {m.name} ({m.description or 'no description'})" for m in self.members if m.weight)
 
-    def _combine(self, texts: list[str], sizes: list[int], prompt: str) -> list[np.ndarray]:
+    @property
+    def shared(self) -> SharedEmbedder | None:
+        """The embedder other mixes may share (`Scorer.shared`): the slots run it once over all their junction texts."""
+        return self.embedder if any(m.w is not None for m in self.members) else None
+
+    def _combine(self, texts: list[str], sizes: list[int], prompt: str | list[str]) -> list[np.ndarray]:
         heads = [m for m in self.members if m.w is not None and m.weight]
         emb = self.embedder(texts) if heads else None
         total = np.zeros(len(texts))
@@ -219,7 +237,7 @@ class Objectives:
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
         texts = [t for j in junctions for t in j.texts()]
-        return self._combine(texts, [len(j.candidates) for j in junctions], junctions[0].prompt if junctions else "")
+        return self._combine(texts, [len(j.candidates) for j in junctions], [j.prompt for j in junctions for _ in j.candidates])
 
     def score_responses(self, prompt: str, prompt_ids: Sequence[int], responses: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
         return self._combine([text for text, _ in responses], [len(responses)], prompt)[0]
@@ -246,7 +264,9 @@ class MixCache:
     def __init__(self, size: int = 4, **options: Any) -> None:
         import threading
 
-        self.size, self.options = size, options  # options: Objectives' (provider, threads, verbose)
+        self.size, self.options = size, options  # options: Objectives' (provider, threads, verbose, embedder)
+        if "embedder" not in options:  # one embedder for all the mixes: one session, and one run per step in the slots
+            options["embedder"] = SharedEmbedder(options.get("provider", "auto"), options.get("threads"), options.get("verbose", False))
         self._mixes: dict[tuple[tuple[str, float], ...], Objectives] = {}
         self._lock = threading.Lock()  # requests load from worker threads: one at a time, each mix once
 

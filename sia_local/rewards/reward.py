@@ -125,11 +125,13 @@ class OnnxReward:
     def objective(self) -> str | None:
         return self._objective
 
-    def score(self, prompt: str, texts: Sequence[str]) -> np.ndarray:
-        """Rewards of `texts` (responses so far, each with one candidate appended) given `prompt`, run in batches of
-        at most BATCH texts: a step's n x k texts (up to 16 x 64 on the server) never become one huge activation."""
+    def score(self, prompt: str | Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Rewards of `texts` (responses so far, each with one candidate appended) given `prompt` (one for all, or one
+        per text: the slots score several requests' junctions together), run in batches of at most BATCH texts: a
+        step's n x k texts (up to 16 x 64 on the server) never become one huge activation."""
         texts = list(texts)
-        parts = [self._run([prompt] * len(texts[i : i + BATCH]), texts[i : i + BATCH]).reshape(len(texts[i : i + BATCH]), -1)
+        prompts = [prompt] * len(texts) if isinstance(prompt, str) else list(prompt)
+        parts = [self._run(prompts[i : i + BATCH], texts[i : i + BATCH]).reshape(len(texts[i : i + BATCH]), -1)
                  for i in range(0, len(texts), BATCH)]
         logits = (np.concatenate(parts) if parts else np.zeros((0, 1))).astype(np.float64)
         if self._label_index is None:
@@ -139,11 +141,11 @@ class OnnxReward:
         return log_probs[:, self._label_index]
 
     def score_junctions(self, junctions: Sequence[Junction]) -> list[np.ndarray]:
-        """All junctions' candidate texts in one padded batch (they share the prompt)."""
+        """All junctions' candidate texts in one padded batch, each with its own request's prompt."""
         if not junctions:
             return []
         groups = [j.texts() for j in junctions]
-        scores = self.score(junctions[0].prompt, [t for g in groups for t in g])
+        scores = self.score([j.prompt for j, g in zip(junctions, groups) for _ in g], [t for g in groups for t in g])
         out, offset = [], 0
         for g in groups:
             out.append(scores[offset : offset + len(g)])

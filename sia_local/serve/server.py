@@ -4,12 +4,12 @@ Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/comp
 Steering settings ride along as an extra body field, e.g. ``"sia": {"ratio": 0.2, "weight": 1.0}``
 (``extra_body`` in the openai client), and ``usage.sia`` reports the junction statistics.
 
-Concurrency: one llama.cpp context serves one generation at a time (an asyncio lock); up to
-`max_queue` requests wait behind it and any more get a 503 at once. A generation runs in a worker
-thread that checks a cancel flag at every token, so a streaming client that disconnects frees the
-model after at most one more token; non-streaming and n > 1 requests poll `is_disconnected()` at
-every token / step (which is why the server's own checks are a plain ASGI middleware, see `_Guard`).
---request-timeout stops every kind of request.
+Concurrency: `--parallel` slots decode together in one llama.cpp context (`core/slots.py`: one
+`llama_decode` a step for every running request, their junctions scored together); up to `max_queue`
+requests wait for a slot and any more get a 503 at once. The slots' thread checks every request's cancel
+flag at every step, so a streaming client that disconnects frees its slot within one step; non-streaming
+and n > 1 requests poll `is_disconnected()` while they wait (which is why the server's own checks are a
+plain ASGI middleware, see `_Guard`). --request-timeout stops every kind of request.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..core.config import MAX_TOP_K
-from ..errors import Cancelled, SiaError
+from ..errors import SiaError
 from .guard import OriginPolicy, _Guard
 from .openai_api import (MAX_BODY_BYTES, ApiError, ChatRequest, CompletionRequest, Logprobs, as_api_error, finish_reason_of, finite,
                          full_response, logprob_count, mix_of, options_of, parse, sse, token_tracer)
 from .openai_api import Request as ApiRequest
 from ..rewards.mix import MixCache
+from ..core.slots import SlotScheduler
 from ..core.steer import Steerer
 
 
@@ -49,7 +50,9 @@ class ServerSettings:
     budget, n x (prompt + answer) (default: `default_batch_tokens`). host: the address the server is bound
     to (the Host header must name it, a loopback name, or one of `allowed_hosts`; "*" accepts any).
     objective_dirs: folders of reward folders a request may name in `sia.rewards` besides the named
-    objectives (`sia reward list`); a request never names a path.
+    objectives (`sia reward list`); a request never names a path. parallel: slots, requests decoded together
+    in one context (default: `default_parallel`, what the KV budget holds, at most 4); slots x context must fit
+    max_batch_tokens.
     """
 
     max_queue: int = 8
@@ -63,100 +66,78 @@ class ServerSettings:
     host: str = "127.0.0.1"
     allowed_hosts: list[str] | None = None
     objective_dirs: list[str] | None = None
+    parallel: int | None = None
 
 
 class Engine:
-    """The model behind the server: one generation at a time, a bounded queue in front."""
+    """The model behind the server: `parallel` slots decoding together in one context (`core/slots.py`), a bounded
+    queue in front (503 beyond it). Requests' own objectives share one embedder."""
 
-    def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue) -> None:
+    def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue, parallel: int = 1,
+                 slot_ctx: int | None = None) -> None:
         self.steerer = steerer
         self.model_id = model_id
-        self.mixes = MixCache()  # requests' own objectives (`sia.rewards`); one process: every core, as the server's scorer
+        shared = getattr(steerer.scorer, "embedder", None)  # the server's own mix, if it is one: its embedder serves every request's mix
+        self.mixes = MixCache(**({"embedder": shared} if shared is not None else {}))
         self.max_queue = max_queue
-        self.waiting = 0
-        self.active = 0
-        self.cancelled = 0
-        self.served = 0
-        self._lock: asyncio.Lock | None = None
+        self.parallel = parallel
+        self.slots = SlotScheduler(steerer.lm, parallel, scorer=steerer.scorer, slot_ctx=slot_ctx, max_queue=max_queue,
+                                   branches=getattr(steerer.lm, "max_branches", 0) or None)
 
-    async def _admit(self) -> None:
-        """Wait for the model, or refuse at once when the queue is full."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        if self._lock.locked() and self.waiting >= self.max_queue:
-            raise ApiError(503, f"the server is busy: {self.active} running and {self.waiting} queued; retry later",
+    @property
+    def waiting(self) -> int:
+        return self.slots.waiting
+
+    @property
+    def active(self) -> int:
+        return self.slots.active
+
+    @property
+    def served(self) -> int:
+        return self.slots.served
+
+    @property
+    def cancelled(self) -> int:
+        return self.slots.cancelled
+
+    def refuse_when_full(self) -> None:
+        """503 at once when every slot is busy and the queue is full."""
+        if self.slots.full():
+            raise ApiError(503, f"the server is busy: {self.active} slots running and {self.waiting} queued; retry later",
                            type="server_error", code="server_busy")
-        self.waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self.waiting -= 1
-        self.active = 1
-
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run a whole job (Best-of-N) in a worker thread, behind the same queue as streamed generations. The model is
-        let go when the thread ends, not when the caller stops waiting (a cancelled caller's job may still decode)."""
-        await self._admit()
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[Any] = loop.create_future()
-
-        def settle(result: Any, error: BaseException | None) -> None:
-            self._release()
-            if not outcome.done():
-                outcome.set_exception(error) if error is not None else outcome.set_result(result)
-
-        def worker() -> None:
-            result, error = None, None
-            try:
-                result = fn()
-                self.served += 1
-            except BaseException as exc:  # handed to the caller, who raises it
-                error = exc
-            finally:
-                loop.call_soon_threadsafe(settle, result, error)
-
-        threading.Thread(target=worker, name="sia-job", daemon=True).start()
-        return await outcome
-
-    def _release(self) -> None:
-        self.active = 0
-        assert self._lock is not None
-        self._lock.release()
 
     def steerer_for(self, mix: tuple[tuple[str, float], ...] | None) -> Steerer:
-        """The server's steerer, or one scoring with a request's own objectives (loaded once, then cached); called
-        from the worker thread, after the request was admitted."""
+        """The server's steerer, or one scoring with a request's own objectives (loaded once, then cached)."""
         return self.steerer if mix is None else self.steerer.with_scorer(self.mixes.get(mix))
+
+    async def submit(self, prompt: Any, options: dict[str, Any], cancel: threading.Event, mix: tuple[tuple[str, float], ...] | None = None,
+                     n: int = 1, on_piece: Callable[[int, Any], None] | None = None) -> "asyncio.Future[Any]":
+        """Queue a request for the slots (its objectives loaded and its prompt prepared off the event loop); the awaitable
+        result is a Generation, or a BestOfN when n > 1."""
+        self.refuse_when_full()
+
+        def prepare() -> Any:
+            return self.slots.submit(self.steerer_for(mix), prompt, n=n, on_piece=on_piece, cancel=cancel, **options)
+
+        return asyncio.wrap_future(await asyncio.to_thread(prepare))
 
     async def run(self, prompt: Any, options: dict[str, Any], cancel: threading.Event,
                   mix: tuple[tuple[str, float], ...] | None = None) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield ("piece", Piece) ... then ("done", Generation) or ("error", SiaError)."""
-        await self._admit()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        def emit(kind: str, item: Any) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, item))
+        def on_piece(_: int, piece: Any) -> None:  # from the slots' thread, in order with the result below
+            loop.call_soon_threadsafe(events.put_nowait, ("piece", piece))
 
-        def worker() -> None:
-            try:
-                stream = self.steerer_for(mix).stream(prompt, **options)
-                for piece in stream:
-                    if cancel.is_set():
-                        stream.close()
-                        self.cancelled += 1
-                        emit("error", Cancelled("the generation was stopped", "the client left or the request ran past its time limit",
-                                                api_hint="raise the server's --request-timeout or ask for fewer tokens"))
-                        return
-                    emit("piece", piece)
-                self.served += 1
-                emit("done", stream.generation)
-            except Exception as exc:  # a SiaError becomes its 4xx/5xx; anything else (a bug) a 500 rather than a hung client
-                emit("error", exc)
-            finally:
-                loop.call_soon_threadsafe(self._release)  # on the event loop, once the worker has let go of the model
-
-        threading.Thread(target=worker, name="sia-generation", daemon=True).start()
+        try:
+            result = await self.submit(prompt, options, cancel, mix, on_piece=on_piece)
+        except ApiError:
+            raise
+        except Exception as exc:  # a SiaError becomes its 4xx/5xx; anything else (a bug) a 500 rather than a hung client
+            yield "error", exc
+            return
+        result.add_done_callback(lambda f: events.put_nowait(("error", f.exception()) if f.exception() is not None else ("done", f.result())))
         try:
             while True:
                 kind, item = await events.get()
@@ -164,7 +145,7 @@ class Engine:
                 if kind != "piece":
                     return
         finally:
-            cancel.set()  # the client went away or we are done: stop the worker at its next token
+            cancel.set()  # the client went away or we are done: the slot is freed at the next step
 
 
 def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | None = None, **changes: Any) -> Any:
@@ -190,8 +171,10 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
-    engine = Engine(steerer, model_id, max_queue)
+    parallel = check_parallel(conf.parallel, steerer.lm, batch_limit)
+    engine = Engine(steerer, model_id, max_queue, parallel)
     app.state.engine = engine
+    app.router.on_shutdown.append(engine.slots.close)  # the slots' thread stops and their context is freed with the app
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -199,7 +182,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.waiting,
+        return {"status": "ok", "model": model_id, "parallel": engine.parallel, "active": engine.active, "queued": engine.waiting,
                 "served": engine.served, "cancelled": engine.cancelled}
 
     @app.get("/")
@@ -236,7 +219,8 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         details = scorer.info().details if scorer is not None else {}
         return {"settings": fields, "gates": list(gate_names()), "objectives": objectives, "scorer": getattr(scorer, "name", None),
                 "early_exit": details.get("early_exit"), "ranks_answers_with": details.get("ranks_answers_with"), "scorer_chosen": details.get("chosen"),
-                "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes}}
+                "limits": {"max_tokens": token_limit, "top_k": top_k_limit, "n": 16, "batch_tokens": batch_limit, "body_bytes": max_body_bytes},
+                "slots": {"parallel": engine.parallel, "context": engine.slots.slot_ctx, "queue": engine.max_queue}}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -350,21 +334,19 @@ async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any
 
 async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], ...] | None, req: ApiRequest, prompt: Any,
                    options: dict[str, Any], chat: bool, cancel: threading.Event) -> Any:
-    """n > 1: Best-of-N in one batched context; every sample comes back, best first, with its reward."""
-    from ..core.search import best_of_n
-
+    """n > 1: Best-of-N in n slots; every sample comes back, best first, with its reward."""
     if req.stream:
         raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
     if engine.steerer.scorer is None and mix is None:
         raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
-    job = asyncio.ensure_future(engine.call(lambda: best_of_n(engine.steerer_for(mix), prompt, req.n, cancel=cancel, **options)))
-    left = False
+    try:
+        job = await engine.submit(prompt, options, cancel, mix, n=req.n)  # n slots (or alone, when n is more than all the slots)
+    except SiaError as exc:
+        raise as_api_error(exc) from None
     while not job.done():
         await asyncio.wait([job], timeout=0.1)
-        if not left and not job.done() and await request.is_disconnected():
-            left = True
-            cancel.set()  # the search stops at its next step
-            engine.cancelled += 1  # once per request, however long the search takes to wind down
+        if not cancel.is_set() and not job.done() and await request.is_disconnected():
+            cancel.set()  # the search stops at its next step and its slots are freed
     try:
         result = job.result()
     except SiaError as exc:
@@ -383,6 +365,28 @@ async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], .
                              "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s})}
     return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
+
+
+DEFAULT_PARALLEL = 4  # slots when none are asked: on a 2-core CPU 4 streams decode at ~2x one stream's tokens/s (docs/benchmarks.md)
+
+
+def default_parallel(lm: Any, budget: int) -> int:
+    """Slots when --parallel is not given: as many full contexts as the KV budget holds, at most DEFAULT_PARALLEL."""
+    return max(1, min(DEFAULT_PARALLEL, budget // max(lm.n_ctx, 1)))
+
+
+def check_parallel(parallel: int | None, lm: Any, budget: int) -> int:
+    """The slots to run: --parallel, checked against the KV budget (slots x context tokens), or the default."""
+    from ..errors import ConfigError
+
+    if parallel is None:
+        return default_parallel(lm, budget)
+    if parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1, got {parallel}", "use --parallel 1 or more")
+    if parallel * lm.n_ctx > budget:
+        raise ConfigError(f"--parallel {parallel} x {lm.n_ctx} context tokens = {parallel * lm.n_ctx} KV cells, over the budget of {budget} "
+                          "(--max-batch-tokens, default a quarter of free memory)", "lower --parallel or --ctx-size, or raise --max-batch-tokens")
+    return parallel
 
 
 def default_batch_tokens(lm: Any) -> int:
