@@ -40,7 +40,7 @@ def split_threads(spec: WorkerSpec, workers: int, cores: int | None = None) -> W
 
 
 def run(rows: Iterable[Row | str | dict[str, Any]], spec: WorkerSpec | None = None, *, workers: int = 1, ray_address: str | None = None,
-        use_ray: bool = False, ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0,
+        use_ray: bool = False, ray_runtime_env: dict[str, Any] | None = None, ordered: bool = False, base_seed: int = 0, parallel: int | None = None,
         here: Worker | None = None, on_dispatch: Callable[[int, Row], None] | None = None, model: str | os.PathLike[str] | None = None,
         reward: str | os.PathLike[str] | None = None, **settings: Any) -> Iterator[dict[str, Any]]:
     """Result rows for `rows`, as they finish (input order with `ordered`).
@@ -54,16 +54,23 @@ def run(rows: Iterable[Row | str | dict[str, Any]], spec: WorkerSpec | None = No
     workers=1 without Ray runs in this process (on `here` when given, else a new Worker); more start
     supervised worker processes, each loading the model once; `use_ray` runs `workers` Ray actors
     instead. A row whose worker dies is retried on a fresh one (MAX_TRIES deaths: an error row).
+    `parallel` (or the spec's): rows decoded together in slots of one context, per worker (`core/slots.py`);
+    Ray actors take one row at a time.
     """
     todo = as_rows(rows)
     if spec is None:
         spec = prepare(default_spec(model, reward, **settings))
     elif model is not None or reward is not None or settings:
         raise ConfigError("pass either a WorkerSpec or model/reward/settings, not both", "drop the spec or the keywords")
+    if parallel is not None:
+        spec = replace(spec, parallel=parallel)
     if not todo:
         return iter(())
+    if here is not None and here.spec.parallel != spec.parallel:  # the worker at hand takes this run's slots
+        here.close()
+        here.spec = replace(here.spec, parallel=spec.parallel)
     if here is not None and workers <= 1 and not use_ray:
-        results: Iterator[dict[str, Any]] = (here.run(row, base_seed) for row in todo)
+        results: Iterator[dict[str, Any]] = here.run_slots(todo, base_seed) if spec.parallel > 1 else (here.run(row, base_seed) for row in todo)
     elif use_ray:
         results = run_on_ray(todo, split_threads(spec, workers), workers=workers, address=ray_address, runtime_env=ray_runtime_env,
                              base_seed=base_seed)
@@ -112,8 +119,14 @@ def prepare(spec: WorkerSpec, progress: Callable[..., None] | None = None, note:
 
 def _run_here(rows: Sequence[Row], spec: WorkerSpec, base_seed: int) -> Iterator[dict[str, Any]]:
     worker = Worker(spec)
-    for row in rows:
-        yield worker.run(row, base_seed)
+    try:
+        if spec.parallel > 1:
+            yield from worker.run_slots(rows, base_seed)
+        else:
+            for row in rows:
+                yield worker.run(row, base_seed)
+    finally:
+        worker.close()
 
 
 def _in_input_order(results: Iterable[dict[str, Any]], rows: Sequence[Row]) -> Iterator[dict[str, Any]]:

@@ -10,6 +10,7 @@ MAX_TRIES deaths it becomes an error row and the run goes on. Ray actors get the
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,7 +22,8 @@ MAX_TRIES = 3  # a row whose worker (process or Ray actor) died this many times 
 
 def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed: int,
                    on_dispatch: Callable[[int, Row], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows on `workers` supervised worker processes, one row in flight per worker.
+    """Rows on `workers` supervised worker processes, `spec.parallel` rows in flight per worker (decoded together in
+    its slots; one without).
 
     Unlike a `multiprocessing.Pool` (which restarts a worker whose start-up fails without end, and
     waits forever for the row of a worker that died), the parent watches every worker: a worker that
@@ -35,7 +37,7 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
 
     ctx = multiprocessing.get_context("spawn")  # llama.cpp and onnxruntime hold threads: never fork them
     pending: deque[tuple[Row, int]] = deque((row, 0) for row in rows)
-    procs: dict[Any, tuple[Any, Any]] = {}  # parent's connection -> (process, the (row, tries) in flight or None)
+    procs: dict[Any, tuple[Any, list[tuple[Row, int]]]] = {}  # parent's connection -> (process, the (row, tries) in flight)
     ready: set[Any] = set()
     start_deaths = 0
 
@@ -44,12 +46,12 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
         proc = ctx.Process(target=_worker_main, args=(spec, child), daemon=True, name="sia-batch-worker")
         proc.start()
         child.close()
-        procs[parent] = (proc, None)
+        procs[parent] = (proc, [])
 
     def dispatch(conn: Any) -> None:
         row, tries = pending.popleft()
-        proc, _ = procs[conn]
-        procs[conn] = (proc, (row, tries))
+        proc, flight = procs[conn]
+        flight.append((row, tries))
         if on_dispatch is not None:
             on_dispatch(proc.pid, row)
         try:
@@ -60,23 +62,23 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
     try:
         for _ in range(min(workers, len(rows))):
             start()
-        while pending or any(job is not None for _, job in procs.values()):
-            for conn in [c for c in procs if c in ready and procs[c][1] is None]:
-                if pending:
+        while pending or any(flight for _, flight in procs.values()):
+            for conn in [c for c in procs if c in ready]:
+                while pending and len(procs[conn][1]) < max(1, spec.parallel):
                     dispatch(conn)
             watch = {**{c: c for c in procs}, **{procs[c][0].sentinel: c for c in procs}}
             for signalled in wait(list(watch)):
                 conn = watch[signalled]
                 if conn not in procs:
                     continue
-                proc, job = procs[conn]
+                proc, flight = procs[conn]
                 message = _receive(conn)
                 if message is not None and message is not _GONE and message[0] == "ready":
                     ready.add(conn)
                 elif message is not None and message[0] == "failed":
                     raise SiaError(f"a batch worker could not start: {message[1]}", "check --model and --reward")
                 elif message is not None and message[0] == "result":
-                    procs[conn] = (proc, None)
+                    procs[conn] = (proc, [job for job in flight if job[0].line != message[1]["line"]])
                     yield message[1]
                 elif message is _GONE or signalled == proc.sentinel:
                     proc.join(timeout=5)
@@ -85,19 +87,18 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
                     ready.discard(conn)
                     conn.close()
                     cause = _exit_cause(proc.exitcode)
-                    if job is None and not was_ready:  # died while loading, before it could say why
+                    if not flight and not was_ready:  # died while loading, before it could say why
                         start_deaths += 1
                         if start_deaths >= MAX_TRIES:
                             raise SiaError(f"batch workers died {start_deaths} times while loading the model ({cause})",
                                            "run `sia generate` with the same --model / --reward to see why; from Python, call "
                                            "batch.run under `if __name__ == \"__main__\":` (workers are spawned and import your script)")
-                    elif job is not None:  # died on a row: the row goes back in the queue (an idle worker's death loses nothing)
-                        row, tries = job
+                    for row, tries in reversed(flight):  # died on rows: they go back in the queue (an idle worker's death loses nothing)
                         if tries + 1 >= MAX_TRIES:
                             yield error_row(row, f"line {row.line}: worker died: {MAX_TRIES} workers died on this row ({cause})")
                         else:
                             pending.appendleft((row, tries + 1))
-                    if pending or any(j is not None for _, j in procs.values()):
+                    if pending or any(f for _, f in procs.values()):
                         start()
     finally:
         for conn, (proc, _) in procs.items():
@@ -164,14 +165,27 @@ def _worker_main(spec: WorkerSpec, conn: Any) -> None:
         conn.send(("failed", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
         return
     conn.send(("ready",))
+    lock = threading.Lock()  # the slots' thread sends results while this one reads rows
     while True:
         try:
             job = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         if job is None:
-            return
-        conn.send(("result", worker.run(*job)))
+            break
+        if spec.parallel > 1:  # rows in slots: results go back as they finish, from the slots' thread
+            worker.submit(*job, done=lambda result: _send(conn, lock, ("result", result)))
+        else:
+            conn.send(("result", worker.run(*job)))
+    worker.close()
+
+
+def _send(conn: Any, lock: Any, message: Any) -> None:
+    with lock:
+        try:
+            conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            pass  # the parent is gone
 
 
 # -- Ray: the same Workers as actors, on this machine or a cluster ------------------------------------

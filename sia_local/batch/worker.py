@@ -15,12 +15,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 from ..core.config import SteerConfig, request_changes, settings
 from ..errors import ConfigError, SiaError
 from ..runtime import LMSettings, ScorerSettings, build_steerer, load_lm, load_scorer, model_path, needs_hidden
 from ..rewards.mix import MixCache, as_specs
+from ..core.search import BestOfN
+from ..core.slots import SlotScheduler
 from ..core.steer import Steerer
 
 
@@ -53,6 +55,7 @@ class WorkerSpec:
     raw: bool = False
     system: str | None = None
     verbose: bool = False  # a row's unexpected error also logs its traceback to stderr
+    parallel: int = 1  # rows decoded together in one context per worker (slots)
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[Row]:
@@ -175,29 +178,74 @@ class Worker:
         scorer = spec.scorer
         # rows' own objectives, on this worker's share of the cores and its provider (`batch.split_threads`)
         self.mixes = MixCache(provider=scorer.provider, threads=scorer.threads, verbose=scorer.verbose) if scorer is not None else MixCache()
+        self.slots: SlotScheduler | None = None  # rows as slots (spec.parallel > 1), made on first use
 
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": row.id, "line": row.line}
+        """One row, decoded alone (Best-of-N in its own batched context)."""
         if row.error is not None:
             return error_row(row, row.error)
         from ..core.search import best_of_n
 
-        changes = {"seed": base_seed + row.line, **row.changes}
-        system = row.system or self.spec.system
-        best_of = row.best_of or self.spec.best_of
+        def decode() -> Any:
+            steerer, prompt, best_of, options = self._request(row, base_seed)
+            return best_of_n(steerer, prompt, best_of, **options) if best_of > 1 else steerer.generate(prompt, **options)
+
+        return self._answer(row, decode, time.perf_counter())
+
+    def submit(self, row: Row, base_seed: int, done: Callable[[dict[str, Any]], None]) -> None:
+        """Queue a row in this worker's `spec.parallel` slots (`core/slots.py`: rows decoded together in one context);
+        `done(result row)` is called when it ends, from the slots' thread (an error row too, at once when it is refused)."""
+        t = time.perf_counter()
+        if row.error is not None:
+            done(error_row(row, row.error))
+            return
+        if self.slots is None:
+            self.slots = SlotScheduler(self.steerer.lm, self.spec.parallel, scorer=self.steerer.scorer, max_queue=1 << 30)
         try:
-            assert row.prompt is not None
-            steerer = self.steerer if row.mix is None else self.steerer.with_scorer(self.mixes.get(row.mix))
-            t = time.perf_counter()
-            if best_of > 1:
-                result = best_of_n(steerer, row.prompt, best_of, system=system, raw=self.spec.raw, **changes)
+            steerer, prompt, best_of, options = self._request(row, base_seed)
+            future = self.slots.submit(steerer, prompt, n=best_of, **options)
+        except Exception as exc:  # a row refused before it is queued (its prompt, its settings): its own error row
+            refused: BaseException = exc
+            done(self._answer(row, lambda: _raise(refused), t))
+            return
+        future.add_done_callback(lambda f: done(self._answer(row, f.result, t)))
+
+    def run_slots(self, rows: Sequence[Row], base_seed: int) -> Iterator[dict[str, Any]]:
+        """`rows` decoded together in slots; result rows as they finish."""
+        import queue
+
+        finished: queue.Queue[dict[str, Any]] = queue.Queue()
+        for row in rows:
+            self.submit(row, base_seed, finished.put)
+        for _ in rows:
+            yield finished.get()
+
+    def close(self) -> None:
+        """Free the slots' context and thread, if rows ran in slots."""
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
+
+    def _request(self, row: Row, base_seed: int) -> tuple[Steerer, Any, int, dict[str, Any]]:
+        """What a row asks of the model: the steerer (with the row's own objectives), its prompt, n and settings."""
+        assert row.prompt is not None
+        steerer = self.steerer if row.mix is None else self.steerer.with_scorer(self.mixes.get(row.mix))
+        options = {"seed": base_seed + row.line, **row.changes, "system": row.system or self.spec.system, "raw": self.spec.raw}
+        return steerer, row.prompt, row.best_of or self.spec.best_of, options
+
+    def _answer(self, row: Row, decode: Callable[[], Any], t: float) -> dict[str, Any]:
+        """The result row of `decode()` (a Generation or a BestOfN); any error becomes the row's error row."""
+        out: dict[str, Any] = {"id": row.id, "line": row.line}
+        try:
+            result = decode()
+            if isinstance(result, BestOfN):
                 generation = result.best
                 out["samples"] = result.samples()
                 out["best_index"] = result.best_index
                 extra = {"generated_tokens": result.stats.tokens, "reward_calls": result.stats.reward_calls}
                 logprob_seconds = sum(c.generation.stats.logprob_seconds for c in result.candidates)
             else:
-                generation = steerer.generate(row.prompt, system=system, raw=self.spec.raw, **changes)
+                generation = result
                 extra = {"generated_tokens": generation.stats.tokens, "reward_calls": generation.stats.reward_calls}
                 logprob_seconds = generation.stats.logprob_seconds
             if row.detail:
@@ -214,6 +262,10 @@ class Worker:
         s = generation.stats
         stats = {k: v for k, v in asdict(s).items() if k not in ("finish_reason",)}
         return {**out, "text": generation.text, "finish_reason": s.finish_reason, "stats": stats, "error": None}
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 def error_row(row: Row, message: str) -> dict[str, Any]:

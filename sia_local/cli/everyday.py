@@ -137,7 +137,9 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
 @steer_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (use 0.0.0.0 to serve other machines).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--max-queue", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one; more get 503.")
+@click.option("--parallel", "-np", "parallel", type=click.IntRange(min=1), default=None,
+              help="Slots: requests decoded together in one context, their junctions scored together [default: what the KV budget holds, at most 4].")
+@click.option("--max-queue", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait for a slot; more get 503.")
 @click.option("--api-key", default=None, envvar="SIA_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=None,
               help="Largest max_tokens a request may ask; more gets a 400 [default: 4096 or the context size, whichever is larger].")
@@ -152,7 +154,7 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
 @click.option("--max-top-k", type=click.IntRange(1, MAX_TOP_K), default=None,
               help=f"Largest sia.top_k a request may ask; more gets a 400 [default: {MAX_TOP_K}].")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Largest n x (prompt + max_tokens) a Best-of-N request may ask; more gets a 400 [default: what a quarter of free memory holds].")
+              help="KV budget in tokens: a Best-of-N's n x (prompt + max_tokens), and --parallel x the context [default: what a quarter of free memory holds].")
 @fail_cleanly
 def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: Any) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.
@@ -167,8 +169,7 @@ def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: An
                                  "objective_dirs": [str(d) for d in limits["objective_dirs"]] or None})
     steerer = load_steerer(lm, steering)
     model_id = steerer.lm.path.stem
-    click.echo(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.scorer, 'name', 'none')}); Ctrl-C stops", err=True)
-    run_server(steerer, model_id=model_id, host=host, port=port, settings=settings)
+    run_server(steerer, model_id=model_id, host=host, port=port, settings=settings, announce=lambda line: click.echo(line, err=True))
 
 
 @click.command()
@@ -180,6 +181,8 @@ def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: An
 @click.option("--raw", is_flag=True, help="Send prompts as plain text, without the chat template.")
 @click.option("--best-of", "best_of", type=click.IntRange(min=1), default=1, show_default=True, help="Best-of-N per row (all samples in the output).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (or Ray actors), each with its share of the cores [default: 1 here, 2 with --ray].")
+@click.option("--parallel", "-np", "parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rows decoded together in slots of one context, per worker (their junctions scored together).")
 @click.option("--ordered", is_flag=True, help="Write rows in input order (default: as they finish).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Run the workers as Ray actors: --ray alone starts a local Ray; --ray auto / ADDRESS joins a cluster.")
@@ -187,11 +190,12 @@ def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: An
 @click.option("--retry-errors", is_flag=True, help="Run again the rows that ended in an error.")
 @fail_cleanly
 def batch(input_file: Path, output: Path, lm: LMSettings, steering: Steering, system: str | None, raw: bool, best_of: int, workers: int | None,
-          ordered: bool, ray_address: str | None, ray_runtime_env: str | None, retry_errors: bool) -> None:
+          parallel: int, ordered: bool, ray_address: str | None, ray_runtime_env: str | None, retry_errors: bool) -> None:
     """Steer every prompt of a JSONL or text file; results appended to OUT as they finish, resumable.
 
     \b
     sia batch prompts.jsonl -o answers.jsonl --ratio 0.3
+    sia batch prompts.txt -o answers.jsonl --parallel 4 --ordered    # 4 rows decoded together
     sia batch prompts.txt -o answers.jsonl --workers 2 --ordered
     sia batch prompts.jsonl -o answers.jsonl --ray auto          # on a Ray cluster (ray start --head / --address)
     Rows: {"id": ..., "prompt": ...} or {"id": ..., "messages": [...]}, optional "sia": {...} (the server's names),
@@ -210,7 +214,7 @@ def batch(input_file: Path, output: Path, lm: LMSettings, steering: Steering, sy
     if env is not None and not isinstance(env, dict):
         raise click.UsageError("--ray-runtime-env must be a JSON object such as '{\"working_dir\": \".\"}'")
     spec = WorkerSpec(lm, steering.scorer if (config.steers() or best_of > 1) else None, config.replace(seed=None),
-                      best_of=best_of, raw=raw, system=system, verbose=lm.verbose)
+                      best_of=best_of, raw=raw, system=system, verbose=lm.verbose, parallel=parallel)
     with progress("calibrating tau (once per model)") as tick:
         prepare(spec, progress=tick, note=note)  # the default reward built and tau calibrated once, here, before workers race to
     with progress("batch", "rows") as tick:

@@ -79,7 +79,8 @@ class SlotScheduler:
         n_slots: how many sequences decode together (`sia serve --parallel`).
         scorer: the scorer most requests use; a value head on the LM makes every slot room for `branches` candidates.
         slot_ctx: tokens of context each slot holds (default: the LM's).
-        branches: the most candidates a junction may branch (a head's top_k); default 10 or what the LM holds.
+        branches: the most candidates a junction may branch (a head's top_k; default 16, fewer when the slots x
+            branches would pass llama.cpp's 256 sequences).
         max_queue: requests that may wait for a slot; `submit` refuses more (`full`).
     """
 
@@ -91,7 +92,8 @@ class SlotScheduler:
         self.lm = lm
         self.lm_state = needs
         self.n_slots = n_slots
-        self.k = (branches or max(10, min(lm.max_branches, 16))) if needs == "branches" else 0
+        # llama.cpp holds at most 256 sequences in a context: each slot and its branch sequences
+        self.k = max(1, min(branches or 16, 256 // n_slots - 1)) if needs == "branches" else 0
         self.ctx = BatchContext(lm, n_slots, 0, 0, branches=self.k, track_hidden=needs == "hidden", slot_ctx=slot_ctx or lm.n_ctx)
         self.slot_ctx = self.ctx.n_ctx
         self.max_queue = max_queue
@@ -162,7 +164,7 @@ class SlotScheduler:
             raise ConfigError("this scorer needs LM states the slots' context was not made for", "start the slots with this scorer")
         prepared = steerer.prepare(job.prompt, job.system, job.raw)
         if len(prepared.ids) + 1 >= self.slot_ctx:
-            raise ContextLengthError(f"the prompt has {len(prepared.ids)} tokens but a slot holds {self.slot_ctx}",
+            raise ContextLengthError(f"the prompt has {len(prepared.ids)} tokens but the context holds {self.slot_ctx} (a slot's)",
                                      "shorten the prompt or raise --ctx-size", api_hint="shorten the messages")
         tau = steerer.gate_tau(cfg)
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")

@@ -74,7 +74,7 @@ class Engine:
     queue in front (503 beyond it). Requests' own objectives share one embedder."""
 
     def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue, parallel: int = 1,
-                 slot_ctx: int | None = None) -> None:
+                 slot_ctx: int | None = None, max_top_k: int = MAX_TOP_K) -> None:
         self.steerer = steerer
         self.model_id = model_id
         shared = getattr(steerer.scorer, "embedder", None)  # the server's own mix, if it is one: its embedder serves every request's mix
@@ -82,7 +82,7 @@ class Engine:
         self.max_queue = max_queue
         self.parallel = parallel
         self.slots = SlotScheduler(steerer.lm, parallel, scorer=steerer.scorer, slot_ctx=slot_ctx, max_queue=max_queue,
-                                   branches=getattr(steerer.lm, "max_branches", 0) or None)
+                                   branches=max(max_top_k, steerer.config.top_k))
 
     @property
     def waiting(self) -> int:
@@ -172,7 +172,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
 
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     parallel = check_parallel(conf.parallel, steerer.lm, batch_limit)
-    engine = Engine(steerer, model_id, max_queue, parallel)
+    engine = Engine(steerer, model_id, max_queue, parallel, max_top_k=top_k_limit)
     app.state.engine = engine
     app.router.on_shutdown.append(engine.slots.close)  # the slots' thread stops and their context is freed with the app
 
@@ -407,9 +407,14 @@ def _free_memory_bytes() -> int | None:
         return None
 
 
-def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None) -> None:
-    """Run the server until Ctrl-C."""
+def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Run the server until Ctrl-C; `announce` gets one line saying where, with what scorer and how many slots."""
     import uvicorn
 
     app = create_app(steerer, model_id=model_id, settings=dataclasses.replace(settings or ServerSettings(), host=host))
+    engine: Engine = app.state.engine
+    if announce is not None:
+        announce(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.scorer, 'name', 'none')}; {engine.parallel} slots of "
+                 f"{engine.slots.slot_ctx} tokens, --parallel); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")

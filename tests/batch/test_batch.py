@@ -130,6 +130,28 @@ def test_two_workers_give_the_same_rows(tmp_path: Path, tiny_gguf: Path, tiny_re
     assert ordered == [row.id for row in rows]
 
 
+def test_rows_in_slots_give_the_same_rows(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
+    """--parallel 4 here and --workers 2 --parallel 2: the same rows as one at a time, error rows included."""
+    rows = read_rows(_prompts(tmp_path, 10))
+    rows[3].error = "line 4: a broken row"
+    rows[5].best_of = 2
+    spec = _spec(tiny_gguf, tiny_reward)
+    one = {r["id"]: r for r in run(rows, spec, workers=1)}
+    for kwargs in ({"parallel": 4}, {"parallel": 2, "workers": 2}):
+        got = list(run(rows, spec, **kwargs))
+        assert sorted(r["id"] for r in got) == sorted(one)
+        for r in got:
+            ref = one[r["id"]]
+            assert (r["text"], r["error"], r.get("samples") and [x["text"] for x in r["samples"]]) == (
+                ref["text"], ref["error"], ref.get("samples") and [x["text"] for x in ref["samples"]])
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(_prompts(tmp_path, 6)), "-o", str(out), "-m", str(tiny_gguf), "-c", "512", "-r", str(tiny_reward), "--tau", "1.2",
+            "-n", "8", "--parallel", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 6
+
+
 @pytest.mark.ray
 def test_ray_actors_give_the_same_rows_and_survive_a_kill(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path) -> None:
     ray = pytest.importorskip("ray")

@@ -119,18 +119,22 @@ def test_requests_name_objectives_never_paths(steerer: Steerer, tiny_reward: Pat
 
 def test_objectives_load_after_admission(steerer: Steerer, tiny_reward: Path, tmp_path: Path) -> None:
     """A full queue refuses a request before its objectives are loaded (loading is work the queue bounds)."""
-    app = create_app(steerer, model_id="tiny", max_queue=0, objective_dirs=[str(tiny_reward)])
+    app = create_app(steerer, model_id="tiny", max_queue=0, parallel=1, objective_dirs=[str(tiny_reward)])
     engine: Engine = app.state.engine
     loads = []
     original = engine.mixes.get
     engine.mixes.get = lambda specs: (loads.append(specs), original(specs))[1]  # type: ignore[method-assign]
-    release = threading.Event()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_: int, piece: object) -> None:  # the one slot's first token waits here: the slot stays taken
+        holding.set()
+        release.wait()
 
     async def scenario() -> tuple[int, int]:
         from sia_local.serve.openai_api import ApiError
 
-        blocker = asyncio.ensure_future(engine.call(release.wait))  # holds the model
-        await asyncio.sleep(0.05)
+        blocker = await engine.submit("hello", {"raw": True, "gate": "none", "max_tokens": 4}, threading.Event(), on_piece=hold)
+        await asyncio.to_thread(holding.wait)
         try:
             async for _ in engine.run("hi", {"raw": True}, threading.Event(), ((str(tiny_reward), 1.0),)):
                 pass
@@ -141,28 +145,7 @@ def test_objectives_load_after_admission(steerer: Steerer, tiny_reward: Path, tm
         await blocker
         return refused, len(loads)
 
-    assert asyncio.run(scenario()) == (503, 0)
-
-
-def test_a_cancelled_job_keeps_the_model_until_its_thread_ends(steerer: Steerer) -> None:
-    engine = Engine(steerer, "tiny", max_queue=4)
-    started, release = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def job() -> None:
-        started.set()
-        release.wait()
-        order.append("first job ended")
-
-    async def scenario() -> None:
-        first = asyncio.ensure_future(engine.call(job))
-        await asyncio.to_thread(started.wait)
-        first.cancel()  # the caller leaves (a shutdown, a cancelled Best-of-N); its thread still decodes
-        second = asyncio.ensure_future(engine.call(lambda: order.append("second job ran")))
-        await asyncio.sleep(0.2)
-        assert order == [] and not second.done()  # the next job waits for the thread, not for the caller
-        release.set()
-        await second
-
-    asyncio.run(scenario())
-    assert order == ["first job ended", "second job ran"]
+    try:
+        assert asyncio.run(scenario()) == (503, 0)
+    finally:
+        engine.slots.close()

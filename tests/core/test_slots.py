@@ -1,0 +1,142 @@
+"""Slots: several requests decoded together in one context, each answer the one it gets alone (tiny real models)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from sia_local.core.config import SteerConfig
+from sia_local.core.search import best_of_n
+from sia_local.core.slots import SlotScheduler
+from sia_local.core.steer import Steerer
+from sia_local.errors import Cancelled, ContextLengthError
+from sia_local.llama import LM
+from sia_local.rewards.reward import OnnxReward
+from tiny_models import write_tiny_gguf
+
+PROMPTS = ["Tell me something.", "Write a poem about the sea and the sky.", "Hi", "What is two plus two?", "Plan a picnic for four."]
+
+
+@pytest.fixture(scope="module")
+def steerer(tiny_lm: LM, tiny_reward: Path) -> Steerer:
+    return Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(tau=1.3, max_tokens=24, seed=10))
+
+
+@pytest.fixture
+def slots(steerer: Steerer):
+    scheduler = SlotScheduler(steerer.lm, 3, scorer=steerer.scorer, slot_ctx=256)
+    yield scheduler
+    scheduler.close()
+
+
+@pytest.mark.parametrize("gate, extra", [("entropy", {}), ("none", {}), ("dense", {}), ("random", {"ratio": 0.3}), ("first-n", {"first_n": 5})])
+def test_every_request_gets_the_answer_it_gets_alone(steerer: Steerer, slots: SlotScheduler, gate: str, extra: dict) -> None:
+    """Five requests on three slots (two wait in the queue), each with its own seed, gate and random stream."""
+    runs: list[int] = []
+    real = steerer.scorer.score_junctions  # type: ignore[union-attr]
+    steerer.scorer.score_junctions = lambda js: (runs.append(len(js)), real(js))[1]  # type: ignore[union-attr]
+    try:
+        futures = [slots.submit(steerer, p, gate=gate, seed=5 + i, **extra) for i, p in enumerate(PROMPTS)]
+        together = [f.result(timeout=120) for f in futures]
+    finally:
+        del steerer.scorer.score_junctions  # type: ignore[union-attr]
+    for i, (p, got) in enumerate(zip(PROMPTS, together)):
+        alone = steerer.generate(p, gate=gate, seed=5 + i, **extra)
+        assert got.token_ids == alone.token_ids and got.text == alone.text
+        assert got.stats.junctions == alone.stats.junctions and got.stats.finish_reason == alone.stats.finish_reason
+    assert slots.served == 5 and sorted(slots.free) == [0, 1, 2]
+    assert sum(runs) == sum(g.stats.junctions for g in together)  # every junction scored once ...
+    if gate == "dense":  # ... and every slot's junctions of a step in one reward run: three at a time while three slots decode
+        assert len(runs) < sum(runs) and max(runs) == 3 and len(runs) <= slots.steps
+
+
+def test_settings_are_per_slot(steerer: Steerer, slots: SlotScheduler) -> None:
+    """Different weights, temperatures, stop strings and token limits side by side."""
+    asks = [dict(weight=0.0, seed=1), dict(weight=8.0, seed=1, gate="dense"), dict(temperature=0.0, seed=2, max_tokens=9),
+            dict(stop=["e"], seed=3), dict(top_k=4, seed=4, ratio=0.5, tau=None)]
+    futures = [slots.submit(steerer, "Tell me something.", **a) for a in asks]
+    for a, f in zip(asks, futures):
+        alone = steerer.generate("Tell me something.", **a)
+        got = f.result(timeout=120)
+        assert got.text == alone.text and got.stats.finish_reason == alone.stats.finish_reason and got.stats.top_k == alone.stats.top_k
+
+
+def test_a_request_joins_and_one_leaves_mid_stream(steerer: Steerer, slots: SlotScheduler) -> None:
+    """B joins while A streams; A's client leaves at its 6th piece: A stops there, its slot frees, B is untouched."""
+    a_pieces: list[str] = []
+    b_started = threading.Event()
+    cancel_a = threading.Event()
+    futures: dict[str, object] = {}
+
+    def on_a(_: int, piece) -> None:
+        a_pieces.append(piece.text)
+        if len(a_pieces) == 3:  # B joins mid-stream (submitted from the slots' own thread: no race with A's steps)
+            futures["b"] = slots.submit(steerer, "Write a poem about the sea and the sky.", seed=8, gate="dense", max_tokens=20)
+            b_started.set()
+        if len(a_pieces) == 6:
+            cancel_a.set()  # the client leaves: checked before the next step
+
+    fa = slots.submit(steerer, "Tell me something.", seed=7, max_tokens=200, on_piece=on_a, cancel=cancel_a)
+    with pytest.raises(Cancelled):
+        fa.result(timeout=120)
+    assert len(a_pieces) == 6  # not one more token after the client left
+    b_started.wait(5)
+    got = futures["b"].result(timeout=120)  # type: ignore[attr-defined]
+    assert got.text == steerer.generate("Write a poem about the sea and the sky.", seed=8, gate="dense", max_tokens=20).text
+    assert slots.cancelled == 1 and sorted(slots.free) == [0, 1, 2]
+
+
+def test_best_of_n_occupies_n_slots_beside_single_requests(steerer: Steerer) -> None:
+    scheduler = SlotScheduler(steerer.lm, 4, scorer=steerer.scorer, slot_ctx=256)
+    try:
+        bon = scheduler.submit(steerer, "Tell me something.", n=3, seed=20)
+        single = scheduler.submit(steerer, "Hi", seed=30, gate="dense")
+        big = scheduler.submit(steerer, "Plan a picnic for four.", n=6, seed=40, gate="none", max_tokens=10)  # more than the slots: alone
+        result, one, alone_big = bon.result(timeout=120), single.result(timeout=120), big.result(timeout=120)
+    finally:
+        scheduler.close()
+    ref = best_of_n(steerer, "Tell me something.", 3, seed=20)
+    assert [c.generation.token_ids for c in result.candidates] == [c.generation.token_ids for c in ref.candidates]
+    assert [c.score for c in result.candidates] == pytest.approx([c.score for c in ref.candidates]) and result.best_index == ref.best_index
+    assert result.stats.n == 3 and result.stats.tokens == sum(c.generation.stats.tokens for c in result.candidates)
+    assert one.token_ids == steerer.generate("Hi", seed=30, gate="dense").token_ids
+    ref_big = best_of_n(steerer, "Plan a picnic for four.", 6, seed=40, gate="none", max_tokens=10)
+    assert [c.generation.text for c in alone_big.candidates] == [c.generation.text for c in ref_big.candidates]
+
+
+def test_errors_are_raised_at_submission_and_one_failing_request_spares_the_rest(steerer: Steerer, slots: SlotScheduler) -> None:
+    with pytest.raises(ContextLengthError, match="context holds 256"):
+        slots.submit(steerer, "word " * 400, raw=True)
+    ok = slots.submit(steerer, "Hi", seed=1)
+    boom = slots.submit(steerer, "Tell me something.", seed=2, on_piece=lambda i, p: 1 / 0)  # its own callback fails
+    with pytest.raises(ZeroDivisionError):
+        boom.result(timeout=120)
+    assert ok.result(timeout=120).text == steerer.generate("Hi", seed=1).text
+
+
+def test_a_layer_head_steers_in_slots_as_alone(tiny_reward: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The early-exit head: all slots' candidates in one tapped decode; every answer the one it gets alone."""
+    from sia_local.heads.distill import distill_head
+    from sia_local.heads.head import load_head
+
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("deep") / "deep.gguf", n_layer=6)
+    lm = LM(gguf, n_ctx=256, hidden=True, flash_attn="off")
+    folder = tmp_path_factory.mktemp("head") / "h"
+    distill_head(lm, OnnxReward(tiny_reward, provider="cpu"), PROMPTS, folder, samples_per_prompt=0, junction_tokens=12, junction_ratio=0.5,
+                 layer=1)
+    head = load_head(folder / "layer.npz", lm)
+    steerer = Steerer(lm, head, SteerConfig(gate="dense", weight=30.0, max_tokens=12, seed=7))
+    scheduler = SlotScheduler(lm, 3, scorer=head, slot_ctx=128)
+    try:
+        futures = [scheduler.submit(steerer, p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
+        together = [f.result(timeout=120) for f in futures]
+        decodes = scheduler.ctx.decode_calls
+    finally:
+        scheduler.close()
+    alone = [steerer.generate(p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert all(g.stats.changed > 0 for g in together)  # weight 30 moved tokens: the comparison is of steered answers
+    steps = max(g.stats.tokens for g in together)
+    assert decodes <= 2 * steps + 2  # per step: one decode for every slot's token, one tapped decode for every slot's candidates
