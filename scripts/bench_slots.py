@@ -1,0 +1,166 @@
+"""Slots under load: 1, 2, 4, 8 concurrent streaming clients against `sia serve --parallel P` (gate none, SIA@0.2 with
+the MiniLM teacher, SIA@0.2 with the shipped layer head) and against llama-cpp-python's own server (same model and
+threads) as the baseline users have; then `sia batch` over N rows with --parallel 1/4/8. Side by side in one run,
+alone on the machine: aggregate tokens/s, p50/p95 time to first token, per-client tokens/s.
+
+Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--out docs/bench/slots.json]
+The llama-cpp-python arm needs `pip install "llama-cpp-python[server]"` (skipped, with a note, without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["Write a long letter to a neighbour whose dog barks at night.", "Explain in detail how to plan a vegetable garden.",
+           "Tell a long story about a lighthouse keeper.", "Describe, step by step, how to bake bread at home.",
+           "Write a detailed guide to a first camping trip.", "Explain how trains changed the world, at length.",
+           "Write a long diary entry about a rainy Monday.", "Describe a busy market in the morning, in detail."]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen, path: str) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the server did not start")
+
+
+def _client(url: str, i: int, tokens: int, sia: dict | None) -> dict:
+    body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": tokens, "stream": True, "seed": i,
+            "temperature": 1.0}
+    if sia is not None:
+        body["sia"] = sia
+    start = time.perf_counter()
+    first, n = None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0].get("delta", {})
+                if delta.get("content"):
+                    n += 1  # one chunk a token on both servers
+                    first = first or time.perf_counter() - start
+    total = time.perf_counter() - start
+    return {"ttft": first or total, "tokens": n, "seconds": total, "tps": n / max(total - (first or 0), 1e-9)}
+
+
+def _load(url: str, clients: int, tokens: int, sia: dict | None) -> dict:
+    _client(url, 99, 8, sia)  # warm-up (calibration caches, thread pools)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        rows = list(pool.map(lambda i: _client(url, i, tokens, sia), range(clients)))
+    wall = time.perf_counter() - start
+    ttft = sorted(r["ttft"] for r in rows)
+    return {"clients": clients, "aggregate_tps": sum(r["tokens"] for r in rows) / wall, "tokens": sum(r["tokens"] for r in rows),
+            "ttft_p50": statistics.median(ttft), "ttft_p95": ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))],
+            "client_tps": statistics.median(r["tps"] for r in rows), "wall": wall}
+
+
+def _sia_server(model: str | None, parallel: int, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    cmd = [sys.executable, "-m", "sia_local.cli", "serve", "--port", str(port), "--parallel", str(parallel), "-t", str(threads), "--max-queue", "16",
+           *(["-m", model] if model else []), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait(url, proc, "/health")
+    return proc, url
+
+
+def _llama_server(model: str, threads: int) -> tuple[subprocess.Popen, str] | None:
+    try:
+        import sse_starlette  # noqa: F401
+        import starlette_context  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python's server is not installed (pip install 'llama-cpp-python[server]'): its arm is skipped", file=sys.stderr)
+        return None
+    port = _port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads), "--n_ctx", "4096",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait(url, proc, "/v1/models")
+    return proc, url
+
+
+def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.jsonl"
+        src.write_text("".join(json.dumps({"id": i, "prompt": PROMPTS[i % len(PROMPTS)]}) + "\n" for i in range(rows)))
+        cmd = [sys.executable, "-m", "sia_local.cli", "batch", str(src), "-o", str(Path(tmp) / "out.jsonl"), "--parallel", str(parallel),
+               "-n", str(tokens), "-t", str(threads), "--ratio", "0.2", *(["-m", model] if model else [])]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        out = [json.loads(line) for line in (Path(tmp) / "out.jsonl").read_text().splitlines()]
+    generated = sum(r["stats"]["tokens"] for r in out if r["stats"])
+    return {"parallel": parallel, "rows": rows, "tokens": generated, "wall": wall, "tps": generated / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-m", "--model", default=None, help="a GGUF (default: the bundled SmolLM2)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--batch-parallel", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--arms", nargs="+", default=["none", "teacher", "head", "llama-cpp-python"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    parallel = max(args.clients)
+    arms = {"none": (["--gate", "none"], {"gate": "none"}), "teacher": (["--scorer", "teacher", "--ratio", "0.2"], {"ratio": 0.2}),
+            "head": (["--scorer", "head", "--ratio", "0.2"], {"ratio": 0.2})}
+    results: dict = {"model": args.model or "SmolLM2-135M-Instruct Q4_1 (bundled)", "tokens": args.tokens, "threads": args.threads, "serve": {}, "batch": []}
+    for arm in args.arms:
+        if arm == "llama-cpp-python":
+            from sia_local.runtime import LMSettings, model_path
+
+            started = _llama_server(str(model_path(LMSettings(model=args.model))), args.threads)
+            sia = None
+        else:
+            flags, sia = arms[arm]
+            started = _sia_server(args.model, parallel, args.threads, flags)
+        if started is None:
+            continue
+        proc, url = started
+        try:
+            results["serve"][arm] = [_load(url, c, args.tokens, sia) for c in args.clients]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        for row in results["serve"][arm]:
+            print(f"{arm:17s} clients={row['clients']}  aggregate {row['aggregate_tps']:6.1f} tok/s  ttft p50 {row['ttft_p50']:.2f}s "
+                  f"p95 {row['ttft_p95']:.2f}s  per client {row['client_tps']:5.1f} tok/s", flush=True)
+    for p in args.batch_parallel if args.rows else []:
+        row = _batch(args.model, args.rows, p, args.tokens, args.threads)
+        results["batch"].append(row)
+        print(f"batch --parallel {p}: {row['rows']} rows, {row['tokens']} tokens in {row['wall']:.1f}s = {row['tps']:.1f} tok/s", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
