@@ -301,14 +301,14 @@ class SlotScheduler:
             scorer = job.steerer.scorer
             junction = job.seqs[i].scoring_request(job.reward_prompt, job.ids, key=job.slots[i], decoder=self.ctx)
             groups.setdefault(id(scorer), (scorer, []))[1].append((job, i, junction))
-        shared: dict[int, tuple[Any, list[str]]] = {}
+        sharing: dict[int, tuple[Any, list[list[tuple[Job, int, Junction]]]]] = {}  # embedder -> the scorer groups that use it
         for scorer, members in groups.values():
             peer = getattr(scorer, "shared", None)
             if peer is not None:
-                shared.setdefault(id(peer), (peer, []))[1].extend(t for _, _, j in members for t in j.texts())
-        ahead = [peer for peer, texts in shared.values() if len([g for g in groups.values() if getattr(g[0], "shared", None) is peer]) > 1]
+                sharing.setdefault(id(peer), (peer, []))[1].append(members)
+        ahead = [peer for peer, uses in sharing.values() if len(uses) > 1]  # one scorer alone runs its embedder itself
         for peer in ahead:
-            peer.ahead(shared[id(peer)][1])
+            peer.ahead([t for members in sharing[id(peer)][1] for _, _, j in members for t in j.texts()])
         try:
             for scorer, members in groups.values():
                 t = time.perf_counter()
