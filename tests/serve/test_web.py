@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 
 import httpx
 import pytest
 
-from test_server import _Server, endless, server, steerer  # noqa: F401 - the fixtures, shared
+from test_server import EndlessScorer, _Server, endless, server, steerer  # noqa: F401 - the fixtures, shared
 
 
 def test_the_page_is_served_and_needs_nothing_from_outside(server: _Server) -> None:
@@ -180,3 +181,94 @@ def _alert(d) -> bool:  # noqa: ANN001
         return True
     except Exception:
         return False
+
+
+class HeldScorer(EndlessScorer):
+    """An endless scorer the test can hold: while `held` is set, the slots' step waits in it (nothing ends, nothing is emitted)."""
+
+    def __init__(self, lm) -> None:  # noqa: ANN001
+        super().__init__(lm)
+        self.held = threading.Event()
+
+    def score_junctions(self, junctions):
+        deadline = time.time() + 120
+        while self.held.is_set() and time.time() < deadline:
+            time.sleep(0.01)
+        return super().score_junctions(junctions)
+
+
+def test_two_tabs_stream_at_once_and_keep_their_own_conversations(steerer) -> None:  # noqa: ANN001, F811
+    """Two tabs of the page, each answered in its own slot at the same time; Stop in each frees its slot; each tab keeps
+    its own conversation and the storage both share holds both (no tab overwrites the other's)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from sia_local import SteerConfig, Steerer
+    from sia_local.serve.server import create_app
+    from servers import _free_port
+
+    scorer = HeldScorer(steerer.lm)
+    held = Steerer(steerer.lm, scorer, SteerConfig(gate="dense", max_tokens=32))
+    with _Server(create_app(held, model_id="tiny", max_queue=4, parallel=2), _free_port()) as s:
+        health = lambda: httpx.get(s.url + "/health").json()  # noqa: E731
+        d = _browser()
+        try:
+            scorer.held.set()  # both requests go in before either can end
+            tabs = []
+            for n, text in enumerate(("Tab one.", "Tab two.")):
+                if tabs:
+                    d.switch_to.new_window("tab")
+                tabs.append(d.current_window_handle)
+                d.get(s.url + "/")
+                _wait(lambda: d.find_elements(By.ID, "s-max_tokens"))
+                field = d.find_element(By.ID, "s-max_tokens")
+                field.clear()
+                field.send_keys("900")
+                d.find_element(By.ID, "input").send_keys(text, Keys.ENTER)
+                _wait(lambda: health()["active"] + health()["queued"] == n + 1)
+            scorer.held.clear()
+            counts = {}
+            for tab in tabs:  # both stream: each tab's answer grows while the other's is running
+                d.switch_to.window(tab)
+                _wait(lambda: len(d.find_elements(By.CSS_SELECTOR, ".assistant .tok")) > 3)
+            scorer.held.set()  # freeze both mid-answer: neither can end before its Stop
+            assert health()["active"] == 2
+            before = health()["cancelled"]
+            for tab in tabs:
+                d.switch_to.window(tab)
+                counts[tab] = len(d.find_elements(By.CSS_SELECTOR, ".assistant .tok"))
+                d.find_element(By.ID, "stop").click()
+                _wait(lambda: any("stopped" in x.text for x in d.find_elements(By.CSS_SELECTOR, ".assistant .stats")))
+            scorer.held.clear()
+            _wait(lambda: health()["cancelled"] == before + 2 and health()["active"] == 0, 30)
+            stored = d.execute_script("return JSON.parse(localStorage.getItem('sia-conversations'))")
+            firsts = sorted(c["messages"][0]["content"] for c in stored.values() if c["messages"])
+            assert firsts == ["Tab one.", "Tab two."]  # each tab its own conversation, both kept
+            assert all(len(c["messages"]) == 2 and c["messages"][1]["role"] == "assistant" for c in stored.values() if c["messages"])
+            for tab, text in zip(tabs, ("Tab one.", "Tab two.")):  # a reload keeps the tab's own conversation
+                d.switch_to.window(tab)
+                d.refresh()
+                _wait(lambda: d.find_elements(By.CSS_SELECTOR, ".msg.user"))
+                assert d.find_elements(By.CSS_SELECTOR, ".msg.user")[0].text.startswith(text)
+                assert len(d.find_elements(By.CSS_SELECTOR, "#convs .delete")) == 2  # and lists the other tab's
+            # one conversation written by both tabs at once: the tab that ends last keeps its version as a new conversation
+            scorer.held.set()
+            d.find_element(By.ID, "input").send_keys("More in two.", Keys.ENTER)  # tab two answers in its conversation ...
+            _wait(lambda: health()["active"] == 1)
+            d.switch_to.window(tabs[0])
+            next(b for b in d.find_elements(By.CSS_SELECTOR, "#convs button") if b.text.endswith("Tab two.")).click()
+            d.find_element(By.ID, "input").send_keys("Also in one.", Keys.ENTER)  # ... and tab one writes to it meanwhile
+            _wait(lambda: health()["active"] + health()["queued"] == 2)
+            for tab in (tabs[0], tabs[1]):
+                d.switch_to.window(tab)
+                d.find_element(By.ID, "stop").click()
+                _wait(lambda: any("stopped" in x.text for x in d.find_elements(By.CSS_SELECTOR, ".assistant .stats")))
+            scorer.held.clear()
+            _wait(lambda: health()["active"] == 0, 30)
+            stored = d.execute_script("return JSON.parse(localStorage.getItem('sia-conversations'))")
+            users = sorted([m["content"] for m in c["messages"] if m["role"] == "user"] for c in stored.values())
+            assert users == [["Tab one."], ["Tab two.", "More in two."], ["Tab two.", "More in two.", "Also in one."]]  # nothing lost
+            assert sum(c["title"].endswith("(this tab)") for c in stored.values()) == 1
+        finally:
+            scorer.held.clear()
+            d.quit()
