@@ -3,7 +3,12 @@ the MiniLM teacher, SIA@0.2 with the shipped layer head) and against llama-cpp-p
 threads) as the baseline users have; then `sia batch` over N rows with --parallel 1/4/8. Side by side in one run,
 alone on the machine: aggregate tokens/s, p50/p95 time to first token, per-client tokens/s.
 
-Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--out docs/bench/slots.json]
+Two references: the `decode` arm is llama.cpp's own batched decode with no scheduler, HTTP or sampling (one
+`llama_decode` of 1, 2, 4, 8 rows in the slots' context): the most any scheduler on this machine can get from
+batching. `--before REF` runs one client against `sia serve` from another commit (a temporary git worktree, e.g.
+the commit before slots) beside this one, alternating, for "one client no slower than before".
+
+Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--before REF] [--out docs/bench/slots.json]
 The llama-cpp-python arm needs `pip install "llama-cpp-python[server]"` (skipped, with a note, without it).
 """
 
@@ -80,11 +85,13 @@ def _load(url: str, clients: int, tokens: int, sia: dict | None) -> dict:
             "client_tps": statistics.median(r["tps"] for r in rows), "wall": wall}
 
 
-def _sia_server(model: str | None, parallel: int, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def _sia_server(model: str | None, parallel: int | None, threads: int, extra: list[str], tree: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`sia serve` from this checkout, or from `tree` (another commit's worktree; parallel None: a server without slots)."""
     port = _port()
-    cmd = [sys.executable, "-m", "sia_local.cli", "serve", "--port", str(port), "--parallel", str(parallel), "-t", str(threads), "--max-queue", "16",
-           *(["-m", model] if model else []), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "sia_local.cli", "serve", "--port", str(port), *(["--parallel", str(parallel)] if parallel else []),
+           "-t", str(threads), "--max-queue", "16", *(["-m", model] if model else []), *extra]
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree, env=env)
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc, "/health")
     return proc, url
@@ -119,6 +126,58 @@ def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: in
     return {"parallel": parallel, "rows": rows, "tokens": generated, "wall": wall, "tps": generated / wall}
 
 
+def _decode(model: str | None, rows: list[int], threads: int, steps: int = 64) -> list[dict]:
+    """llama.cpp's batched decode alone: ms per `llama_decode` of r rows (one token each) in the slots' context."""
+    from sia_local.llama import BatchContext
+    from sia_local.runtime import LMSettings, load_lm
+
+    lm = load_lm(LMSettings(model=model, n_threads=threads))
+    prompt = lm.render_chat([{"role": "user", "content": PROMPTS[2]}])[0]
+    out = []
+    for r in rows:
+        ctx = BatchContext(lm, max(rows), 0, 0, slot_ctx=1024)
+        try:
+            ctx.step({}, {s: (prompt, True) for s in range(r)})
+            for _ in range(4):
+                ctx.step({s: prompt[-1] for s in range(r)})
+            start = time.perf_counter()
+            for _ in range(steps):
+                ctx.step({s: prompt[-1] for s in range(r)})
+            ms = (time.perf_counter() - start) / steps * 1e3
+        finally:
+            ctx.close()
+        out.append({"rows": r, "ms_per_step": ms, "tps": r / ms * 1e3})
+    return out
+
+
+def _before(model: str | None, ref: str, threads: int, tokens: int, arms: dict, rounds: int = 3) -> dict:
+    """One client against `sia serve` at `ref` and at this checkout, alternating `rounds` times per arm (medians)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "before"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), ref], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        try:
+            out = {}
+            for arm in ("none", "head"):
+                flags, sia = arms[arm]
+                runs: dict[str, list[float]] = {"before": [], "now": []}
+                for _ in range(rounds):
+                    for which, tree_, parallel in (("before", tree, None), ("now", None, None)):  # each its default
+                        proc, url = _sia_server(model, parallel, threads, flags, tree_)
+                        try:
+                            runs[which].append(_load(url, 1, tokens, sia)["aggregate_tps"])
+                        finally:
+                            proc.terminate()
+                            proc.wait(timeout=30)
+                before, now = statistics.median(runs["before"]), statistics.median(runs["now"])
+                out[arm] = {"before_tps": before, "now_tps": now, "ratio": now / before, "runs": runs}
+            return out
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-m", "--model", default=None, help="a GGUF (default: the bundled SmolLM2)")
@@ -126,7 +185,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--batch-parallel", type=int, nargs="+", default=[1, 4, 8])
-    ap.add_argument("--arms", nargs="+", default=["none", "teacher", "head", "llama-cpp-python"])
+    ap.add_argument("--arms", nargs="+", default=["decode", "none", "teacher", "head", "llama-cpp-python"])
+    ap.add_argument("--before", default=None, help="a git commit: one client against its `sia serve` beside this one's (e.g. the commit before slots)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -135,6 +195,12 @@ def main() -> None:
             "head": (["--scorer", "head", "--ratio", "0.2"], {"ratio": 0.2})}
     results: dict = {"model": args.model or "SmolLM2-135M-Instruct Q4_1 (bundled)", "tokens": args.tokens, "threads": args.threads, "serve": {}, "batch": []}
     for arm in args.arms:
+        if arm == "decode":
+            results["decode"] = _decode(args.model, args.clients, args.threads)
+            for row in results["decode"]:
+                print(f"decode alone      rows={row['rows']}     {row['tps']:6.1f} tok/s  ({row['ms_per_step']:.1f} ms a step, "
+                      f"x{row['tps'] / results['decode'][0]['tps']:.2f} one row)", flush=True)
+            continue
         if arm == "llama-cpp-python":
             from sia_local.runtime import LMSettings, model_path
 
@@ -154,6 +220,10 @@ def main() -> None:
         for row in results["serve"][arm]:
             print(f"{arm:17s} clients={row['clients']}  aggregate {row['aggregate_tps']:6.1f} tok/s  ttft p50 {row['ttft_p50']:.2f}s "
                   f"p95 {row['ttft_p95']:.2f}s  per client {row['client_tps']:5.1f} tok/s", flush=True)
+    if args.before:
+        results["before"] = _before(args.model, args.before, args.threads, args.tokens, arms)
+        for arm, row in results["before"].items():
+            print(f"one client, {arm}: before {row['before_tps']:.1f} tok/s, now {row['now_tps']:.1f} tok/s (x{row['ratio']:.2f})", flush=True)
     for p in args.batch_parallel if args.rows else []:
         row = _batch(args.model, args.rows, p, args.tokens, args.threads)
         results["batch"].append(row)

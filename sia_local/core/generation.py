@@ -33,6 +33,7 @@ class Stats:
     """What a generation cost and how much it was steered."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens already in the context (a chat's earlier turns, a shared system prompt): not decoded again
     tokens: int = 0
     junctions: int = 0
     ratio: float = 0.0  # junctions / tokens: the realised steering ratio

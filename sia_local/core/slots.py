@@ -7,7 +7,9 @@ goes in). Then every slot with fresh logits proposes (top-k, entropy, its own ga
 the junctions of all slots are scored together, one call per scorer (one tapped early-exit decode over
 all their candidates for a head; one ONNX run for a reward; scorers that share an embedder run it once
 over all their texts, `Scorer.shared`); each slot commits its token. A slot that finishes, stops or
-whose client leaves frees its cells before the next step, and the queue's next request takes it.
+whose client leaves is free before the next step, and the queue's next request takes it. Its cells stay as a
+prompt cache, as in llama.cpp's server: a request is given the free slot that holds the longest start of its
+prompt (a chat's earlier turns, a shared system prompt), and only the rest of its prompt is decoded.
 
 Each slot keeps its own `SequenceState` -- settings, gate and tau control, weight, seed and random
 stream, stop strings, grammar -- so its answer is the one `Steerer.generate` gives alone with the same
@@ -59,7 +61,8 @@ class Job:
     seqs: list[SequenceState] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     live: list[bool] = field(default_factory=list)
-    fed: int = 0  # prompt tokens decoded so far
+    fed: int = 0  # prompt tokens in the slot's cells so far
+    cached: int = 0  # of them, reused from the slot's last request
     start: float = 0.0
     prefill_seconds: float = 0.0
     first_step: int = 0  # the scheduler's decode count at admission (a group's decode_calls)
@@ -186,9 +189,9 @@ class SlotScheduler:
                 continue
             try:
                 self._step()
-            except Exception as exc:  # a failed decode: every running request fails with it, their slots are freed
+            except Exception as exc:  # a failed decode: every running request fails with it, their slots are emptied
                 for job in list(self.running):
-                    self._release(job)
+                    self._release(job, forget=True)
                     _settle(job.future, error=exc)
 
     def _admit(self) -> Job | None:
@@ -207,12 +210,28 @@ class SlotScheduler:
             if len(self.free) < job.n:
                 return None
             self.queue.popleft()
-            job.slots = [self.free.pop(0) for _ in range(job.n)]
+            lead = self._slot_for(job.ids)
+            self.free.remove(lead)
+            job.slots = [lead] + [self.free.pop(0) for _ in range(job.n - 1)]
+            job.fed = job.cached = self.ctx.reuse(lead, job.ids)  # the prompt's start may be in the slot's cells already
+            for s in job.slots[1:]:
+                self.ctx.drop(s)  # a Best-of-N's other samples get the lead's cells once its prompt is in
             job.live = [True] * job.n
             job.start = time.perf_counter()
             job.first_step = self.ctx.decode_calls
             self.running.append(job)
         return None
+
+    def _slot_for(self, ids: Sequence[int]) -> int:
+        """The free slot for a prompt: of the slots whose cells are mostly a start of it (a chat's earlier turns, the
+        same prompt again; an empty slot too), the one holding the longest start; else the slot that loses the fewest
+        cells -- a shared system prompt alone never evicts a conversation its client may come back to. Equals: the
+        slot free the longest."""
+        kept = {s: self.ctx.common_prefix(s, ids) for s in self.free}
+        continuing = [s for s in self.free if 2 * kept[s] >= len(self.ctx.held[s])]
+        if continuing:
+            return max(continuing, key=lambda s: kept[s])
+        return min(self.free, key=lambda s: len(self.ctx.held[s]) - kept[s])
 
     def _run_alone(self, job: Job) -> None:
         """A Best-of-N with more samples than slots: its own batched context, as `best_of_n` runs it, the slots idle."""
@@ -265,6 +284,7 @@ class SlotScheduler:
                     job.prefill_seconds = time.perf_counter() - job.start
                     for seq in job.seqs:
                         seq.stats.prefill_seconds = job.prefill_seconds
+                        seq.stats.cached_tokens = job.cached
                     ready += [(job, i) for i in range(job.n)]
         for job, i in ready:
             s = job.slots[i]
@@ -286,8 +306,7 @@ class SlotScheduler:
                     seq.end("context")
             if job in self.running and seq.done:
                 job.live[i] = False
-                ctx.drop(s)
-                self.free.append(s)
+                self.free.append(s)  # its cells stay: the next request that starts the same way reuses them
         for job in [j for j in self.running if not any(j.live)]:
             self._finish(job)
 
@@ -361,11 +380,13 @@ class SlotScheduler:
                     _settle(j.future, error=exc)
             return None
 
-    def _release(self, job: Job) -> None:
-        """Take a request out of the slots and free its cells; its scorer forgets per-request state once no slot uses it."""
+    def _release(self, job: Job, forget: bool = False) -> None:
+        """Take a request out of the slots (their cells stay as a prompt cache, unless `forget`: a failed decode); its
+        scorer forgets per-request state once no slot uses it."""
         for i, s in enumerate(job.slots):
-            if job.live[i]:
-                self.ctx.drop(s)
+            if job.live[i]:  # a sample that ended earlier gave its slot back then (it may be another request's now)
+                if forget:
+                    self.ctx.drop(s)
                 self.free.append(s)
                 job.live[i] = False
         if job in self.running:

@@ -168,6 +168,7 @@ class Steerer:
         try:
             logits = lm.prefill(prompt.ids)
             seq.stats.prefill_seconds = time.perf_counter() - start
+            seq.stats.cached_tokens = lm.cached_tokens
             yield from self._steps(seq, prompt, logits)
         finally:
             if reward is not None:

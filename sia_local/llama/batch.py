@@ -82,6 +82,8 @@ class BatchContext:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
         self.pos = [0] * n_seq
+        self.held: list[list[int]] = [[] for _ in range(n_seq)]  # the tokens in each sequence's cells, in order (`reuse`)
+        self._swa = int(llama_cpp.llama_model_n_swa(lm._llm._model.model)) if hasattr(llama_cpp, "llama_model_n_swa") else 0
         self.decode_calls = 0
         self.tokens_decoded = 0
         self._branched: dict[int, dict[int, tuple[int, int]]] = {}  # seq -> {candidate: (output row of the last branch decode, its sequence id)}
@@ -186,6 +188,10 @@ class BatchContext:
 
         out: dict[int, np.ndarray] = {}
         for s, token in tokens.items():
+            self.held[s].append(int(token))
+        for s, (chunk, _) in (prompts or {}).items():
+            self.held[s].extend(int(t) for t in chunk)
+        for s, token in tokens.items():
             kept = self._branched.get(s, {}).get(int(token))
             if kept is None:
                 continue
@@ -227,6 +233,7 @@ class BatchContext:
         """Give `target` (an empty sequence) `source`'s cells: a Best-of-N group prefills its prompt once."""
         self._context.seq_cp(source, target)
         self.pos[target] = self.pos[source]
+        self.held[target] = list(self.held[source])
         if source in self._hidden:
             self._hidden[target] = self._hidden[source]
 
@@ -243,13 +250,40 @@ class BatchContext:
             out[s] = np.stack([self._embedding(i + j) for j in range(len(tails[s]))])
             i += len(tails[s])
             self.pos[s] += len(tails[s])
+            self.held[s].extend(int(t) for t in tails[s])
         return out
 
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells (the sequence can start again at position 0: a slot's next request)."""
         self._context.seq_rm(seq)
         self.pos[seq] = 0
+        self.held[seq] = []
         self._hidden.pop(seq, None)
+
+    def common_prefix(self, seq: int, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the cells of `seq` hold already (a slot keeps its last request's cells);
+        at most len(ids) - 1, since the last prompt token is always decoded for fresh logits."""
+        held, n, i = self.held[seq], min(len(self.held[seq]), len(ids) - 1), 0
+        while i < n and held[i] == ids[i]:
+            i += 1
+        return i
+
+    def reuse(self, seq: int, ids: Sequence[int]) -> int:
+        """Make `seq` ready for the prompt `ids`: keep the cells of the prefix it already holds, free the rest; returns
+        the tokens kept (0 when nothing could be: a recurrent model's state cannot be cut, and a sliding window may
+        have dropped cells the prompt's tail needs -- llama.cpp's server makes the same checks)."""
+        keep = self.common_prefix(seq, ids) if not self.lm._recurrent else 0
+        if keep and self._swa and self._context.seq_pos_min(seq) > max(0, keep - self._swa):
+            keep = 0
+        if keep and not self._context.seq_rm(seq, keep):
+            keep = 0
+        if not keep:
+            self.drop(seq)
+            return 0
+        self.pos[seq] = keep
+        del self.held[seq][keep:]
+        self._hidden.pop(seq, None)
+        return keep
 
     def _drop_branches(self) -> None:
         for kept in self._branched.values():

@@ -217,11 +217,18 @@ class RawContext:
 
         llama_cpp.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
 
-    def seq_rm(self, seq: int) -> None:
-        """Drop sequence `seq` from every KV cell (cells no sequence uses any more become free)."""
+    def seq_rm(self, seq: int, p0: int = -1) -> bool:
+        """Drop sequence `seq` from its KV cells at positions >= p0 (-1: all; cells no sequence uses any more become
+        free). False when llama.cpp cannot cut the sequence there (a recurrent state): then nothing was removed."""
         import llama_cpp
 
-        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        return bool(llama_cpp.llama_memory_seq_rm(self._memory, seq, p0, -1))
+
+    def seq_pos_min(self, seq: int) -> int:
+        """The smallest position `seq` has a KV cell at (-1: none); above 0 when a sliding window dropped the start."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_memory_seq_pos_min(self._memory, seq))
 
     def close(self) -> None:
         import llama_cpp

@@ -121,6 +121,7 @@ class LM(Branches):
         self.n_ctx: int = min(self._llm.n_ctx(), len(self._llm.input_ids))
         self._pieces: dict[int, bytes] = {}
         self._recurrent = bool(getattr(self._llm, "_is_recurrent", False) or getattr(self._llm, "_is_hybrid", False))
+        self.cached_tokens = 0  # prompt tokens the last prefill kept from what the context held
         self._chat = _chat_formatter(self._llm, self.piece, chat_format, chat_template)
         self.n_threads = self._llm.n_threads
         self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
@@ -221,6 +222,7 @@ class LM(Branches):
                 "shorten the prompt or raise --ctx-size", api_hint="shorten the messages",
             )
         keep = self._keep_shared_prefix(tokens, len(tokens) - 1)  # always decode >= 1 token to get fresh logits
+        self.cached_tokens = keep
         self._drop_branches()  # branch sequences go entirely (llama.cpp's "any sequence" removal leaves them)
         self._logits_row = -1
         rest = list(tokens[keep:])

@@ -255,7 +255,8 @@ def usage_of(generation: Generation) -> dict[str, Any]:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.tokens,
         "total_tokens": s.prompt_tokens + s.tokens,
-        "sia": finite({k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens")}),
+        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},  # OpenAI's name: prompt tokens not decoded again
+        "sia": finite({k: v for k, v in asdict(s).items() if k not in ("prompt_tokens", "tokens", "cached_tokens")}),
     }
 
 

@@ -18,7 +18,8 @@ from sia_local.cli import main
 from sia_local.core.config import SteerConfig
 from sia_local.runtime import LMSettings, ScorerSettings
 
-TIMING = {"prefill_seconds", "lm_seconds", "reward_seconds", "seconds", "tokens_per_s", "calibration_seconds"}
+TIMING = {"prefill_seconds", "lm_seconds", "reward_seconds", "seconds", "tokens_per_s", "calibration_seconds",
+          "cached_tokens"}  # how a run went (times, prompt cells reused), not what it gave
 ROOT = Path(__file__).resolve().parents[2]
 
 

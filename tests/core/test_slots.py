@@ -168,3 +168,22 @@ def test_mixes_of_different_objectives_share_one_embedder_run_a_step(steerer: St
     together = [first.result(timeout=120), later[0].result(timeout=120)]
     assert [g.text for g in together] == [g.text for g in alone] and [g.stats.tokens for g in together] == [6, 6]
     assert embedder.runs - runs == 7  # one run a step for both mixes (steps 2-6 shared), not one per mix (12)
+
+
+def test_a_chat_turn_reuses_the_cells_of_the_turn_before(steerer: Steerer, slots: SlotScheduler) -> None:
+    """A slot keeps its cells when its request ends: the conversation's next turn is given that slot (an unrelated request
+    in between takes another) and only the new tail of its prompt is decoded; the answer is still the one it gets alone."""
+    first = [{"role": "user", "content": "Tell me something."}]
+    one = slots.submit(steerer, first, gate="none", seed=1).result(timeout=120)
+    assert one.stats.cached_tokens == 0
+    ids1 = steerer.prepare(first, None, False).ids
+    other = slots.submit(steerer, "What is two plus two?", raw=True, gate="none", seed=2).result(timeout=120)
+    assert other.stats.cached_tokens == 0  # nothing in common: the slot free the longest, not the conversation's
+    second = first + [{"role": "assistant", "content": one.text}, {"role": "user", "content": "And then?"}]
+    decoded = slots.ctx.tokens_decoded
+    two = slots.submit(steerer, second, gate="none", seed=3).result(timeout=120)
+    ids2 = steerer.prepare(second, None, False).ids
+    assert len(ids1) <= two.stats.cached_tokens < len(ids2)
+    assert slots.ctx.tokens_decoded - decoded == len(ids2) - two.stats.cached_tokens + two.stats.tokens - 1  # the tail, then the answer
+    alone = steerer.generate(second, gate="none", seed=3)
+    assert two.token_ids == alone.token_ids

@@ -89,3 +89,15 @@ def test_slots_beyond_the_kv_budget_are_refused_at_start_up(steerer: Steerer) ->
     app = create_app(steerer, model_id=MODEL, max_batch_tokens=1024)  # no --parallel: what the budget holds
     assert app.state.engine.parallel == 2
     app.state.engine.slots.close()
+
+
+def test_a_conversations_next_turn_reports_its_cached_prompt_tokens(steerer: Steerer) -> None:
+    """usage.prompt_tokens_details.cached_tokens (OpenAI's field): the earlier turns' cells, kept in the slot, not decoded again."""
+    with _Server(create_app(steerer, model_id=MODEL, parallel=2), _free_port()) as s:
+        messages = [{"role": "user", "content": "Tell me something."}]
+        body = {"messages": messages, "max_tokens": 8, "seed": 1, "sia": {"gate": "none"}}
+        one = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=120).json()
+        assert one["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        messages += [one["choices"][0]["message"], {"role": "user", "content": "And then?"}]
+        two = httpx.post(s.url + "/v1/chat/completions", json=dict(body, messages=messages), timeout=120).json()
+        assert one["usage"]["prompt_tokens"] <= two["usage"]["prompt_tokens_details"]["cached_tokens"] < two["usage"]["prompt_tokens"]
