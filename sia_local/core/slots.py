@@ -41,6 +41,8 @@ from .search import best_of_n, rank_samples
 from .sequence import SequenceState
 from .steer import Piece, Steerer, objective_parts
 
+CELL_KEPT_WORTH = 0.1  # a cached cell another request may come back to, against a prompt token to decode now
+
 
 @dataclass(eq=False)
 class Job:
@@ -223,15 +225,15 @@ class SlotScheduler:
         return None
 
     def _slot_for(self, ids: Sequence[int]) -> int:
-        """The free slot for a prompt: of the slots whose cells are mostly a start of it (a chat's earlier turns, the
-        same prompt again; an empty slot too), the one holding the longest start; else the slot that loses the fewest
-        cells -- a shared system prompt alone never evicts a conversation its client may come back to. Equals: the
-        slot free the longest."""
-        kept = {s: self.ctx.common_prefix(s, ids) for s in self.free}
-        continuing = [s for s in self.free if 2 * kept[s] >= len(self.ctx.held[s])]
-        if continuing:
-            return max(continuing, key=lambda s: kept[s])
-        return min(self.free, key=lambda s: len(self.ctx.held[s]) - kept[s])
+        """The free slot for a prompt: the one whose cells save the most decoding now (the start of the prompt they
+        hold: a chat's earlier turns, the same system prompt) less a tenth of the cells it would lose, so a shared
+        system prompt alone never evicts a long conversation its client may come back to while an emptier slot is
+        free. Equals: the slot free the longest."""
+        def worth(s: int) -> float:
+            kept = self.ctx.common_prefix(s, ids)
+            return kept - CELL_KEPT_WORTH * (len(self.ctx.held[s]) - kept)
+
+        return max(self.free, key=worth)
 
     def _run_alone(self, job: Job) -> None:
         """A Best-of-N with more samples than slots: its own batched context, as `best_of_n` runs it, the slots idle."""
