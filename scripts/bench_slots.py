@@ -112,12 +112,12 @@ def _llama_server(model: str, threads: int) -> tuple[subprocess.Popen, str] | No
     return proc, url
 
 
-def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: int) -> dict:
+def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: int, head: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.jsonl"
         src.write_text("".join(json.dumps({"id": i, "prompt": PROMPTS[i % len(PROMPTS)]}) + "\n" for i in range(rows)))
         cmd = [sys.executable, "-m", "sia_local.cli", "batch", str(src), "-o", str(Path(tmp) / "out.jsonl"), "--parallel", str(parallel),
-               "-n", str(tokens), "-t", str(threads), "--ratio", "0.2", *(["-m", model] if model else [])]
+               "-n", str(tokens), "-t", str(threads), *head, *(["-m", model] if model else [])]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
@@ -186,13 +186,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--batch-parallel", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--arms", nargs="+", default=["decode", "none", "teacher", "head", "llama-cpp-python"])
+    ap.add_argument("--head", default=None, help="the head arm's and batch's value head (--vm: a folder or its layer.npz) [default: the "
+                    "model's shipped head, --scorer head]; a synthetic model has none: distil one with `sia vm distill -m MODEL --limit 24`")
     ap.add_argument("--before", default=None, help="a git commit: one client against its `sia serve` beside this one's (e.g. the commit before slots)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     parallel = max(args.clients)
     arms = {"none": (["--gate", "none"], {"gate": "none"}), "teacher": (["--scorer", "teacher", "--ratio", "0.2"], {"ratio": 0.2}),
-            "head": (["--scorer", "head", "--ratio", "0.2"], {"ratio": 0.2})}
+            "head": ([*(["--vm", args.head] if args.head else ["--scorer", "head"]), "--ratio", "0.2"], {"ratio": 0.2})}
     results: dict = {"model": args.model or "SmolLM2-135M-Instruct Q4_1 (bundled)", "tokens": args.tokens, "threads": args.threads, "serve": {}, "batch": []}
     for arm in args.arms:
         if arm == "decode":
@@ -225,7 +227,7 @@ def main() -> None:
         for arm, row in results["before"].items():
             print(f"one client, {arm}: before {row['before_tps']:.1f} tok/s, now {row['now_tps']:.1f} tok/s (x{row['ratio']:.2f})", flush=True)
     for p in args.batch_parallel if args.rows else []:
-        row = _batch(args.model, args.rows, p, args.tokens, args.threads)
+        row = _batch(args.model, args.rows, p, args.tokens, args.threads, arms["head"][0])
         results["batch"].append(row)
         print(f"batch --parallel {p}: {row['rows']} rows, {row['tokens']} tokens in {row['wall']:.1f}s = {row['tps']:.1f} tok/s", flush=True)
     if args.out:

@@ -190,8 +190,9 @@ def _send(conn: Any, lock: Any, message: Any) -> None:
 
 # -- Ray: the same Workers as actors, on this machine or a cluster ------------------------------------
 # Each actor loads the model and scorer once (the model path must exist on every node, or come with
-# --ray-runtime-env). Rows go to idle actors one at a time; results stream back to the driver, which
-# alone writes the output. An actor that dies (a lost node, ray.kill) has its row retried on a fresh one.
+# --ray-runtime-env). Each actor keeps `spec.parallel` rows in flight (a threaded actor: its rows decode
+# together in its slots); results stream back to the driver, which alone writes the output. An actor that
+# dies (a lost node, ray.kill) is replaced once and its rows are retried.
 NAMESPACE = "sia-batch"
 
 
@@ -218,7 +219,8 @@ def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: 
         ray.init(**kwargs)
         started_here = True
     cpus = spec.lm.n_threads or 1
-    actor_class = ray.remote(num_cpus=cpus, max_restarts=0)(Worker)
+    parallel = max(1, spec.parallel)
+    actor_class = ray.remote(num_cpus=cpus, max_restarts=0, max_concurrency=parallel)(Worker)
     made = 0
 
     def new_actor() -> Any:
@@ -234,19 +236,21 @@ def run_on_ray(rows: Sequence[Row], spec: WorkerSpec, *, workers: int, address: 
         except ray.exceptions.RayActorError as exc:
             raise SiaError(f"a Ray actor could not load the model: {_cause(exc)}", "check --model / --reward on every node") from None
         pending: deque[tuple[Row, int]] = deque((row, 0) for row in rows)
-        in_flight: dict[Any, tuple[int, Row, int]] = {}
-        idle = list(range(len(actors)))
+        in_flight: dict[Any, tuple[int, Any, Row, int]] = {}  # future -> (actor index, the actor, row, tries)
+        idle = [i for _ in range(parallel) for i in range(len(actors))]  # an actor's index once per row it may take now
         while pending or in_flight:
             while idle and pending:
                 slot = idle.pop()
                 row, tries = pending.popleft()
-                in_flight[actors[slot].run.remote(row, base_seed)] = (slot, row, tries)
+                actor = actors[slot]
+                in_flight[(actor.run_in_slot if parallel > 1 else actor.run).remote(row, base_seed)] = (slot, actor, row, tries)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
-            slot, row, tries = in_flight.pop(ready[0])
+            slot, actor, row, tries = in_flight.pop(ready[0])
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayActorError as exc:
-                actors[slot] = new_actor()  # replace the dead actor; its row goes back to the front of the queue
+                if actors[slot] is actor:  # replace the dead actor (once: its other rows fail the same way); the row goes back first
+                    actors[slot] = new_actor()
                 if tries + 1 >= MAX_TRIES:
                     result = error_row(row, f"line {row.line}: worker died: {MAX_TRIES} Ray actors died on this row ({_cause(exc)})")
                 else:

@@ -210,6 +210,15 @@ class Worker:
             return
         future.add_done_callback(lambda f: done(self._answer(row, f.result, t)))
 
+    def run_in_slot(self, row: Row, base_seed: int) -> dict[str, Any]:
+        """One row through the slots, waiting for it: a Ray actor with `spec.parallel` threads (`max_concurrency`)
+        runs that many of these at once, so its rows decode together as a local worker's do."""
+        import queue
+
+        box: queue.Queue[dict[str, Any]] = queue.Queue(1)
+        self.submit(row, base_seed, box.put)
+        return box.get()
+
     def run_slots(self, rows: Sequence[Row], base_seed: int) -> Iterator[dict[str, Any]]:
         """`rows` decoded together in slots; result rows as they finish."""
         import queue

@@ -169,6 +169,8 @@ def test_ray_actors_give_the_same_rows_and_survive_a_kill(tmp_path: Path, tiny_g
         assert sorted(r["id"] for r in seen) == sorted(local)
         assert all(r["error"] is None for r in seen)
         assert {r["id"]: r["text"] for r in seen} == local
+        in_slots = {r["id"]: r["text"] for r in run(rows, spec, workers=1, use_ray=True, parallel=3)}  # one actor, its rows in 3 slots
+        assert in_slots == local
     finally:
         ray.shutdown()
 
