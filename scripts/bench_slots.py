@@ -4,8 +4,8 @@ threads) as the baseline users have; then `sia batch` over N rows with --paralle
 alone on the machine: aggregate tokens/s, p50/p95 time to first token, per-client tokens/s.
 
 Two references: the `decode` arm is llama.cpp's own batched decode with no scheduler, HTTP or sampling (one
-`llama_decode` of 1, 2, 4, 8 rows in the slots' context): the most any scheduler on this machine can get from
-batching. `--before REF` runs one client against `sia serve` from another commit (a temporary git worktree, e.g.
+`llama_decode` of 1, 2, 4, 8 rows in the slots' context, and r tokens of one sequence in one call, as a prompt is
+decoded): the most any scheduler on this machine can get from batching. `--before REF` runs one client against `sia serve` from another commit (a temporary git worktree, e.g.
 the commit before slots) beside this one, alternating, for "one client no slower than before".
 
 Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--before REF] [--out docs/bench/slots.json]
@@ -146,8 +146,28 @@ def _decode(model: str | None, rows: list[int], threads: int, steps: int = 64) -
             ms = (time.perf_counter() - start) / steps * 1e3
         finally:
             ctx.close()
-        out.append({"rows": r, "ms_per_step": ms, "tps": r / ms * 1e3})
+        out.append({"rows": r, "ms_per_step": ms, "tps": r / ms * 1e3, "one_sequence_tps": _tokens_at_once(lm, prompt, r)})
     return out
+
+
+def _tokens_at_once(lm, prompt: list[int], r: int, repeats: int = 5) -> float:  # noqa: ANN001
+    """Tokens/s of llama.cpp decoding r tokens of ONE sequence in one call (as a prompt is): its matmul kernels' own
+    gain from batching r rows on this machine, with no per-sequence attention or scheduling at all (best of `repeats`)."""
+    from sia_local.llama import BatchContext
+
+    ctx = BatchContext(lm, 1, 0, 0, slot_ctx=1024)
+    try:
+        chunk = (prompt * (r // len(prompt) + 1))[:r]
+        best = float("inf")
+        for _ in range(repeats):
+            ctx.drop(0)
+            ctx.step({}, {0: (prompt, True)})
+            start = time.perf_counter()
+            ctx.step({}, {0: (chunk, True)})
+            best = min(best, time.perf_counter() - start)
+    finally:
+        ctx.close()
+    return r / best
 
 
 def _before(model: str | None, ref: str, threads: int, tokens: int, arms: dict, rounds: int = 3) -> dict:
@@ -201,7 +221,8 @@ def main() -> None:
             results["decode"] = _decode(args.model, args.clients, args.threads)
             for row in results["decode"]:
                 print(f"decode alone      rows={row['rows']}     {row['tps']:6.1f} tok/s  ({row['ms_per_step']:.1f} ms a step, "
-                      f"x{row['tps'] / results['decode'][0]['tps']:.2f} one row)", flush=True)
+                      f"x{row['tps'] / results['decode'][0]['tps']:.2f} one row); one sequence, {row['rows']} tokens a decode: "
+                      f"{row['one_sequence_tps']:.1f} tok/s (x{row['one_sequence_tps'] / results['decode'][0]['one_sequence_tps']:.2f})", flush=True)
             continue
         if arm == "llama-cpp-python":
             from sia_local.runtime import LMSettings, model_path
