@@ -140,6 +140,9 @@ def test_a_layer_head_steers_in_slots_as_alone(tiny_reward: Path, tmp_path_facto
         futures = [scheduler.submit(steerer, p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
         together = [f.result(timeout=120) for f in futures]
         decodes, steps = scheduler.ctx.decode_calls, scheduler.steps
+        assert scheduler.ctx.unified and sum(bool(h) for h in scheduler.ctx.held) == 3
+        scheduler.submit(steerer, PROMPTS[3], seed=1).result(timeout=120)
+        assert sum(bool(h) for h in scheduler.ctx.held) == 1  # one buffer: idle cells would widen attention, only the last request's stay
     finally:
         scheduler.close()
     alone = [steerer.generate(p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
