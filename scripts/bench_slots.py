@@ -170,7 +170,7 @@ def _tokens_at_once(lm, prompt: list[int], r: int, repeats: int = 5) -> float:  
     return r / best
 
 
-def _before(model: str | None, ref: str, threads: int, tokens: int, arms: dict, rounds: int = 3) -> dict:
+def _before(model: str | None, ref: str, threads: int, tokens: int, arms: dict, rounds: int = 5) -> dict:
     """One client against `sia serve` at `ref` and at this checkout, alternating `rounds` times per arm (medians)."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
