@@ -11,7 +11,7 @@ whose client leaves is free before the next step, and the queue's next request t
 prompt cache, as in llama.cpp's server: a request is given the free slot that holds the longest start of its
 prompt (a chat's earlier turns, a shared system prompt), and only the rest of its prompt is decoded. (With a
 value head's branches the slots share one KV buffer, where idle cells widen every slot's attention: there an
-idle slot's cells go when another request is admitted.)
+idle slot keeps, when another request is admitted, only the start it shares with that request's prompt.)
 
 Each slot keeps its own `SequenceState` -- settings, gate and tau control, weight, seed and random
 stream, stop strings, grammar -- so its answer is the one `Steerer.generate` gives alone with the same
@@ -220,10 +220,10 @@ class SlotScheduler:
             job.fed = job.cached = self.ctx.reuse(lead, job.ids)  # the prompt's start may be in the slot's cells already
             for s in job.slots[1:]:
                 self.ctx.drop(s)  # a Best-of-N's other samples get the lead's cells once its prompt is in
-            if self.ctx.unified:  # one buffer (a head's branches): idle slots' cells would widen every running slot's
-                for s in self.free:  # attention (measured 7 % a token on SmolLM2), so only the slot just taken keeps a cache
-                    if self.ctx.held[s]:
-                        self.ctx.drop(s)
+            if self.ctx.unified:  # one buffer (a head's branches): idle slots' answers would widen every running slot's
+                for s in self.free:  # attention (measured 7 % a token on SmolLM2): they keep only the start they share with
+                    if self.ctx.held[s]:  # this prompt (a system prompt the next requests likely share too)
+                        self.ctx.reuse(s, job.ids)
             job.live = [True] * job.n
             job.start = time.perf_counter()
             job.first_step = self.ctx.decode_calls

@@ -141,8 +141,15 @@ def test_a_layer_head_steers_in_slots_as_alone(tiny_reward: Path, tmp_path_facto
         together = [f.result(timeout=120) for f in futures]
         decodes, steps = scheduler.ctx.decode_calls, scheduler.steps
         assert scheduler.ctx.unified and sum(bool(h) for h in scheduler.ctx.held) == 3
-        scheduler.submit(steerer, PROMPTS[3], seed=1).result(timeout=120)
-        assert sum(bool(h) for h in scheduler.ctx.held) == 1  # one buffer: idle cells would widen attention, only the last request's stay
+        held = [list(h) for h in scheduler.ctx.held]
+        last = scheduler.submit(steerer, PROMPTS[3], seed=1)
+        last.result(timeout=120)
+        ids = steerer.prepare(PROMPTS[3], None, False).ids
+        now = scheduler.ctx.held
+        taken = [s for s in range(3) if now[s][: len(ids)] == ids]
+        assert len(taken) == 1
+        for s in set(range(3)) - set(taken):  # one buffer, where the idle slots' answers would widen every slot's attention:
+            assert now[s] == ids[: len(now[s])] and len(now[s]) < len(held[s])  # they keep only the start they share with it
     finally:
         scheduler.close()
     alone = [steerer.generate(p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
