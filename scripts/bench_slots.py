@@ -54,8 +54,14 @@ def _wait(url: str, proc: subprocess.Popen, path: str) -> None:
     raise SystemExit("the server did not start")
 
 
-def _client(url: str, i: int, tokens: int, sia: dict | None) -> dict:
-    body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": tokens, "stream": True, "seed": i,
+def _prompt(i: int, tag: str) -> str:
+    """A prompt no earlier request sent (the tag first): clients share only the chat template's start, as different
+    users do, so the slots' prompt cache is not flattered by a prompt repeated from an earlier round."""
+    return f"Request {tag}. {PROMPTS[i % len(PROMPTS)]}"
+
+
+def _client(url: str, i: int, tokens: int, sia: dict | None, tag: str = "") -> dict:
+    body = {"messages": [{"role": "user", "content": _prompt(i, tag or str(i))}], "max_tokens": tokens, "stream": True, "seed": i,
             "temperature": 1.0}
     if sia is not None:
         body["sia"] = sia
@@ -74,10 +80,10 @@ def _client(url: str, i: int, tokens: int, sia: dict | None) -> dict:
 
 
 def _load(url: str, clients: int, tokens: int, sia: dict | None) -> dict:
-    _client(url, 99, 8, sia)  # warm-up (calibration caches, thread pools)
+    _client(url, 99, 8, sia, f"warm-up {time.time()}")  # warm-up (calibration caches, thread pools)
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        rows = list(pool.map(lambda i: _client(url, i, tokens, sia), range(clients)))
+        rows = list(pool.map(lambda i: _client(url, i, tokens, sia, f"{clients}-{i}"), range(clients)))
     wall = time.perf_counter() - start
     ttft = sorted(r["ttft"] for r in rows)
     return {"clients": clients, "aggregate_tps": sum(r["tokens"] for r in rows) / wall, "tokens": sum(r["tokens"] for r in rows),
@@ -115,7 +121,7 @@ def _llama_server(model: str, threads: int) -> tuple[subprocess.Popen, str] | No
 def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: int, head: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.jsonl"
-        src.write_text("".join(json.dumps({"id": i, "prompt": PROMPTS[i % len(PROMPTS)]}) + "\n" for i in range(rows)))
+        src.write_text("".join(json.dumps({"id": i, "prompt": _prompt(i, str(i))}) + "\n" for i in range(rows)))
         cmd = [sys.executable, "-m", "sia_local.cli", "batch", str(src), "-o", str(Path(tmp) / "out.jsonl"), "--parallel", str(parallel),
                "-n", str(tokens), "-t", str(threads), *head, *(["-m", model] if model else [])]
         start = time.perf_counter()
