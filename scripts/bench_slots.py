@@ -8,7 +8,7 @@ Two references: the `decode` arm is llama.cpp's own batched decode with no sched
 decoded): the most any scheduler on this machine can get from batching. `--before REF` runs one client against `sia serve` from another commit (a temporary git worktree, e.g.
 the commit before slots) beside this one, alternating, for "one client no slower than before".
 
-Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--before REF] [--out docs/bench/slots.json]
+Run: python scripts/bench_slots.py [-m MODEL.gguf] [--clients 1 2 4 8] [--tokens 128] [--rows 64] [--before REF] [-ngl -1] [--out docs/bench/slots.json]
 The llama-cpp-python arm needs `pip install "llama-cpp-python[server]"` (skipped, with a note, without it).
 """
 
@@ -32,6 +32,9 @@ PROMPTS = ["Write a long letter to a neighbour whose dog barks at night.", "Expl
            "Tell a long story about a lighthouse keeper.", "Describe, step by step, how to bake bread at home.",
            "Write a detailed guide to a first camping trip.", "Explain how trains changed the world, at length.",
            "Write a long diary entry about a rainy Monday.", "Describe a busy market in the morning, in detail."]
+
+
+NGL = 0  # -ngl for every arm (main sets it)
 
 
 def _port() -> int:
@@ -97,7 +100,7 @@ def _sia_server(model: str | None, parallel: int | None, threads: int, extra: li
     cmd = [sys.executable, "-m", "sia_local.cli", "serve", "--port", str(port), *(["--parallel", str(parallel)] if parallel else []),
            "-t", str(threads), "--max-queue", "16", *(["-m", model] if model else []), *extra]
     env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree, env=env)
+    proc = subprocess.Popen([*cmd, "-ngl", str(NGL)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree, env=env)
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc, "/health")
     return proc, url
@@ -112,7 +115,7 @@ def _llama_server(model: str, threads: int) -> tuple[subprocess.Popen, str] | No
         return None
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads), "--n_ctx", "4096",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--n_gpu_layers", str(NGL), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc, "/v1/models")
     return proc, url
@@ -123,7 +126,7 @@ def _batch(model: str | None, rows: int, parallel: int, tokens: int, threads: in
         src = Path(tmp) / "in.jsonl"
         src.write_text("".join(json.dumps({"id": i, "prompt": _prompt(i, str(i))}) + "\n" for i in range(rows)))
         cmd = [sys.executable, "-m", "sia_local.cli", "batch", str(src), "-o", str(Path(tmp) / "out.jsonl"), "--parallel", str(parallel),
-               "-n", str(tokens), "-t", str(threads), *head, *(["-m", model] if model else [])]
+               "-n", str(tokens), "-t", str(threads), "-ngl", str(NGL), *head, *(["-m", model] if model else [])]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
@@ -137,7 +140,7 @@ def _decode(model: str | None, rows: list[int], threads: int, steps: int = 64) -
     from sia_local.llama import BatchContext
     from sia_local.runtime import LMSettings, load_lm
 
-    lm = load_lm(LMSettings(model=model, n_threads=threads))
+    lm = load_lm(LMSettings(model=model, n_threads=threads, n_gpu_layers=NGL))
     prompt = lm.render_chat([{"role": "user", "content": PROMPTS[2]}])[0]
     out = []
     for r in rows:
@@ -216,8 +219,11 @@ def main() -> None:
                     "model's shipped head, --scorer head]; a synthetic model has none: distil one with `sia vm distill -m MODEL --limit 24`")
     ap.add_argument("--before", default=None, help="a git commit: one client against its `sia serve` beside this one's (e.g. the commit before slots)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU for every arm (-1: all; a CUDA/Metal build)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    global NGL
+    NGL = args.n_gpu_layers
     parallel = max(args.clients)
     arms = {"none": (["--gate", "none"], {"gate": "none"}), "teacher": (["--scorer", "teacher", "--ratio", "0.2"], {"ratio": 0.2}),
             "head": ([*(["--vm", args.head] if args.head else ["--scorer", "head"]), "--ratio", "0.2"], {"ratio": 0.2})}

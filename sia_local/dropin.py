@@ -111,6 +111,7 @@ class SteeredLlama:
             return self._chunks(prompt, changes, chat, rid, created, model, logprobs)
         out = full_response(rid, created, model, self.steerer.generate(prompt, **changes), chat, None, logprobs)
         out["sia"] = out["usage"].pop("sia")
+        out["sia"]["cached_tokens"] = out["usage"].pop("prompt_tokens_details")["cached_tokens"]  # llama-cpp-python's usage has no details
         return out
 
     def _chunks(self, prompt: Any, changes: dict[str, Any], chat: bool, rid: str, created: int, model: str,
@@ -132,5 +133,5 @@ class SteeredLlama:
         generation = stream.generation
         assert generation is not None
         last = chunk_payload(rid, created, model, chat, None if chat else "", finish_reason_of(generation))
-        last["sia"] = usage_of(generation)["sia"]
+        last["sia"] = {**usage_of(generation)["sia"], "cached_tokens": generation.stats.cached_tokens}
         yield last
