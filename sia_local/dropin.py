@@ -22,6 +22,7 @@ import uuid
 from typing import Any, Iterator, Sequence
 
 from .core.config import SteerConfig
+from .core.generation import Generation
 from .core.steer import Steerer
 from .errors import ConfigError
 from .llama import LM, completion_defaults
@@ -109,9 +110,10 @@ class SteeredLlama:
         created, model = int(time.time()), given.get("model") or self.llm.model_path
         if given["stream"]:
             return self._chunks(prompt, changes, chat, rid, created, model, logprobs)
-        out = full_response(rid, created, model, self.steerer.generate(prompt, **changes), chat, None, logprobs)
-        out["sia"] = out["usage"].pop("sia")
-        out["sia"]["cached_tokens"] = out["usage"].pop("prompt_tokens_details")["cached_tokens"]  # llama-cpp-python's usage has no details
+        generation = self.steerer.generate(prompt, **changes)
+        out = full_response(rid, created, model, generation, chat, None, logprobs)
+        del out["usage"]["sia"], out["usage"]["prompt_tokens_details"]  # llama-cpp-python's usage keys, no more
+        out["sia"] = _sia_stats(generation)
         return out
 
     def _chunks(self, prompt: Any, changes: dict[str, Any], chat: bool, rid: str, created: int, model: str,
@@ -133,5 +135,10 @@ class SteeredLlama:
         generation = stream.generation
         assert generation is not None
         last = chunk_payload(rid, created, model, chat, None if chat else "", finish_reason_of(generation))
-        last["sia"] = {**usage_of(generation)["sia"], "cached_tokens": generation.stats.cached_tokens}
+        last["sia"] = _sia_stats(generation)
         yield last
+
+
+def _sia_stats(generation: Generation) -> dict[str, Any]:
+    """The steering stats beside llama-cpp-python's keys: the server's usage extras, cached prompt tokens included."""
+    return {**usage_of(generation)["sia"], "cached_tokens": generation.stats.cached_tokens}
