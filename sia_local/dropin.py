@@ -40,13 +40,20 @@ def steered(llm: Any, objective: str | Sequence[str] = "kind", **settings: Any) 
     calibrated for the model on first use (cached per model file), as `sia generate` does."""
     lm = LM.from_llama(llm)
     specs = [objective] if isinstance(objective, str) else list(objective)
+    note = _note  # which scorer steers and why (the teacher where a head exists: this Llama has no hidden states)
     if len(specs) == 1 and ":" not in specs[0]:
-        scorer = load_scorer(ScorerSettings(path=specs[0]), lm)
+        scorer = load_scorer(ScorerSettings(path=specs[0]), lm, note=note)
     else:
         from .rewards.mix import parse_objective
 
-        scorer = load_scorer(ScorerSettings(mix=tuple(parse_objective(s) for s in specs)), lm)
+        scorer = load_scorer(ScorerSettings(mix=tuple(parse_objective(s) for s in specs)), lm, note=note)
     return SteeredLlama(llm, build_steerer(lm, scorer, SteerConfig().updated(**settings)))
+
+
+def _note(message: str) -> None:
+    import sys
+
+    print(f"sia_local.steered: {message}", file=sys.stderr)
 
 
 def output_grammar(response_format: Any, grammar: Any) -> str | None:
@@ -96,8 +103,11 @@ class SteeredLlama:
         changes["stop"] = [stop] if isinstance(stop, str) else list(stop)
         if given.get("seed") is not None:
             changes["seed"] = given["seed"]
-        if "top_k" in kwargs:
-            changes["top_k"] = kwargs["top_k"]
+        k = self.steerer.config.top_k
+        top_k = kwargs.get("top_k")
+        if top_k is not None and 0 < int(top_k) < k:  # llama-cpp-python's top_k truncates the draw; SIA's k is steered()'s own setting
+            raise ConfigError(f"top_k={top_k} would cut the draw below SIA's {k} candidates",
+                              f"steer over {top_k} candidates with sia_local.steered(llm, top_k={top_k}), or drop top_k (40, 0 or >= {k} changes nothing)")
         changes["grammar"] = output_grammar(given.get("response_format"), given.get("grammar"))
         if chat:  # chat: logprobs true + top_logprobs N; completions: logprobs N
             n = (given["top_logprobs"] or 0) if given["logprobs"] else None

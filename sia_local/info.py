@@ -38,10 +38,18 @@ def loadable_providers() -> dict[str, bool]:
 
 def early_exit_support() -> str:
     """Whether value heads read from an early layer can stop the decode there with this llama-cpp-python, and why not."""
-    from .llama import taps_supported
+    from .errors import SiaError
+    from .llama.taps import LayerTaps, callback_path, supported
 
-    why = taps_supported()
-    return "on: a layer head's junctions stop at its layer (llama.cpp's eval callback, public ggml calls)" if why is None else f"off: {why}; full branches"
+    why = supported()
+    if why is None:
+        try:
+            LayerTaps()  # binds ggml's functions as a decode would: a library layout that lacks them shows here
+        except SiaError as exc:
+            why = exc.message
+    if why is not None:
+        return f"off: {why}; full branches"
+    return f"on: a layer head's junctions stop at its layer (llama.cpp's eval callback, public ggml calls); {callback_path()}"
 
 
 def collect() -> dict[str, Any]:

@@ -76,6 +76,11 @@ def test_arguments_it_cannot_honour_are_refused(tiny_gguf: Path, tiny_reward: Pa
     with pytest.raises(ConfigError, match="not an argument"):
         llm.create_chat_completion(messages=messages, max_token=2)
     ok = llm.create_chat_completion(messages=messages, max_tokens=2, repeat_penalty=1.0, min_p=0.05)  # defaults pass
+    k = llm.steerer.config.top_k
+    wide = llm.create_chat_completion(messages=messages, max_tokens=2, top_k=40, seed=4)  # llama-cpp-python's habitual top_k: a
+    assert wide["sia"]["top_k"] == k  # truncation wider than SIA's k candidates changes nothing, and never becomes SIA's k
+    with pytest.raises(ConfigError, match="below SIA's"):
+        llm.create_chat_completion(messages=messages, max_tokens=2, top_k=3)
     assert ok["choices"][0]["message"]["role"] == "assistant" and llm.n_ctx() == 256  # the Llama's own attributes pass through
     done = llm.create_completion("Once upon a time", max_tokens=5, logprobs=2)  # llama-cpp-python would need logits_all; we need not
     lp = done["choices"][0]["logprobs"]

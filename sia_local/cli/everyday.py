@@ -58,7 +58,7 @@ def generate(prompt: str, lm: LMSettings, steering: Steering, system: str | None
     except KeyboardInterrupt:
         s.close()
         click.echo("\n[stopped]", err=True)
-        return
+        raise SystemExit(130) from None  # an interrupted answer is not a finished one: `sia generate ... && next` stops
     generation = s.generation
     assert generation is not None
     if html_file is not None:
@@ -155,6 +155,8 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
               help=f"Largest sia.top_k a request may ask; more gets a 400 [default: {MAX_TOP_K}].")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="KV budget in tokens: a Best-of-N's n x (prompt + max_tokens), and --parallel x the context [default: what a quarter of free memory holds].")
+@click.option("--strict-model", is_flag=True,
+              help="Refuse (404) a request whose `model` is not this server's id [default: any name is answered by the model served, as llama.cpp's server does].")
 @fail_cleanly
 def serve(lm: LMSettings, steering: Steering, host: str, port: int, **limits: Any) -> None:
     """OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health.

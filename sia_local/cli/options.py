@@ -28,18 +28,16 @@ if TYPE_CHECKING:
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Show SiaError as one line (`Error: ...`, exit 1) instead of a traceback; Ctrl-C and SIGTERM as one line too
-    (exit 130 / 143), after the command's own clean-up has run (a batch stops its workers, keeps its rows)."""
+    (exit 130 / 143), after the command's own clean-up has run (a batch stops its workers, keeps its rows). Both
+    signals are raised where they land, or, inside a llama.cpp decode, as soon as it returns (`interrupts`)."""
     import signal
+
+    from ..llama.interrupts import install
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        def terminated(signum: int, frame: Any) -> None:
-            raise _Terminated()
-
-        try:
-            previous = signal.signal(signal.SIGTERM, terminated)
-        except ValueError:  # not the main thread (CliRunner in a thread): leave signals alone
-            previous = None
+        previous = install(signal.SIGTERM, _Terminated)  # None off the main thread (CliRunner in a thread)
+        previous_int = install(signal.SIGINT, KeyboardInterrupt)
         try:
             return fn(*args, **kwargs)
         except SiaError as exc:
@@ -53,6 +51,8 @@ def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
     return wrapper
 

@@ -41,6 +41,7 @@ class Stats:
     changed: int = 0  # junctions where the reward changed the sampled token
     kl_per_token: float = 0.0  # mean KL(steered || base) per generated token, nats
     perplexity: float | None = None  # of the response under the base model (with config.logprobs)
+    scorer: str | None = None  # what steered (`scorer.steered_by`): head / teacher / reward model, its name, a head's path; None: nothing
     objectives: dict[str, float] | None = None  # with a mix: each objective's mean raw reward of the chosen candidates at junctions
     reward_calls: int = 0  # batched reward-model runs
     candidates_scored: int = 0
@@ -64,7 +65,7 @@ class Stats:
         asked = f", asked {self.ratio_target:.0%}" if self.ratio_target is not None else ""
         return (f"{self.tokens} tokens, {self.tokens_per_s:.1f} tok/s, gate={self.gate} {tau}junctions={self.junctions} ({self.ratio:.0%}{asked}), "
                 f"changed={self.changed}, reward {self.reward_seconds:.2f}s / lm {self.lm_seconds + self.prefill_seconds:.2f}s, seed={self.seed}, "
-                f"{self.finish_reason}")
+                f"{self.finish_reason}" + (f", by {self.scorer}" if self.scorer else ""))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from .junction import Junction  # what a scorer receives at a junction (defined beside the gates)
 
-__all__ = ["Junction", "Scorer", "ScorerInfo"]
+__all__ = ["Junction", "Scorer", "ScorerInfo", "steered_by"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,17 @@ class Scorer(Protocol):
     def reset(self) -> None:
         """Forget per-generation state (caches); called when a generation ends."""
         ...
+
+
+KIND_WORDS = {"lm-head": "head", "objectives": "teacher", "reward": "reward model", "value-model": "value model"}
+
+
+def steered_by(scorer: Any) -> str | None:
+    """Which scorer steers, in a phrase every result carries (stats, rows, usage.sia, the page): its kind, its name and,
+    for a head, how its junctions run -- so a head that is missing (the teacher steered) or fell back to full branches
+    shows in the results, not only in `sia info`."""
+    if scorer is None:
+        return None
+    info = scorer.info()
+    how = info.details.get("early_exit")
+    return f"{KIND_WORDS.get(info.kind, info.kind)} {info.name}" + (f" ({how})" if how else "")

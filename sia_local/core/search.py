@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError, ContextLengthError
 from ..llama import BatchContext, Message
+from .scorer import steered_by
 from .steer import Generation, Piece, SequenceState, Steerer, objective_parts
 
 
@@ -115,7 +116,8 @@ def best_of_n(
     try:
         first = ctx.prefill(prepared.ids)
         prefill_seconds = time.perf_counter() - start
-        seqs = [SequenceState(lm, cfg, tau, seed + i, len(prepared.ids), stops) for i in range(n)]
+        by = steered_by(steerer.scorer) if cfg.steers() else None
+        seqs = [SequenceState(lm, cfg, tau, seed + i, len(prepared.ids), stops, by) for i in range(n)]
         for s in seqs:
             s.stats.prefill_seconds = prefill_seconds
         logits: dict[int, np.ndarray] = {i: first for i in range(n)}

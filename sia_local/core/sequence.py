@@ -30,13 +30,14 @@ class SequenceState:
     one llama.cpp batch, with the junctions of all of them scored in one reward-model run.
     """
 
-    def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_tokens: int, stops: list[str]) -> None:
+    def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_tokens: int, stops: list[str],
+                 scorer: str | None = None) -> None:
         self.lm, self.cfg = lm, cfg
         self.rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
         self.gate = make_gate(cfg, tau, seed)
         self.stops = stops
         self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
-                           finish_reason="length", ratio_target=_asked_ratio(cfg))
+                           finish_reason="length", ratio_target=_asked_ratio(cfg), scorer=scorer if cfg.steers() else None)
         self.trace: list[TokenInfo] | None = [] if cfg.trace else None
         self.grammar = Grammar(lm, cfg.grammar) if cfg.grammar else None  # structured output: this sequence's grammar state
         self.ids: list[int] = []

@@ -14,8 +14,13 @@ value head's branches the slots share one KV buffer, where idle cells widen ever
 idle slot keeps, when another request is admitted, only the start it shares with that request's prompt.)
 
 Each slot keeps its own `SequenceState` -- settings, gate and tau control, weight, seed and random
-stream, stop strings, grammar -- so its answer is the one `Steerer.generate` gives alone with the same
-seed wherever the logits agree (batched kernels may round the last bits differently). A Best-of-N
+stream, stop strings, grammar. llama.cpp's kernels round a row differently by what else is in its batch
+(attention takes other paths for one row or many, for long contexts, for tiles of rows; a unified KV buffer
+spans the other slots' cells), and at a temperature of 1 a last-bit difference changes a token within a
+few dozen. So a request that names its seed is *exact*: its rows never share a decode, a branch decode or
+a scorer call with another request's (`Job.exact`), and its answer is the one it gets with the server
+otherwise idle, whatever else runs. Requests without a seed (a random one each) share them: that is the
+batching gain. A Best-of-N
 request occupies n slots: its prompt is prefilled once and shared; sample i has seed + i, as in
 `best_of_n`; the samples are ranked when the last one ends. A Best-of-N larger than all the slots runs
 alone, in a context of its own, once the slots are empty.
@@ -38,7 +43,7 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError, ContextLengthError
 from ..llama import LM, BatchContext, Message
-from .scorer import Junction
+from .scorer import Junction, steered_by
 from .search import best_of_n, rank_samples
 from .sequence import SequenceState
 from .steer import Piece, Steerer, objective_parts
@@ -59,6 +64,7 @@ class Job:
     on_piece: Callable[[int, Piece], None] | None = None  # (sample, piece), called from the slots' thread
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)  # a Generation (n = 1) or a BestOfN
+    exact: bool = False  # decoded and scored in calls of its own (a seeded request: its answer whatever else runs)
     # set by submit (prepared) and by the scheduler (admitted)
     ids: list[int] = field(default_factory=list)
     reward_prompt: str = ""
@@ -116,11 +122,14 @@ class SlotScheduler:
 
     # -- any thread ------------------------------------------------------------------------------
     def submit(self, steerer: Steerer, prompt: str | Sequence[Message], *, n: int = 1, system: str | None = None, raw: bool = False,
-               on_piece: Callable[[int, Piece], None] | None = None, cancel: threading.Event | None = None, **changes: Any) -> Future:
+               on_piece: Callable[[int, Piece], None] | None = None, cancel: threading.Event | None = None, exact: bool | None = None,
+               **changes: Any) -> Future:
         """Prepare a request (its errors are raised here) and queue it; the Future gets a Generation, or a BestOfN when
-        n > 1. Setting `cancel` stops it at the next step and frees its slots (the Future then raises `Cancelled`)."""
+        n > 1. Setting `cancel` stops it at the next step and frees its slots (the Future then raises `Cancelled`).
+        `exact`: decode it in calls of its own (default: when it names a seed; see the module docstring)."""
         job = Job(steerer, prompt, n, changes, system, raw, on_piece, cancel or threading.Event())
         self._prepare(job)
+        job.exact = exact if exact is not None else changes.get("seed") is not None
         with self._cond:
             if self._closed:
                 raise ConfigError("the slots were closed", "start a new scheduler")
@@ -177,7 +186,8 @@ class SlotScheduler:
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         stops = list(cfg.stop) + prepared.stops
         job.ids, job.reward_prompt = prepared.ids, prepared.reward_prompt
-        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, len(prepared.ids), stops) for i in range(job.n)]
+        by = steered_by(steerer.scorer) if cfg.steers() else None
+        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, len(prepared.ids), stops, by) for i in range(job.n)]
 
     # -- the slots' thread -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -264,15 +274,19 @@ class SlotScheduler:
         if not self.running:
             return
         tokens = {job.slots[i]: seq.last_token for job in self.running if job.decoding for i, seq in enumerate(job.seqs) if job.live[i]}
-        room = ctx.n_batch - len(tokens)
+        shared = [job for job in self.running if not job.exact]
+        parts = ([shared] if shared else []) + [[job] for job in self.running if job.exact]  # an exact request decodes alone
         prompts: dict[int, tuple[list[int], bool]] = {}
-        for job in self.running:
-            if not job.decoding and room > 0:
-                chunk = job.ids[job.fed : job.fed + room]
-                prompts[job.slots[0]] = (chunk, job.fed + len(chunk) == len(job.ids))
-                room -= len(chunk)
+        for part in parts:
+            room = ctx.n_batch - sum(1 for job in part if job.decoding for i in range(job.n) if job.live[i])
+            for job in part:
+                if not job.decoding and room > 0:
+                    chunk = job.ids[job.fed : job.fed + room]
+                    prompts[job.slots[0]] = (chunk, job.fed + len(chunk) == len(job.ids))
+                    room -= len(chunk)
+        groups = [{s for job in part for s in job.slots} for part in parts] if len(parts) > 1 else None
         t = time.perf_counter()
-        logits = ctx.step(tokens, prompts)
+        logits = ctx.step(tokens, prompts, groups)
         dt = time.perf_counter() - t
         self.steps += 1
         ready: list[tuple[Job, int]] = []  # (job, sample) with fresh logits
@@ -323,15 +337,16 @@ class SlotScheduler:
         rewards: dict[int, np.ndarray] = {}
         shares: dict[int, float] = {}
         parts: dict[int, Any] = {}
-        groups: dict[int, tuple[Any, list[tuple[Job, int, Junction]]]] = {}
+        groups: dict[tuple[int, int], tuple[Any, list[tuple[Job, int, Junction]]]] = {}
         for job, i in at:
             scorer = job.steerer.scorer
             junction = job.seqs[i].scoring_request(job.reward_prompt, job.ids, key=job.slots[i], decoder=self.ctx)
-            groups.setdefault(id(scorer), (scorer, []))[1].append((job, i, junction))
+            key = (id(scorer), id(job) if job.exact else 0)  # an exact request's junctions are scored in a call of their own
+            groups.setdefault(key, (scorer, []))[1].append((job, i, junction))
         sharing: dict[int, tuple[Any, list[list[tuple[Job, int, Junction]]]]] = {}  # embedder -> the scorer groups that use it
         for scorer, members in groups.values():
             peer = getattr(scorer, "shared", None)
-            if peer is not None:
+            if peer is not None and not members[0][0].exact:
                 sharing.setdefault(id(peer), (peer, []))[1].append(members)
         ahead = [peer for peer, uses in sharing.values() if len(uses) > 1]  # one scorer alone runs its embedder itself
         for peer in ahead:

@@ -32,7 +32,7 @@ from ..errors import ConfigError, PromptError
 from .junction import gate_spec
 from ..llama import LM, Message
 from ..llama.grammar import Grammar
-from .scorer import Scorer
+from .scorer import Scorer, steered_by
 from .generation import Generation, Piece, Stats, TokenInfo
 from .sequence import SequenceState, scored_candidates
 
@@ -162,7 +162,8 @@ class Steerer:
     def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.scorer
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
-        seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops)
+        seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops,
+                            steered_by(self.scorer) if cfg.steers() else None)
         seq.stats.calibration_seconds = calibration_seconds
         start = time.perf_counter()
         try:

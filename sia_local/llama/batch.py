@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ContextLengthError, ModelError, PromptError
 from .compat import RawContext, _compat_logits_view
 from .model import LM
+from .interrupts import deferred
 from .taps import LayerTaps, layer_name
 
 
@@ -177,15 +178,18 @@ class BatchContext:
             raise ModelError("this Best-of-N context does not keep hidden states", "make it with track_hidden=True")
         return self._hidden[seq]
 
-    def step(self, tokens: dict[int, int], prompts: dict[int, tuple[Sequence[int], bool]] | None = None) -> dict[int, np.ndarray]:
+    def step(self, tokens: dict[int, int], prompts: dict[int, tuple[Sequence[int], bool]] | None = None,
+             groups: Sequence[set[int]] | None = None) -> dict[int, np.ndarray]:
         """Append one token to each sequence of `tokens`, and a chunk of its prompt to each of `prompts` ({seq: (chunk,
         last)}: `last` when the chunk ends the prompt), all in one decode; next-token logits of every token sequence and
-        of every prompt that ended (views, valid until the next decode).
+        of every prompt that ended (views of the last decode, valid until the next one; copies for earlier ones).
+
+        `groups`: sets of sequences decoded in a call of their own, one after another (a seeded request, whose rows
+        must not share a decode with other requests' rows: llama.cpp's kernels round a row differently by what else
+        is in the batch). Default: everything in one call.
 
         A sequence whose token is one of its branches keeps that branch (its logits and hidden state
         are taken before anything else is decoded); the others are decoded together in one call."""
-        import llama_cpp
-
         out: dict[int, np.ndarray] = {}
         for s, token in tokens.items():
             self.held[s].append(int(token))
@@ -202,6 +206,22 @@ class BatchContext:
             self._context.seq_cp(sid, s, self.pos[s], self.pos[s] + 1)
         self._drop_branches()
         prompts = dict(prompts or {})
+        parts = [set(g) for g in groups] if groups else [set(tokens) | set(prompts)]
+        for n, part in enumerate(parts):
+            got = self._decode_part({s: t for s, t in tokens.items() if s in part and s not in out},
+                                    {s: p for s, p in prompts.items() if s in part})
+            for s, logits in got.items():
+                out[s] = logits.copy() if n < len(parts) - 1 else logits  # the next decode overwrites llama.cpp's logits
+        for s in tokens:
+            self.pos[s] += 1
+        return out
+
+    def _decode_part(self, tokens: dict[int, int], prompts: dict[int, tuple[Sequence[int], bool]]) -> dict[int, np.ndarray]:
+        """One decode of these tokens and prompt chunks (two with hidden states: a prompt's inner tokens first); the
+        logits views; the prompts' positions advanced (the tokens' are `step`'s)."""
+        import llama_cpp
+
+        out: dict[int, np.ndarray] = {}
         if self.track_hidden:  # an embeddings decode gives every token a row: a prompt's inner tokens go first, without
             inner = [(t, self.pos[s] + i, s, False) for s, (chunk, last) in sorted(prompts.items()) for i, t in enumerate(chunk[: len(chunk) - last])]
             if inner:
@@ -209,7 +229,7 @@ class BatchContext:
                 for s, (chunk, last) in list(prompts.items()):
                     self.pos[s] += len(chunk) - last
                     prompts[s] = (chunk[len(chunk) - 1 :] if last else [], last)
-        rows: list[tuple[int, int, int, bool]] = [(tokens[s], self.pos[s], s, True) for s in sorted(tokens) if s not in out]
+        rows: list[tuple[int, int, int, bool]] = [(tokens[s], self.pos[s], s, True) for s in sorted(tokens)]
         ends: dict[int, int] = {s: i for i, (_, _, s, _) in enumerate(rows)}
         for s, (chunk, last) in sorted(prompts.items()):
             for i, t in enumerate(chunk):
@@ -223,8 +243,6 @@ class BatchContext:
                 out[s] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i), shape=(self.lm.n_vocab,))
                 if self.track_hidden:
                     self._hidden[s] = self._embedding(i)
-        for s in tokens:
-            self.pos[s] += 1
         for s, (chunk, _) in prompts.items():
             self.pos[s] += len(chunk)
         return out
@@ -335,7 +353,8 @@ class BatchContext:
         import llama_cpp
 
         self._fill(rows)
-        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        with deferred():
+            rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", "lower --best-of or --max-tokens")
         self.decode_calls += 1

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ContextLengthError, ModelError
+from .interrupts import deferred
 from .taps import LayerTaps, layer_name
 
 
@@ -68,7 +69,8 @@ class Branches:
         self._start_branches(candidates, outputs="all")
         llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
-            rc = llama_cpp.llama_decode(self._ctx, self._branch_batch)
+            with deferred():
+                rc = llama_cpp.llama_decode(self._ctx, self._branch_batch)
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         if rc != 0:
@@ -86,7 +88,11 @@ class Branches:
         `layout`: context parameters to change too (n_seq_max, kv_unified, flash_attn_type; for layout benchmarks)."""
         from llama_cpp._internals import LlamaContext
 
-        taps = LayerTaps()
+        try:
+            taps = LayerTaps()
+        except ModelError as exc:  # ggml's functions not found (another platform's library layout): full branches, said so
+            self.taps_off = exc.message if hasattr(exc, "message") else str(exc)
+            return
         params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)  # the Llama's own stay untouched
         for key, value in layout.items():
             setattr(params, key, value)

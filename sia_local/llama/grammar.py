@@ -6,13 +6,20 @@ only among valid continuations; `accept(token)` advances the grammar. The gramma
 most likely tokens first (a few hundred checks), and on the whole vocabulary only when fewer than k of those
 are allowed, as llama.cpp's own sampling does. JSON schemas and OpenAI's `response_format` become GBNF with
 llama-cpp-python's converter (`response_format_grammar`).
+
+Bounded repetitions (`maxLength`, `maxItems`, a pattern's `{m,n}`) are written as GBNF's `x{m,n}`, which
+llama.cpp's parser expands itself and caps at `REPETITION_LIMIT`: llama-cpp-python's converter writes them as
+parentheses nested n deep, which llama.cpp's parser refuses from ~1,100 and, past a few thousand, recurses
+until the process dies. Bounds above `REPETITION_LIMIT` are refused with one line naming the key, and a user's own GBNF
+nested deeper than `NESTING_LIMIT` is refused before llama.cpp reads it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -44,6 +51,10 @@ def response_format_grammar(value: Any) -> str | None:
                       api_hint="use response_format {\"type\": \"json_object\"} or {\"type\": \"json_schema\", ...}")
 
 
+REPETITION_LIMIT = 1000  # the largest {m,n} llama.cpp's GBNF parser takes in every position (its cap, 2000, counts a group's
+# repetitions together with the ones around it: a pattern's (ab|c){1,1001} is refused, an array's 1,999 items pass)
+NESTING_LIMIT = 256  # parentheses a GBNF may nest (llama.cpp's parser recurses once a level, with no limit of its own)
+REPEATED = ("minLength", "maxLength", "minItems", "maxItems")
 ENUM_RANGE = 1000  # an integer range up to this size becomes an enum of its values (the converter ignores minimum/maximum)
 UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 NAMED = ("properties", "$defs", "definitions", "patternProperties")  # name -> schema maps: their keys are names, not keywords
@@ -63,6 +74,12 @@ def enforceable(schema: Any, where: str) -> Any:
             set(out) & {"exclusiveMinimum", "exclusiveMaximum", "multipleOf"}):
         out = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
         out["enum"] = list(range(lo, hi + 1))
+    for key in REPEATED:
+        value = out.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > REPETITION_LIMIT:
+            raise ConfigError(f"{where}.{key} is {value}, above the {REPETITION_LIMIT} repetitions a grammar can bound", f"lower {key} to "
+                              f"{REPETITION_LIMIT} or less, or drop it (max_tokens bounds the answer anyway)",
+                              api_hint=f"lower {where}.{key} to {REPETITION_LIMIT} or less")
     bound = [k for k in UNENFORCED if k in out and out.get("type") in ("integer", "number", None)]
     if bound:
         raise ConfigError(f"{where} uses {', '.join(bound)}, which the grammar cannot enforce (only integer ranges of fewer than "
@@ -72,18 +89,99 @@ def enforceable(schema: Any, where: str) -> Any:
 
 
 def schema_grammar(schema: Any, where: str) -> str:
-    """GBNF for a JSON schema (llama-cpp-python's converter, after `enforceable`); one line naming `where` when it
-    cannot convert it."""
+    """GBNF for a JSON schema (llama-cpp-python's converter, after `enforceable`, its repetitions bounded the way
+    llama.cpp bounds them); one line naming `where` when it cannot convert it."""
     from llama_cpp import llama_grammar
 
     schema = enforceable(schema, where)
     try:
-        gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+        with _bounded_repetitions(llama_grammar):
+            gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except ConfigError as exc:  # a pattern's {m,n} past the limit
+        raise ConfigError(f"{where}: {exc.message}", exc.hint, api_hint=f"fix {where}: {exc.api_hint}") from None
     except Exception as exc:  # the converter raises whatever it meets (KeyError, ValueError, RecursionError, ...)
         raise ConfigError(f"{where} is not a JSON schema llama.cpp's converter understands ({type(exc).__name__}: {exc})"[:300],
                           "simplify the schema (types, properties, required, enum, arrays)", api_hint=f"fix {where}") from None
     # the converter's string character admits control characters, which JSON forbids unescaped (json.loads refuses them)
     return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+
+
+_CONVERTER_LOCK = threading.Lock()
+
+
+class _bounded_repetitions:
+    """While converting: the converter's repetition writer replaced by `repetition` (the same language, spelt so that
+    llama.cpp's parser bounds it). Restored after; a lock keeps two conversions from interleaving the swap."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        _CONVERTER_LOCK.acquire()
+        self.saved = self.module._build_repetition
+        self.module._build_repetition = repetition
+
+    def __exit__(self, *exc: Any) -> None:
+        self.module._build_repetition = self.saved
+        _CONVERTER_LOCK.release()
+
+
+def repetition(item: str, lo: int, hi: int | None, separator_rule: str | None = None, item_rule_is_literal: bool = False) -> str:
+    """GBNF for `lo` to `hi` (None: any number) of `item`, separated by `separator_rule`: llama-cpp-python's
+    `_build_repetition` signature, written with `{m,n}` (llama.cpp expands it without recursing)."""
+    if max(lo, hi or 0) > REPETITION_LIMIT:
+        raise ConfigError(f"a repetition of {lo} to {hi} is above the {REPETITION_LIMIT} a grammar can bound",
+                          f"use at most {REPETITION_LIMIT} repetitions", api_hint=f"use at most {REPETITION_LIMIT} repetitions")
+    if hi is not None and hi < lo:
+        raise ConfigError(f"a repetition of {lo} to {hi} allows nothing", "make the upper bound at least the lower one",
+                          api_hint="make the upper bound at least the lower one")
+    if not separator_rule:
+        return f"({item}){_quantifier(lo, hi)}"
+    if hi == 0:
+        return ""
+    rest = f"({separator_rule} {item}){_quantifier(max(lo - 1, 0), None if hi is None else hi - 1)}"
+    return f"{item} {rest}" if lo > 0 else f"({item} {rest})?"
+
+
+def _quantifier(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return {0: "*", 1: "+"}.get(lo, f"{{{lo},}}")
+    if (lo, hi) == (0, 1):
+        return "?"
+    return f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
+
+
+def check_nesting(gbnf: str, where: str = "the grammar") -> None:
+    """Refuse (one line) a GBNF nested deeper than NESTING_LIMIT parentheses: llama.cpp's parser would recurse
+    once a level until the process dies. Quoted strings and character classes are skipped."""
+    depth = deepest = 0
+    for ch in _outside_literals(gbnf):
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    if deepest > NESTING_LIMIT:
+        raise ConfigError(f"{where} nests parentheses {deepest} deep, more than the {NESTING_LIMIT} allowed", "write repetitions as "
+                          "x{m,n} rather than nested optional groups", api_hint=f"nest {where} at most {NESTING_LIMIT} deep")
+
+
+def _outside_literals(gbnf: str) -> Iterator[str]:
+    """The characters of `gbnf` outside "..." strings, [...] classes and # comments."""
+    i, n = 0, len(gbnf)
+    while i < n:
+        ch = gbnf[i]
+        if ch in "\"[":
+            close = '"' if ch == '"' else "]"
+            i += 1
+            while i < n and gbnf[i] != close:
+                i += 2 if gbnf[i] == "\\" else 1
+        elif ch == "#":
+            while i < n and gbnf[i] != "\n":
+                i += 1
+        else:
+            yield ch
+        i += 1
 
 
 class Grammar:
@@ -93,6 +191,7 @@ class Grammar:
         import llama_cpp
 
         self._lib = llama_cpp
+        check_nesting(gbnf)
         self._sampler = llama_cpp.llama_sampler_init_grammar(lm._vocab, gbnf.encode("utf-8"), b"root")
         if not self._sampler:
             raise ConfigError("the grammar does not parse (llama.cpp's GBNF parser refused it)", "check the grammar file (GBNF, a `root` rule)",

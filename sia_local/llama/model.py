@@ -20,6 +20,7 @@ DEFAULT_N_CTX = 4096  # tokens of context when none is asked (capped at the mode
 VOCAB_SAMPLE = 64  # token texts a scorer's card keeps to recognise the vocabulary it was made for
 
 from .branches import Branches
+from .interrupts import deferred
 from .taps import LayerTaps, supported
 from .compat import (FLASH_ATTN, use_mmap, Message, _check_gguf_file, _chat_formatter, _compat_flash_attn_auto, _compat_is_eog, _compat_logits_view,
                      _compat_token_to_piece, _gguf_context_length, _install_log_callback, _last_log_error, _LOG_TAIL, file_fingerprint,
@@ -288,7 +289,8 @@ class LM(Branches):
 
     def _eval(self, tokens: Sequence[int]) -> None:
         try:
-            self._llm.eval(tokens)
+            with deferred():  # a Ctrl-C in a tap callback is raised after the decode, not dropped
+                self._llm.eval(tokens)
         except RuntimeError as exc:
             raise ModelError(f"llama.cpp failed to decode: {exc}", "lower --max-tokens or raise --ctx-size") from None
 

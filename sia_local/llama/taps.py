@@ -10,9 +10,12 @@ Everything here goes through ggml's public functions: the node's name (`ggml_get
 copies from host or device memory alike, as llama.cpp's own eval-callback example reads nodes). No
 struct layout is copied and no private memory is read or written.
 
-The callback stays installed for the context's life and answers "nothing wanted" at once between
-tapped decodes (measured: 1.045x / 0.99x / 1.005x a plain step at 64 / 512 / 1,536 tokens of context
-on SmolLM2, 2 cores). The one thing taken from llama.cpp's internals is the node name of a layer's
+The callback llama.cpp holds is set once, when the context is made, so it is the C trampoline in
+`_tapshim.c`: between tapped decodes it answers "nothing wanted" without entering Python (no GIL to
+take while another thread runs Python, no frame for a Ctrl-C to land in), and only while a decode is
+armed does it forward each node to the Python callback here. Where the package was installed without a
+C compiler the Python callback is installed directly and runs on every node of every decode of that
+context (`sia info` and `LM.early_exit` say so; `SIA_TAPS=off` removes it). The one thing taken from llama.cpp's internals is the node name of a layer's
 output (`l_out-<il>`, stable since the graphs were written); `supported()` gates the taps on the
 llama-cpp-python versions they were tested on, and a model whose graph names its layers otherwise
 fails with one line at the first tapped decode.
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -69,47 +72,111 @@ def layer_name(layer: int) -> bytes:
     return b"l_out-%d" % layer
 
 
-def _ggml() -> Any:
-    """ggml's public C functions the taps call, with their signatures."""
-    from llama_cpp._ggml import libggml as lib
+GGML_CALLS = (("ggml_get_name", ctypes.c_char_p, [ctypes.c_void_p]), ("ggml_nrows", ctypes.c_int64, [ctypes.c_void_p]),
+              ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]), ("ggml_nelements", ctypes.c_int64, [ctypes.c_void_p]),
+              ("ggml_is_contiguous", ctypes.c_bool, [ctypes.c_void_p]),
+              ("ggml_backend_tensor_get", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]))
 
-    for name, res, args in (("ggml_get_name", ctypes.c_char_p, [ctypes.c_void_p]), ("ggml_nrows", ctypes.c_int64, [ctypes.c_void_p]),
-                            ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]), ("ggml_nelements", ctypes.c_int64, [ctypes.c_void_p]),
-                            ("ggml_is_contiguous", ctypes.c_bool, [ctypes.c_void_p]),
-                            ("ggml_backend_tensor_get", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t])):
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
-    return lib
+
+def _ggml_libraries() -> list[tuple[str, Callable[[], Any]]]:
+    """Where ggml's functions may be: `ggml-base` defines them; `ggml` (llama_cpp._ggml's handle) finds them through
+    its dependency on Linux and macOS, never on Windows, whose lookup searches one DLL's own exports."""
+    def base() -> Any:
+        import pathlib
+
+        import llama_cpp
+        from llama_cpp._ctypes_extensions import load_shared_library
+
+        return load_shared_library("ggml-base", pathlib.Path(llama_cpp.__file__).parent / "lib")
+
+    def ggml() -> Any:
+        from llama_cpp._ggml import libggml
+
+        return libggml
+
+    return [("ggml-base", base), ("ggml", ggml)]
+
+
+def _ggml(libraries: Sequence[tuple[str, Callable[[], Any]]] | None = None) -> Any:
+    """ggml's public C functions the taps call, with their signatures: from the first library that exports them all.
+    Raises ModelError (one line: what was tried) when none does."""
+    tried = []
+    for label, load in libraries if libraries is not None else _ggml_libraries():
+        try:
+            lib = load()
+            for name, res, args in GGML_CALLS:
+                fn = getattr(lib, name)
+                fn.restype, fn.argtypes = res, args
+            return lib
+        except (OSError, AttributeError, ImportError) as exc:
+            tried.append(f"{label}: {type(exc).__name__}: {exc}"[:120])
+    raise ModelError("the layer taps found no library exporting ggml's tensor functions (" + "; ".join(tried) + ")",
+                     "report this with your platform and llama-cpp-python version; SIA_TAPS=off runs full branches")
+
+
+def trampoline() -> int | None:
+    """The address of the C eval callback (`_tapshim.c`), or None where the package was built without it."""
+    if os.environ.get("SIA_TAPS_SHIM", "").strip().lower() == "off":
+        return None
+    try:
+        from . import _tapshim  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return int(_tapshim.trampoline)
+
+
+def callback_path() -> str:
+    """How the taps' callback runs between tapped decodes, in words (for `sia info`)."""
+    if trampoline() is not None:
+        return "C callback (no Python between tapped decodes)"
+    return "Python callback on every graph node of every decode (the C shim was not built; reinstall with a C compiler)"
 
 
 class LayerTaps:
     """An eval callback for one llama.cpp context: `decode` with some nodes copied out, optionally stopping after one."""
 
-    def __init__(self) -> None:
+    def __init__(self, libraries: Sequence[tuple[str, Callable[[], Any]]] | None = None) -> None:
         import llama_cpp
 
-        self._lib = _ggml()
+        from .interrupts import ensure_sigint
+
+        self._lib = _ggml(libraries)
+        ensure_sigint()  # a library user's Ctrl-C that lands in a tapped decode still raises
         self._want: frozenset[bytes] = frozenset()
         self._stop_after: bytes | None = None
         self.got: dict[bytes, np.ndarray] = {}
         self.error: str | None = None  # a node asked for that could not be read (not a contiguous float32 tensor)
         self.calls = 0  # nodes offered while armed (how early the last tapped decode stopped)
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)  # kept alive with the taps
+        address = trampoline()
+        self.shim = address is not None  # the C callback forwards to Python only while a decode is armed
+        self._armed = ctypes.c_void_p(None)  # the slot the C callback reads: NULL, or the Python callback
+        self._shim = llama_cpp.ggml_backend_sched_eval_callback(address) if address is not None else None
 
     def install(self, params: Any) -> None:
         """Put the callback in llama_context_params `params` (before the context is made)."""
-        params.cb_eval = self._callback
-        params.cb_eval_user_data = None
+        if self._shim is not None:
+            params.cb_eval = self._shim
+            params.cb_eval_user_data = ctypes.addressof(self._armed)
+        else:
+            params.cb_eval = self._callback
+            params.cb_eval_user_data = None
 
     def decode(self, decode: Callable[[], int], names: Iterable[bytes], stop_after: bytes | None, cleanup: Callable[[], None]) -> int:
         """Run `decode` (it fills the batch and calls llama_decode) with `names` armed, then `cleanup` (remove the
-        branch cells), also when `decode` raises. Returns llama_decode's code; the copies are in `take`."""
+        branch cells), also when `decode` raises. Returns llama_decode's code; the copies are in `take`. A Ctrl-C or
+        SIGTERM that arrives meanwhile is raised after the decode (`interrupts.deferred`), never inside the callback."""
+        from .interrupts import deferred
+
         self._want = frozenset(names)
         self._stop_after = stop_after
         self.got, self.error, self.calls = {}, None, 0
+        self._armed.value = ctypes.cast(self._callback, ctypes.c_void_p).value
         try:
-            return decode()
+            with deferred():
+                return decode()
         finally:
+            self._armed.value = None
             self._want = frozenset()
             self._stop_after = None
             cleanup()

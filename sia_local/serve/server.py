@@ -52,7 +52,9 @@ class ServerSettings:
     objective_dirs: folders of reward folders a request may name in `sia.rewards` besides the named
     objectives (`sia reward list`); a request never names a path. parallel: slots, requests decoded together
     in one context (default: `default_parallel`, what the KV budget holds, at most 4); slots x context must fit
-    max_batch_tokens.
+    max_batch_tokens. strict_model: refuse (404) a request whose `model` is not this server's id; by default, as
+    llama.cpp's server does, any name is answered by the one model served (scripts written for other servers send
+    names like "gpt-4o-mini"), and every response's `model` says which one answered.
     """
 
     max_queue: int = 8
@@ -67,6 +69,7 @@ class ServerSettings:
     allowed_hosts: list[str] | None = None
     objective_dirs: list[str] | None = None
     parallel: int | None = None
+    strict_model: bool = False
 
 
 class Engine:
@@ -159,7 +162,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
     conf = dataclasses.replace(settings or ServerSettings(), **changes)
     max_tokens_limit, max_top_k, max_batch_tokens = conf.max_tokens_limit, conf.max_top_k, conf.max_batch_tokens
     max_queue, api_key, max_body_bytes = conf.max_queue, conf.api_key, conf.max_body_bytes
-    allow_origins, request_timeout = conf.allow_origins, conf.request_timeout
+    allow_origins, request_timeout, strict_model = conf.allow_origins, conf.request_timeout, conf.strict_model
     objective_dirs = [Path(d) for d in conf.objective_dirs or []]
     token_limit = max_tokens_limit or max(4096, steerer.lm.n_ctx)
     top_k_limit = min(max_top_k or MAX_TOP_K, MAX_TOP_K)
@@ -237,8 +240,9 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
     def _check(req: ApiRequest, prompt: Any, options: dict[str, Any], steerer: Steerer, mixed: bool) -> None:
         """Refuse, before the model is touched, a request that would cost more than this server allows. `mixed`: the
         request brings its own objectives (a sequence reward, loaded once admitted), so a steering gate has a scorer."""
-        if req.model and req.model != model_id:
-            raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r}", param="model", code="model_not_found")
+        if strict_model and req.model and req.model != model_id:
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r} (started with --strict-model)",
+                           param="model", code="model_not_found")
         try:
             changes = {k: v for k, v in options.items() if k != "raw"}
             config = steerer.config.updated(**changes) if mixed else steerer.config_for(**changes)

@@ -332,7 +332,11 @@ def test_stopping_sia_batch_stops_its_workers_in_one_line(tmp_path: Path, tiny_g
     import sys
 
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": i, "prompt": "Go on.", "max_tokens": 1 if i == 0 else 4000}) + "\n" for i in range(40)))  # 156k dense tokens: no machine ends first
+    long = {"type": "string", "minLength": 1000}  # no row can end before 3,000 characters: 29k dense tokens at least, no machine ends first
+    endless = {"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": long, "b": long, "c": long},
+                                                                 "required": ["a", "b", "c"]}}}
+    rows.write_text("".join(json.dumps({"id": i, "prompt": "Go on.", "max_tokens": 1} if i == 0 else
+                                       {"id": i, "prompt": "Go on.", "max_tokens": 4000, "response_format": endless}) + "\n" for i in range(40)))
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "batch", str(rows), "-o", str(out), "-m", str(tiny_gguf), "-c", "4200",
                              "-r", str(tiny_reward), "--gate", "dense", "--workers", "2", "-t", "1"],

