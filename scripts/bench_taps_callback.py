@@ -21,13 +21,13 @@ PROMPTS = ["Write a short note to a neighbour whose dog barks at night.", "Tell 
            "Give me three tips for sleeping well."]
 
 
-def _load(mode: str, model: str | None, head: str | None, ngl: int):
+def _load(mode: str, model: str | None, head: str | None, ngl: int, threads: int):
     from sia_local.core.config import SteerConfig
     from sia_local.runtime import LMSettings, ScorerSettings, load
 
     os.environ["SIA_TAPS_SHIM"] = "off" if mode == "python" else "on"
     try:
-        steerer = load(LMSettings(model=model, n_gpu_layers=ngl), ScorerSettings(path=head, prefer="head"), SteerConfig(seed=1),
+        steerer = load(LMSettings(model=model, n_gpu_layers=ngl, n_threads=threads), ScorerSettings(path=head, prefer="head"), SteerConfig(seed=1),
                        note=lambda m: None)
     finally:
         os.environ.pop("SIA_TAPS_SHIM", None)
@@ -67,9 +67,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads, fixed (no governor); 1 leaves the busy thread a core of "
+                    "its own on 2 cores, so what is measured is the GIL, not two programs on one core")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    steerers = {mode: _load(mode, args.model, args.head, args.n_gpu_layers) for mode in ("python", "c")}
+    steerers = {mode: _load(mode, args.model, args.head, args.n_gpu_layers, args.threads) for mode in ("python", "c")}
     arms = [(gate, busy) for gate in ("none", "entropy") for busy in (False, True)]
     runs: dict[str, list[float]] = {}
     for mode, s in steerers.items():  # warm-up: tau calibration, first graphs
@@ -88,7 +90,7 @@ def main() -> None:
               flush=True)
     if args.out:
         args.out.write_text(json.dumps({"model": args.model or "SmolLM2-135M-Instruct Q4_1 (bundled)", "head": args.head, "tokens": args.tokens,
-                                        "rounds": args.rounds, "n_gpu_layers": args.n_gpu_layers, "table": table, "runs": runs}, indent=1))
+                                        "rounds": args.rounds, "n_gpu_layers": args.n_gpu_layers, "threads": args.threads, "table": table, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":
