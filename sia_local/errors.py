@@ -63,6 +63,13 @@ class MissingPackageError(SiaError):
     """An optional package that carries a default model is not installed."""
 
 
+class Busy(SiaError):
+    """Every slot is running and the queue is full: try again later."""
+
+    http_status = 503
+    api_code = "server_busy"
+
+
 class Cancelled(SiaError):
     """A generation stopped before its end: the client left, or the request ran past its time limit."""
 

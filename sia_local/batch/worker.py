@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ class Worker:
         # rows' own objectives, on this worker's share of the cores and its provider (`batch.split_threads`)
         self.mixes = MixCache(provider=scorer.provider, threads=scorer.threads, verbose=scorer.verbose) if scorer is not None else MixCache()
         self.slots: SlotScheduler | None = None  # rows as slots (spec.parallel > 1), made on first use
+        self._slots_lock = threading.Lock()
 
     def run(self, row: Row, base_seed: int) -> dict[str, Any]:
         """One row, decoded alone (Best-of-N in its own batched context)."""
@@ -199,8 +201,9 @@ class Worker:
         if row.error is not None:
             done(error_row(row, row.error))
             return
-        if self.slots is None:
-            self.slots = SlotScheduler(self.steerer.lm, self.spec.parallel, scorer=self.steerer.scorer, max_queue=1 << 30)
+        with self._slots_lock:  # a Ray actor's threads arrive together: one scheduler, not one each
+            if self.slots is None:
+                self.slots = SlotScheduler(self.steerer.lm, self.spec.parallel, scorer=self.steerer.scorer, max_queue=1 << 30)
         try:
             steerer, prompt, best_of, options = self._request(row, base_seed)
             future = self.slots.submit(steerer, prompt, n=best_of, **options)

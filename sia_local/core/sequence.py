@@ -73,7 +73,8 @@ class SequenceState:
             self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
         if self.cfg.logprobs:
             t = time.perf_counter()
-            self._lse = log_normaliser(logits, float(self._z[0]))
+            top = float(self._z[0]) if self.grammar is None else float(logits.max())  # a grammar's top allowed token is not the max:
+            self._lse = log_normaliser(logits, top)  # a forbidden one far above it would overflow exp
             self.stats.logprob_seconds += time.perf_counter() - t
         self._h = entropy(self._z)
         self.junction = self.gate(len(self.ids), self._h)

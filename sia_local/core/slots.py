@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import Cancelled, ConfigError, ContextLengthError
+from ..errors import Busy, Cancelled, ConfigError, ContextLengthError
 from ..llama import LM, BatchContext, Message
 from .scorer import Junction, steered_by
 from .search import best_of_n, rank_samples
@@ -119,20 +119,25 @@ class SlotScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._alone: Job | None = None  # a Best-of-N running alone now
 
     # -- any thread ------------------------------------------------------------------------------
     def submit(self, steerer: Steerer, prompt: str | Sequence[Message], *, n: int = 1, system: str | None = None, raw: bool = False,
                on_piece: Callable[[int, Piece], None] | None = None, cancel: threading.Event | None = None, exact: bool | None = None,
-               **changes: Any) -> Future:
+               bounded: bool = False, **changes: Any) -> Future:
         """Prepare a request (its errors are raised here) and queue it; the Future gets a Generation, or a BestOfN when
         n > 1. Setting `cancel` stops it at the next step and frees its slots (the Future then raises `Cancelled`).
-        `exact`: decode it in calls of its own (default: when it names a seed; see the module docstring)."""
+        `exact`: decode it in calls of its own (default: when it names a seed; see the module docstring). `bounded`: raise
+        `Busy` rather than queue beyond `max_queue` (checked under the lock that queues it, so a burst cannot pass it)."""
         job = Job(steerer, prompt, n, changes, system, raw, on_piece, cancel or threading.Event())
         self._prepare(job)
         job.exact = exact if exact is not None else changes.get("seed") is not None
         with self._cond:
-            if self._closed:
+            if self._closed or (self._thread is not None and not self._thread.is_alive()):
                 raise ConfigError("the slots were closed", "start a new scheduler")
+            if bounded and len(self.queue) >= self.max_queue + len(self.free):
+                raise Busy(f"the server is busy: {self.active} slots running and {len(self.queue)} queued", "retry later",
+                           api_hint="retry later")
             self.queue.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="sia-slots", daemon=True)
@@ -158,6 +163,8 @@ class SlotScheduler:
         """Stop the thread after its current step; queued and running requests are cancelled; the context is freed."""
         with self._cond:
             self._closed = True
+            for job in [*self.running, *self.queue, *([self._alone] if self._alone is not None else [])]:
+                job.cancel.set()  # a Best-of-N running alone stops at its next step instead of being waited for
             self._cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
@@ -191,6 +198,16 @@ class SlotScheduler:
 
     # -- the slots' thread -----------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # the thread is dying: nothing may wait forever on it
+            with self._cond:
+                jobs = [*self.running, *self.queue]
+                self.running, self.queue = [], deque()
+            for job in jobs:  # the error goes to every waiting request; `submit` refuses new ones (the thread is dead)
+                _settle(job.future, error=exc if isinstance(exc, Exception) else Cancelled("the slots stopped", "retry"))
+
+    def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._closed and not self.queue and not self.running:
@@ -199,11 +216,15 @@ class SlotScheduler:
                     return
                 alone = self._admit()
             if alone is not None:
-                self._run_alone(alone)
+                self._alone = alone
+                try:
+                    self._run_alone(alone)
+                finally:
+                    self._alone = None
                 continue
             try:
                 self._step()
-            except Exception as exc:  # a failed decode: every running request fails with it, their slots are emptied
+            except Exception as exc:  # a failed decode or scorer run outside one request: every running request fails with it
                 for job in list(self.running):
                     self._release(job, forget=True)
                     _settle(job.future, error=exc)

@@ -120,7 +120,7 @@ class Engine:
         self.refuse_when_full()
 
         def prepare() -> Any:
-            return self.slots.submit(self.steerer_for(mix), prompt, n=n, on_piece=on_piece, cancel=cancel, **options)
+            return self.slots.submit(self.steerer_for(mix), prompt, n=n, on_piece=on_piece, cancel=cancel, bounded=True, **options)
 
         return asyncio.wrap_future(await asyncio.to_thread(prepare))
 

@@ -11,7 +11,7 @@ from sia_local.core.config import SteerConfig
 from sia_local.core.search import best_of_n
 from sia_local.core.slots import SlotScheduler
 from sia_local.core.steer import Steerer
-from sia_local.errors import Cancelled, ContextLengthError
+from sia_local.errors import Cancelled, ConfigError, ContextLengthError
 from sia_local.llama import LM
 from sia_local.rewards.reward import OnnxReward
 from conftest import have
@@ -236,3 +236,31 @@ def test_seeded_answers_on_smollm2_are_the_same_alone_and_among_concurrent_reque
     finally:
         scheduler.close()
     assert rounds[0] == alone and rounds[1] == alone
+
+
+def test_the_queue_bound_holds_under_a_burst_and_a_dead_thread_fails_its_requests(steerer: Steerer) -> None:
+    from sia_local.errors import Busy
+
+    scheduler = SlotScheduler(steerer.lm, 1, scorer=steerer.scorer, slot_ctx=256, max_queue=1)
+    hold = threading.Event()
+    try:
+        first = scheduler.submit(steerer, "Tell me something.", gate="none", max_tokens=50, on_piece=lambda i, p: hold.wait(60), bounded=True)
+        queued = scheduler.submit(steerer, "Hi", gate="none", max_tokens=2, bounded=True)  # one slot running, one place in the queue
+        with pytest.raises(Busy, match="busy"):
+            scheduler.submit(steerer, "Hi", gate="none", max_tokens=2, bounded=True)  # re-checked where it is queued
+        hold.set()
+        first.result(timeout=120), queued.result(timeout=120)
+    finally:
+        hold.set()
+        scheduler.close()
+    broken = SlotScheduler(steerer.lm, 1, scorer=steerer.scorer, slot_ctx=256)
+    broken._admit = lambda: (_ for _ in ()).throw(RuntimeError("the slots thread died"))  # type: ignore[method-assign]
+    try:
+        doomed = broken.submit(steerer, "Hi", gate="none", max_tokens=2)
+        with pytest.raises(RuntimeError, match="died"):
+            doomed.result(timeout=60)  # failed, not left hanging
+        broken._thread.join(timeout=60)  # type: ignore[union-attr]
+        with pytest.raises(ConfigError, match="closed"):
+            broken.submit(steerer, "Hi", gate="none", max_tokens=2)  # a dead thread takes no more requests
+    finally:
+        broken.close()
