@@ -69,6 +69,8 @@ def steered_by(scorer: Any) -> str | None:
     shows in the results, not only in `sia info`."""
     if scorer is None:
         return None
+    if not hasattr(scorer, "info"):  # a user's own scorer that keeps to less than the protocol
+        return str(getattr(scorer, "name", type(scorer).__name__))
     info = scorer.info()
     how = info.details.get("early_exit")
     return f"{KIND_WORDS.get(info.kind, info.kind)} {info.name}" + (f" ({how})" if how else "")
