@@ -40,13 +40,13 @@ def steered(llm: Any, objective: str | Sequence[str] = "kind", **settings: Any) 
     calibrated for the model on first use (cached per model file), as `sia generate` does."""
     lm = LM.from_llama(llm)
     specs = [objective] if isinstance(objective, str) else list(objective)
-    note = _note  # which scorer steers and why (the teacher where a head exists: this Llama has no hidden states)
+    # _note says which scorer steers and why (the teacher where a head exists: this Llama has no hidden states)
     if len(specs) == 1 and ":" not in specs[0]:
-        scorer = load_scorer(ScorerSettings(path=specs[0]), lm, note=note)
+        scorer = load_scorer(ScorerSettings(path=specs[0]), lm, note=_note)
     else:
         from .rewards.mix import parse_objective
 
-        scorer = load_scorer(ScorerSettings(mix=tuple(parse_objective(s) for s in specs)), lm, note=note)
+        scorer = load_scorer(ScorerSettings(mix=tuple(parse_objective(s) for s in specs)), lm, note=_note)
     return SteeredLlama(llm, build_steerer(lm, scorer, SteerConfig().updated(**settings)))
 
 

@@ -91,7 +91,7 @@ class Branches:
         try:
             taps = LayerTaps()
         except ModelError as exc:  # ggml's functions not found (another platform's library layout): full branches, said so
-            self.taps_off = exc.message if hasattr(exc, "message") else str(exc)
+            self.taps_off = exc.message
             return
         params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)  # the Llama's own stay untouched
         for key, value in layout.items():

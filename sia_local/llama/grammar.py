@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
@@ -109,21 +110,17 @@ def schema_grammar(schema: Any, where: str) -> str:
 _CONVERTER_LOCK = threading.Lock()
 
 
-class _bounded_repetitions:
+@contextmanager
+def _bounded_repetitions(module: Any) -> Iterator[None]:
     """While converting: the converter's repetition writer replaced by `repetition` (the same language, spelt so that
     llama.cpp's parser bounds it). Restored after; a lock keeps two conversions from interleaving the swap."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-
-    def __enter__(self) -> None:
-        _CONVERTER_LOCK.acquire()
-        self.saved = self.module._build_repetition
-        self.module._build_repetition = repetition
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module._build_repetition = self.saved
-        _CONVERTER_LOCK.release()
+    with _CONVERTER_LOCK:
+        saved = module._build_repetition
+        module._build_repetition = repetition
+        try:
+            yield
+        finally:
+            module._build_repetition = saved
 
 
 def repetition(item: str, lo: int, hi: int | None, separator_rule: str | None = None, item_rule_is_literal: bool = False) -> str:
