@@ -223,14 +223,25 @@ class Worker:
         return box.get()
 
     def run_slots(self, rows: Sequence[Row], base_seed: int) -> Iterator[dict[str, Any]]:
-        """`rows` decoded together in slots; result rows as they finish."""
+        """`rows` decoded together in slots; result rows as they finish. At most twice the slots are prepared at a time
+        (a row's prepared state -- its tokens, a grammar's cells of 12 bytes a vocabulary entry -- waits in memory): the
+        next row is submitted as one finishes."""
         import queue
 
         finished: queue.Queue[dict[str, Any]] = queue.Queue()
-        for row in rows:
+        pending = iter(rows)
+        window = 2 * self.spec.parallel
+        submitted = 0
+        for row in pending:
             self.submit(row, base_seed, finished.put)
-        for _ in rows:
+            submitted += 1
+            if submitted >= window:
+                break
+        for _ in range(len(rows)):
             yield finished.get()
+            for row in pending:  # one finished: one more in
+                self.submit(row, base_seed, finished.put)
+                break
 
     def close(self) -> None:
         """Free the slots' context and thread, if rows ran in slots."""

@@ -120,6 +120,7 @@ class SlotScheduler:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._alone: Job | None = None  # a Best-of-N running alone now
+        self._ranking = threading.Lock()  # one ranking at a time: an answer-fitted head ranks on the LM's own context
 
     # -- any thread ------------------------------------------------------------------------------
     def submit(self, steerer: Steerer, prompt: str | Sequence[Message], *, n: int = 1, system: str | None = None, raw: bool = False,
@@ -275,7 +276,9 @@ class SlotScheduler:
     def _run_alone(self, job: Job) -> None:
         """A Best-of-N with more samples than slots: its own batched context, as `best_of_n` runs it, the slots idle."""
         try:
-            result = best_of_n(job.steerer, job.prompt, job.n, system=job.system, raw=job.raw, on_piece=job.on_piece, cancel=job.cancel, **job.changes)
+            with self._ranking:  # its ranking may use the LM's own context too
+                result = best_of_n(job.steerer, job.prompt, job.n, system=job.system, raw=job.raw, on_piece=job.on_piece, cancel=job.cancel,
+                                   **job.changes)
             self.served += 1
             _settle(job.future, result=result)
         except Cancelled as exc:
@@ -371,7 +374,10 @@ class SlotScheduler:
                 sharing.setdefault(id(peer), (peer, []))[1].append(members)
         ahead = [peer for peer, uses in sharing.values() if len(uses) > 1]  # one scorer alone runs its embedder itself
         for peer in ahead:
-            peer.ahead([t for members in sharing[id(peer)][1] for _, _, j in members for t in j.texts()])
+            try:
+                peer.ahead([t for members in sharing[id(peer)][1] for _, _, j in members for t in j.texts()])
+            except Exception:  # the shared run failed: each scorer embeds for itself, and fails only its own requests
+                peer.ahead([])
         try:
             for scorer, members in groups.values():
                 t = time.perf_counter()
@@ -401,16 +407,26 @@ class SlotScheduler:
                     job.on_piece(i, tail)
                 generations.append(seq.result(time.perf_counter() - job.start))
             if job.n == 1:
-                result: Any = generations[0]
-            else:
-                result = rank_samples(job.steerer.scorer, job.reward_prompt, job.ids, generations, start=job.start,
-                                      decode_calls=self.ctx.decode_calls - job.first_step, tokens_decoded=len(job.ids) + sum(g.stats.tokens for g in generations),
-                                      reward_calls=job.reward_calls, prefill_seconds=job.prefill_seconds,
-                                      lm_seconds=max(s.stats.lm_seconds for s in job.seqs), reward_seconds=job.reward_seconds)
-            self.served += 1
-            _settle(job.future, result=result)
+                self.served += 1
+                _settle(job.future, result=generations[0])
+                return
+            counts = dict(decode_calls=self.ctx.decode_calls - job.first_step, tokens_decoded=len(job.ids) + sum(g.stats.tokens for g in generations),
+                          reward_calls=job.reward_calls, prefill_seconds=job.prefill_seconds,
+                          lm_seconds=max(s.stats.lm_seconds for s in job.seqs), reward_seconds=job.reward_seconds)
         except Exception as exc:
             _settle(job.future, error=exc)
+            return
+
+        def rank() -> None:  # off the slots' thread: a teacher's first load or an ONNX run over n answers stalls no stream
+            try:
+                with self._ranking:
+                    result = rank_samples(job.steerer.scorer, job.reward_prompt, job.ids, generations, start=job.start, **counts)
+                self.served += 1
+                _settle(job.future, result=result)
+            except Exception as exc:
+                _settle(job.future, error=exc)
+
+        threading.Thread(target=rank, name="sia-rank", daemon=True).start()
 
     def _guard(self, job: Job, fn: Callable[[], Any], jobs: list[Job] | None = None) -> Any:
         """fn(), or None when it raised: then the request (or each of `jobs`, a scorer's group) fails with that error and

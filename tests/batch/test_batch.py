@@ -193,3 +193,29 @@ def test_bench_grid_on_two_workers_equals_one(tmp_path: Path, tiny_gguf: Path, t
         return out
 
     assert rows("one") == rows("two") and len(rows("one")) == 15
+
+
+def test_slots_in_one_process_prepare_a_window_of_rows_not_all(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    """10,000 structured rows would hold gigabytes of grammar cells if every row were prepared before the first ran."""
+    import dataclasses
+
+    from sia_local.batch.worker import Worker
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"Row {i}.", "max_tokens": 3}) + "\n" for i in range(11)))
+    worker = Worker(dataclasses.replace(_spec(tiny_gguf, tiny_reward), parallel=2))
+    submitted, out = [0], []
+    real = worker.submit
+
+    def counted(row, base_seed, done):  # type: ignore[no-untyped-def]
+        submitted[0] += 1
+        assert submitted[0] - len(out) <= 4, "more rows prepared than twice the slots"
+        real(row, base_seed, done)
+
+    worker.submit = counted  # type: ignore[method-assign]
+    try:
+        for result in worker.run_slots(read_rows(path), 0):
+            out.append(result)
+    finally:
+        worker.close()
+    assert sorted(r["id"] for r in out) == list(range(11)) and all(r["error"] is None for r in out)

@@ -264,3 +264,24 @@ def test_the_queue_bound_holds_under_a_burst_and_a_dead_thread_fails_its_request
             broken.submit(steerer, "Hi", gate="none", max_tokens=2)  # a dead thread takes no more requests
     finally:
         broken.close()
+
+
+def test_a_best_of_n_is_ranked_off_the_slots_thread(steerer: Steerer, slots: SlotScheduler) -> None:
+    """Ranking (a teacher's first load, an ONNX run over n answers) must not stall the other streams."""
+    import time
+
+    gate = threading.Event()
+    real = steerer.scorer.score_responses  # type: ignore[union-attr]
+    steerer.scorer.score_responses = lambda *a, **k: (gate.wait(120), real(*a, **k))[1]  # type: ignore[union-attr]
+    try:
+        bon = slots.submit(steerer, "Tell me something.", n=2, seed=3, max_tokens=4)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (slots.active == 0 and not slots.waiting and slots.steps > 0):
+            time.sleep(0.01)  # its samples are done: it is being ranked now, and the ranking waits for the gate
+        single = slots.submit(steerer, "Hi", seed=1, max_tokens=4).result(timeout=60)  # decoded meanwhile
+        assert single.text is not None and not bon.done()
+        gate.set()
+        assert len(bon.result(timeout=120).candidates) == 2
+    finally:
+        gate.set()
+        del steerer.scorer.score_responses  # type: ignore[union-attr]
