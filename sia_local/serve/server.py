@@ -287,8 +287,22 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         steerer = engine.steerer
         _check(req, prompt, options, steerer, mix is not None)
         cancel = threading.Event()
-        if request_timeout:
-            asyncio.get_running_loop().call_later(request_timeout, cancel.set)  # the worker stops at its next token
+        # the worker stops at its next token; the timer goes with the response (handles never pile up under load)
+        timer = asyncio.get_running_loop().call_later(request_timeout, cancel.set) if request_timeout else None
+        streaming = False
+        try:
+            response = await _answer(request, req, prompt, options, chat, cancel, mix, tracer, logprobs)
+            streaming = isinstance(response, StreamingResponse)
+            if streaming and timer is not None:
+                response.body_iterator = _then(response.body_iterator, timer.cancel)
+            return response
+        finally:
+            if timer is not None and not streaming:
+                timer.cancel()
+
+    async def _answer(request: Request, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool, cancel: threading.Event,
+                      mix: Any, tracer: Any, logprobs: Any) -> Any:
+        """The response to an admitted request: Best-of-N, a whole answer, or a stream."""
         if req.n > 1:
             return await _best_of(request, engine, mix, req, prompt, options, chat, cancel)
         events = engine.run(prompt, options, cancel, mix)
@@ -409,6 +423,15 @@ def _free_memory_bytes() -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):  # not on this platform
         return None
+
+
+async def _then(body: Any, done: Callable[[], Any]) -> Any:
+    """`body`'s chunks, then `done()` however the stream ends (finished, failed, or the client left)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        done()
 
 
 def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None,

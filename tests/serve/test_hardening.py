@@ -93,3 +93,26 @@ def test_random_gate_differs_per_prompt(tmp_path: Path, tiny_lm, tiny_reward: Pa
     assert len({(rows[("random@0.4", i)]["junctions"], rows[("random@0.4", i)]["tokens"]) for i in range(4)}) > 1
     for i in range(4):  # each random row targets the ratio its SIA row realised on the same prompt
         assert rows[("random@0.4", i)]["ratio_target"] == pytest.approx(rows[("sia@0.4", i)]["ratio"])
+
+
+def test_a_finished_request_cancels_its_timeout(steerer: Steerer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request's timer goes with its response (streamed or not), so none pile up in the event loop under load."""
+    import asyncio
+
+    timers: list[asyncio.TimerHandle] = []
+    real = asyncio.BaseEventLoop.call_later
+
+    def recorded(self, delay, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+        handle = real(self, delay, callback, *args, **kwargs)
+        if delay == 3600:
+            timers.append(handle)
+        return handle
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "call_later", recorded)
+    with _Server(create_app(steerer, model_id="tiny", request_timeout=3600), _free_port()) as s:
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+        assert httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        assert httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60).status_code == 200
+        assert httpx.post(s.url + "/v1/chat/completions", json={**body, "max_tokens": 0}, timeout=60).status_code == 400
+        time.sleep(0.2)
+    assert len(timers) == 2 and all(t.cancelled() for t in timers)
