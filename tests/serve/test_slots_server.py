@@ -89,6 +89,12 @@ def test_slots_beyond_the_kv_budget_are_refused_at_start_up(steerer: Steerer) ->
     app = create_app(steerer, model_id=MODEL, max_batch_tokens=1024)  # no --parallel: what the budget holds
     assert app.state.engine.parallel == 2
     app.state.engine.slots.close()
+    from sia_local.serve.server import default_parallel
+
+    class OnGpu:  # layers offloaded: the KV lives in GPU memory, which a host-RAM budget does not measure
+        n_ctx, n_gpu_layers = 512, -1
+
+    assert default_parallel(OnGpu(), 1 << 30) == 1  # one slot unless --parallel says more (the start-up line says so)
 
 
 def test_a_conversations_next_turn_reports_its_cached_prompt_tokens(steerer: Steerer) -> None:
