@@ -10,12 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${EXTRAS:-models,dev}"
 python -m pip install -q --upgrade pip
+# The release the layer taps were tested on (sia_local/llama/taps.py TESTED); pyproject.toml admits later 0.3.x,
+# where the taps are off (full branches, said by `sia info`) unless SIA_TAPS=on.
+llama="llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 cpu_args="$(bash scripts/cpu_cmake_args.sh)"
 if [ -n "$cpu_args" ] && [ -z "${CMAKE_ARGS:-}" ]; then
   # This CPU reports AMX; build without the AMX kernels (see scripts/cpu_cmake_args.sh), and never
   # take a wheel a native build left in pip's cache.
   echo "building llama-cpp-python with: $cpu_args"
-  CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python>=0.3.36,<0.4"
+  CMAKE_ARGS="$cpu_args" python -m pip install --no-cache-dir --no-binary llama-cpp-python "$llama"
+else
+  python -m pip install "$llama"
 fi
 if [ -n "${WITH_EXPORT:-}" ]; then
   # CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.

@@ -3,8 +3,8 @@
 `Grammar(lm, gbnf)` holds one sequence's grammar state. `mask(logits)` gives the logits with every token the
 grammar forbids at -inf, so top-k and the entropy are taken over the allowed tokens and the reward chooses
 only among valid continuations; `accept(token)` advances the grammar. The grammar is checked on the step's
-most likely tokens first (a few hundred checks), and on the whole vocabulary only when fewer than k of those
-are allowed, as llama.cpp's own sampling does. JSON schemas and OpenAI's `response_format` become GBNF with
+most likely tokens first (a few hundred checks), then a few thousand while fewer than k are allowed, and the
+whole vocabulary only when none of those is. JSON schemas and OpenAI's `response_format` become GBNF with
 llama-cpp-python's converter (`response_format_grammar`).
 
 Bounded repetitions (`maxLength`, `maxItems`, a pattern's `{m,n}`) are written as GBNF's `x{m,n}`, which
@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-FIRST_LOOK = 256  # the likeliest tokens checked before the whole vocabulary
+FIRST_LOOK = 256  # the likeliest tokens checked first
+WIDE_LOOK = 4096  # then these, before the whole vocabulary
 
 
 def response_format_grammar(value: Any) -> str | None:
@@ -207,14 +208,18 @@ class Grammar:
         return cells["logit"].astype(np.float32)
 
     def mask(self, logits: np.ndarray, k: int) -> np.ndarray:
-        """(n_vocab,) logits with the tokens the grammar forbids at -inf (a copy; checks the likeliest first)."""
-        out = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-        look = min(self.n_vocab, max(FIRST_LOOK, 4 * k))
-        ids = np.argpartition(-logits, look - 1)[:look] if look < self.n_vocab else np.arange(self.n_vocab)
-        out[ids] = self._apply(ids.astype(np.int32), logits)
-        if np.isfinite(out[ids]).sum() < k and look < self.n_vocab:  # too few allowed among the likeliest: ask about every token
-            every = np.arange(self.n_vocab, dtype=np.int32)
-            out = self._apply(every, logits)
+        """(n_vocab,) logits with the tokens the grammar forbids at -inf (a copy). The likeliest FIRST_LOOK tokens are
+        checked first; while fewer than k of them are allowed, the likeliest WIDE_LOOK; the whole vocabulary only when
+        none of those is allowed. So a structural JSON step (one or two tokens allowed) costs a few thousand checks, not
+        128k-262k; what it leaves out are allowed tokens ranked below WIDE_LOOK, whose share of the mass is nil."""
+        for look in (max(FIRST_LOOK, 4 * k), WIDE_LOOK, self.n_vocab):
+            look = min(look, self.n_vocab)
+            out = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+            ids = np.argpartition(-logits, look - 1)[:look] if look < self.n_vocab else np.arange(self.n_vocab)
+            out[ids] = self._apply(ids.astype(np.int32), logits)
+            allowed = int(np.isfinite(out[ids]).sum())
+            if look >= self.n_vocab or allowed >= k or (allowed and look >= WIDE_LOOK):
+                return out
         return out
 
     def accept(self, token: int) -> None:

@@ -36,9 +36,10 @@ import numpy as np
 
 from ..errors import ModelError
 
-# llama-cpp-python versions the taps were tested on: [first, past_last). Others run full branches unless
-# SIA_TAPS=on (at your own risk; `sia info` says which applies).
-TESTED = ((0, 3, 36), (0, 4, 0))
+# llama-cpp-python versions the taps were tested on: [first, past_last). Each release vendors another llama.cpp
+# commit (node names, graph reuse), so only the releases tested are in; others run full branches unless SIA_TAPS=on
+# (at your own risk; `sia info` says which applies).
+TESTED = ((0, 3, 36), (0, 3, 37))
 
 
 def _version(text: str) -> tuple[int, ...]:

