@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,10 +57,12 @@ class SharedEmbedder:
         self.provider, self.provider_note = "CPUExecutionProvider", None
         self.runs = 0
         self._ahead: dict[str, np.ndarray] = {}
+        self._opening = threading.Lock()  # a mix loading in a worker thread and the slots' thread may both open it first
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        if self._ahead and all(t in self._ahead for t in texts):  # embedded already, with the other requests' texts of this step
-            return np.stack([self._ahead[t] for t in texts]) if texts else np.zeros((0, 0))
+        ahead = self._ahead  # one snapshot: the slots' thread swaps it between steps
+        if ahead and all(t in ahead for t in texts):  # embedded already, with the other requests' texts of this step
+            return np.stack([ahead[t] for t in texts]) if texts else np.zeros((0, 0))
         return self._run(texts)
 
     def ahead(self, texts: Sequence[str]) -> None:
@@ -69,9 +72,10 @@ class SharedEmbedder:
         self._ahead = dict(zip(unique, self._run(unique))) if unique else {}
 
     def _run(self, texts: Sequence[str]) -> np.ndarray:
-        if self.embed is None:
-            session, self.provider, self.provider_note = open_session(minilm_files()[0], *self.options)
-            self.embed = Embedder(keep_end=True, session=session)
+        with self._opening:
+            if self.embed is None:
+                session, self.provider, self.provider_note = open_session(minilm_files()[0], *self.options)
+                self.embed = Embedder(keep_end=True, session=session)
         self.runs += 1
         return self.embed(texts, batch=EMBED_BATCH).astype(np.float64)
 
@@ -132,9 +136,10 @@ def _head_key(w: np.ndarray, b: float) -> str:
 
 
 def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, threads: int | None, verbose: bool, label: str | None = None,
-           progress: Progress | None = None, note: Callable[[str], None] | None = None) -> Member:
+           progress: Progress | None = None, note: Callable[[str], None] | None = None, rewards: dict[Any, OnnxReward] | None = None) -> Member:
     """The objective `name` (a name from `sia reward list`, or a reward folder) with its weight, on the one scale
-    (`reference_scale`): its raw reward standardised over the shipped reference answers."""
+    (`reference_scale`): its raw reward standardised over the shipped reference answers. `rewards`: reward folders'
+    sessions already open (a server's mixes of one folder at several weights share one)."""
     folder = resolve_objective(name, progress=progress, note=note)
     if folder is None:
         from .objectives import list_objectives
@@ -147,8 +152,12 @@ def member(name: str, weight: float, embed: SharedEmbedder, *, provider: str, th
         w, b = head
         mean, std = reference_scale(_head_key(w, b), lambda texts: embed(texts) @ w + b)
         return Member(shown, weight, mean, std, description, w, b, folder=folder)
-    scorer = OnnxReward(folder, label=label, provider=provider, threads=threads, verbose=verbose)
     key = f"folder:{file_fingerprint(folder / 'model.onnx')}:{label}"
+    scorer = rewards.get(key) if rewards is not None else None
+    if scorer is None:
+        scorer = OnnxReward(folder, label=label, provider=provider, threads=threads, verbose=verbose)
+        if rewards is not None:
+            rewards[key] = scorer
     mean, std = reference_scale(key, lambda texts: scorer.score("", texts))
     return Member(shown, weight, mean, std, scorer.objective, scorer=scorer, folder=folder)
 
@@ -189,12 +198,12 @@ class Objectives:
 
     def __init__(self, specs: Sequence[tuple[str, float]], *, provider: str = "auto", threads: int | None = None, verbose: bool = False,
                  label: str | None = None, progress: Progress | None = None, note: Callable[[str], None] | None = None,
-                 embedder: SharedEmbedder | None = None) -> None:
+                 embedder: SharedEmbedder | None = None, rewards: dict[Any, OnnxReward] | None = None) -> None:
         if not specs:
             raise ConfigError("a mix needs at least one objective", "pass -r NAME[:WEIGHT]")
         self.embedder = embedder or SharedEmbedder(provider, threads, verbose)  # `embedder`: one for every mix of a server
-        self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, label=label, progress=progress, note=note)
-                        for n, w in specs]
+        self.members = [member(n, w, self.embedder, provider=provider, threads=threads, verbose=verbose, label=label, progress=progress, note=note,
+                               rewards=rewards) for n, w in specs]
         seen: dict[str, int] = {}
         for m in self.members:  # one key per member in the trace and stats: `-r kind -r kind:-0.5` shows both
             seen[m.name] = seen.get(m.name, 0) + 1
@@ -262,11 +271,10 @@ class MixCache:
     objectives; loading them again per request would cost seconds)."""
 
     def __init__(self, size: int = 4, **options: Any) -> None:
-        import threading
-
         self.size, self.options = size, options  # options: Objectives' (provider, threads, verbose, embedder)
         if "embedder" not in options:  # one embedder for all the mixes: one session, and one run per step in the slots
             options["embedder"] = SharedEmbedder(options.get("provider", "auto"), options.get("threads"), options.get("verbose", False))
+        options.setdefault("rewards", {})  # one session per reward folder, whatever weights its mixes give it
         self._mixes: dict[tuple[tuple[str, float], ...], Objectives] = {}
         self._lock = threading.Lock()  # requests load from worker threads: one at a time, each mix once
 

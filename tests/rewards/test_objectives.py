@@ -326,3 +326,13 @@ def test_long_examples_are_fitted_on_the_end_that_is_scored(tmp_path: Path) -> N
     card = fit_objective("tail", good=[f"{filler} {g}" for g in good], bad=[f"{filler} {b}" for b in bad], describe="Polite endings.",
                          out=tmp_path / "tail")
     assert card["cv"]["mean"] > 0.9  # cut from the right, every example would be the same filler: refused as inseparable
+
+
+def test_a_reward_folder_at_several_weights_opens_one_session(tiny_reward: Path) -> None:
+    """A server's mixes are cached by (names, weights): a folder asked for at a new weight reuses its open session."""
+    from sia_local.rewards.mix import MixCache
+
+    cache = MixCache(provider="cpu")
+    one, two = cache.get([(str(tiny_reward), 1.0)]), cache.get([(str(tiny_reward), 0.5)])
+    assert one is not two and one.members[0].scorer is two.members[0].scorer
+    assert one.members[0].weight == 1.0 and two.members[0].weight == 0.5
