@@ -4,7 +4,7 @@
 - bench: 50 prompts, many about annoying or sad situations, so a tone objective has room to move (`sia bench`);
 - distill: 1,100 prompts, 220 situations from many parts of life x 24 kinds of request x 12 registers, disjoint from
   the two above (`sia vm distill`);
-- heldout: 70 prompts of other situations, asked in other ways: evaluation only (`scripts/head_vs_teacher.py`); no code
+- heldout: 70 prompts of other situations, asked in other ways: evaluation only (`scripts/study/head_vs_teacher.py`); no code
   fits on them, but the heads' spread scaling was adopted after looking at their figures (docs/value-heads.md).
 A user's file is JSONL ({"prompt": ...} per line) or plain text (one prompt a line).
 """

@@ -1,6 +1,6 @@
 """Hypothesis strategies for bad input: request bodies for `sia serve` and rows for `sia batch`.
 
-Shared by tests/test_fuzz.py (a short run in the suite) and scripts/fuzz_server.py (a long run against
+Shared by tests/test_fuzz.py (a short run in the suite) and scripts/check/fuzz_server.py (a long run against
 a live server). Values come from three sources: any JSON at all (shapes, types, nesting, unicode),
 request-shaped bodies whose fields take random values, and every `Setting`'s range edges (just inside,
 on, just outside, wrong types), so each declared bound is hit on both sides.

@@ -8,7 +8,7 @@ belongs to one model (its card's fingerprint) and to one objective as it was fit
 
 Heads live in two places, searched in this order:
 - the cache: `heads/NAME-FINGERPRINT/` (`sia reward fit NAME --head`, `sia vm distill -r NAME`);
-- the package: `sia_local/data/heads/*/` (made by `scripts/make_shipped_heads.py`, with its command in the card).
+- the package: `sia_local/data/heads/*/` (made by `scripts/data/make_shipped_heads.py`, with its command in the card).
 """
 
 from __future__ import annotations

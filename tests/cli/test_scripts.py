@@ -1,4 +1,5 @@
-"""Every script under scripts/ answers --help at once and writes nothing (no model load, no package data)."""
+"""Every script under scripts/ answers --help at once and writes nothing (no model load, no package data), and
+scripts/README.md indexes every one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(p for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh"))
+SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*") if p.suffix in (".py", ".sh") and "results" not in p.relative_to(ROOT / "scripts").parts)
 
 
 def _tree() -> dict[str, tuple[int, int]]:
@@ -47,7 +48,13 @@ def test_prefix_head_ceiling_runs_on_a_tiny_head(tmp_path: Path, tiny_gguf: Path
     distill_head(LM(tiny_gguf, n_ctx=256, hidden=True), OnnxReward(tiny_reward, provider="cpu"), prompts, head, samples_per_prompt=2,
                  max_tokens=8, rank=2)
     out = tmp_path / "ceiling.json"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "prefix_head_ceiling.py"), str(head), "-m", str(tiny_gguf),
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "study" / "prefix_head_ceiling.py"), str(head), "-m", str(tiny_gguf),
                              "--json", str(out)], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "shipped prefix head" in json.loads(out.read_text())["models"]
+
+
+def test_the_index_names_every_script() -> None:
+    index = (ROOT / "scripts" / "README.md").read_text(encoding="utf-8")
+    missing = [str(p.relative_to(ROOT / "scripts")) for p in SCRIPTS if f"`{p.relative_to(ROOT / 'scripts')}`" not in index]
+    assert not missing, f"scripts/README.md does not index {missing}"

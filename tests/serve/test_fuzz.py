@@ -1,7 +1,7 @@
 """Bad input thrown by a machine: random request bodies at the server, random rows at `sia batch`.
 
 No body may become a 500 (or leave the server unable to answer /health), and every batch row must
-become exactly one output row with the same keys. scripts/fuzz_server.py runs the same strategies
+become exactly one output row with the same keys. scripts/check/fuzz_server.py runs the same strategies
 longer, against a live `sia serve`.
 """
 
