@@ -107,7 +107,8 @@ class SlotScheduler:
         self.n_slots = n_slots
         # llama.cpp holds at most 256 sequences in a context: each slot and its branch sequences
         self.k = max(1, min(branches or 16, 256 // n_slots - 1)) if needs == "branches" else 0
-        self.ctx = BatchContext(lm, n_slots, 0, 0, branches=self.k, track_hidden=needs == "hidden", slot_ctx=slot_ctx or lm.n_ctx)
+        self.ctx = BatchContext(lm, n_slots, 0, 0, branches=self.k, track_hidden=needs == "hidden", slot_ctx=slot_ctx or lm.n_ctx,
+                                exit_layer=_exit_layer(scorer) if needs == "branches" else None)
         self.slot_ctx = self.ctx.n_ctx
         self.max_queue = max_queue
         self.free: list[int] = list(range(n_slots))
@@ -454,6 +455,14 @@ class SlotScheduler:
         scorer = job.steerer.scorer
         if scorer is not None and not any(j.steerer.scorer is scorer for j in self.running):
             scorer.reset()
+
+
+def _exit_layer(scorer: Any) -> int | None:
+    """The layer an early-exit scorer stops at (the highest of a mix's heads), or None (a final-state head)."""
+    if not getattr(scorer, "early_exit", False):
+        return None
+    heads = getattr(scorer, "heads", None)
+    return max(int(h.layer) for h, _ in heads) if heads else int(scorer.layer)
 
 
 def _cancelled() -> Cancelled:

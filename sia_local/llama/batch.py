@@ -6,7 +6,7 @@ each sequence also has k branch sequences.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,12 +30,20 @@ class BatchContext:
     sequences: `branches()` decodes the candidates of every steered sequence in one `llama_decode`,
     and `step` keeps a sequence's chosen branch instead of decoding its token again, as `LM` does
     for one sequence. `track_hidden` keeps every sequence's last hidden state (prefix heads).
+
+    Slots with an early-exit head (`exit_layer`) keep a KV stream per slot in this context, so a slot's logits never
+    depend on the other slots' cells (a seeded answer is the same whatever else runs), and a second, unified
+    context -- the *mirror* -- holds every slot's tokens up to the head's layer only (each decode here is repeated
+    there, stopped after that layer by the taps) with room for the branches: `exit_branches` decodes the candidates
+    there. Costs: a decode stopped at layer l of n (l/n of a step's compute) and a second KV buffer.
     """
 
     def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int, *, branches: int = 0, track_hidden: bool = False,
-                 slot_ctx: int | None = None) -> None:
+                 slot_ctx: int | None = None, exit_layer: int | None = None) -> None:
         """`slot_ctx`: slots (`core/slots.py`) -- every sequence has its own prompt and room for `slot_ctx` tokens
-        (prompt_tokens and max_tokens are then unused); one unified buffer with branches, a stream each without."""
+        (prompt_tokens and max_tokens are then unused); one unified buffer with branches, a stream each without.
+        `exit_layer`: with slots and branches, the early-exit head's layer: a stream each here, the branches in the
+        mirror (see the class docstring)."""
         import llama_cpp
 
         limit = int(llama_cpp.llama_max_parallel_sequences()) if hasattr(llama_cpp, "llama_max_parallel_sequences") else 64
@@ -48,8 +56,10 @@ class BatchContext:
         self.n_seq = n_seq
         self.k = branches
         self.track_hidden = track_hidden
+        mirrored = slot_ctx is not None and branches > 0 and exit_layer is not None and lm.taps is not None
+        self.exit_layer = exit_layer if mirrored else None
         if slot_ctx is not None:  # slots: nothing shared; a unified buffer only where branches must see their parent's cells
-            unified = branches > 0
+            unified = branches > 0 and not mirrored
             n_ctx = n_seq * (slot_ctx + branches) + 8 if unified else n_seq * slot_ctx
             self.n_ctx = slot_ctx
         else:
@@ -64,14 +74,14 @@ class BatchContext:
         params.n_ctx = n_ctx
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = n_seq * (1 + branches)
+        params.n_seq_max = n_seq if mirrored else n_seq * (1 + branches)
         params.n_threads = lm.settled_threads  # never a probe's count that happened to be current
         params.n_threads_batch = lm.max_threads
-        params.embeddings = bool(branches or track_hidden)  # pooling none, as the LM's own context; switched on per decode
+        params.embeddings = bool((branches and not mirrored) or track_hidden)  # pooling none, as the LM's own context; switched on per decode
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
         self.taps = LayerTaps() if branches and lm.taps is not None else None  # early-exit branches, as the LM has
-        if self.taps is not None:
+        if self.taps is not None and not mirrored:
             self.taps.install(params)
         # our own handle (freed by close), not llama-cpp-python's LlamaContext: that one registers itself with the
         # model for the model's whole life, and with it these params, the callback, the taps and their last copies
@@ -83,6 +93,9 @@ class BatchContext:
         if params.embeddings:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
+        self._mirror: RawContext | None = None
+        if mirrored:
+            self._mirror = self._make_mirror(base, n_seq * (slot_ctx + branches) + 8)  # type: ignore[operator]
         self.pos = [0] * n_seq
         self.held: list[list[int]] = [[] for _ in range(n_seq)]  # the tokens in each sequence's cells, in order (`reuse`)
         self._swa = int(llama_cpp.llama_model_n_swa(lm._llm._model.model)) if hasattr(llama_cpp, "llama_model_n_swa") else 0
@@ -90,6 +103,47 @@ class BatchContext:
         self.tokens_decoded = 0
         self._branched: dict[int, dict[int, tuple[int, int]]] = {}  # seq -> {candidate: (output row of the last branch decode, its sequence id)}
         self._hidden: dict[int, np.ndarray] = {}  # seq -> hidden state of its last token (track_hidden)
+
+    def _make_mirror(self, base: Any, n_ctx: int) -> RawContext:
+        """The unified context holding every slot's tokens up to `exit_layer`, and the branches (class docstring)."""
+        import llama_cpp
+
+        params = type(base).from_buffer_copy(base)
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        params.n_seq_max = self.n_seq * (1 + self.k)
+        params.n_threads, params.n_threads_batch = self.lm.settled_threads, self.lm.max_threads
+        params.embeddings = False
+        if hasattr(params, "kv_unified"):
+            params.kv_unified = True
+        assert self.taps is not None
+        self.taps.install(params)
+        mirror = RawContext.make(self.lm._llm._model.model, params)
+        if mirror is None:
+            self._context.close()
+            raise ModelError(f"llama.cpp could not make the {n_ctx}-token context a value head's branches need beside the slots",
+                             self._hint)
+        self._mbatch = llama_cpp.llama_batch_init(max(self.n_batch, self.n_seq * (1 + self.k)), 0, 1)
+        return mirror
+
+    def _mirror_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """The rows just decoded here, decoded in the mirror up to `exit_layer` (the cells its branch decodes attend to)."""
+        import llama_cpp
+
+        assert self._mirror is not None and self.taps is not None and self.exit_layer is not None
+        mirror, stop = self._mirror, layer_name(self.exit_layer)
+        mrows = [(t, p, s, False) for t, p, s, _ in rows]
+        companion = None
+        if len(mrows) == 1:  # llama.cpp's CPU attention takes another path for one row over a long buffer: keep it on the path
+            companion = self.n_seq + mrows[0][2] * self.k  # of several rows (the slot's first branch sequence, empty between junctions)
+            mrows.append((mrows[0][0], 0, companion, False))
+        mrows[-1] = (*mrows[-1][:3], True)  # one output row: llama.cpp wants one, the graph stops before it
+
+        def decode() -> int:
+            self._fill(mrows, self._mbatch)
+            return int(llama_cpp.llama_decode(mirror.ctx, self._mbatch))
+
+        if self.taps.decode(decode, [stop], stop, lambda: mirror.seq_rm(companion) if companion is not None else None) != 0:
+            raise ModelError("llama.cpp failed to decode a batch in the branches' context", self._hint)
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode the prompt once on sequence 0, share it with every sequence; the next-token logits (copied)."""
@@ -117,6 +171,9 @@ class BatchContext:
 
         Branch j of sequence s is sequence n_seq + s·k + j, sharing s's cells; the branches stay until
         the next `step`, which keeps each sequence's chosen one."""
+        if self._mirror is not None:
+            raise ModelError("these slots were made for an early-exit head; a final-state head's branches need one KV buffer",
+                             "start the slots with this scorer")
         self._drop_branches()
         rows: list[tuple[int, int, int, bool]] = []
         for s in sorted(requests):
@@ -139,7 +196,10 @@ class BatchContext:
 
         if self.taps is None:
             raise ModelError("this Best-of-N context has no layer taps", "use the branch head (branch.npz)")
+        if self.exit_layer is not None and max(layers) > self.exit_layer:
+            raise ModelError(f"layer {max(layers)} is past the {self.exit_layer} the slots' branch context keeps", "start the slots with this scorer")
         self._drop_branches()
+        where, batch = (self._mirror, self._mbatch) if self._mirror is not None else (self._context, self._batch)
         rows: list[tuple[int, int, int, bool]] = []
         owner: list[int] = []
         for s in sorted(requests):
@@ -153,17 +213,18 @@ class BatchContext:
 
         def decode() -> int:
             for (_, _, sid, _), s in zip(rows, owner):
-                self._context.seq_cp(s, sid)
-            self._fill(rows)
-            return int(llama_cpp.llama_decode(self._ctx, self._batch))
+                where.seq_cp(s, sid)
+            self._fill(rows, batch)
+            return int(llama_cpp.llama_decode(where.ctx, batch))
 
         def cleanup() -> None:
             for _, _, sid, _ in rows:
-                self._context.seq_rm(sid)
+                where.seq_rm(sid)
 
         wanted = sorted({int(x) for x in layers})
         names = [layer_name(x) for x in wanted]
-        llama_cpp.llama_set_embeddings(self._ctx, False)  # no final states wanted: the graph stops before them
+        if self._mirror is None:
+            llama_cpp.llama_set_embeddings(self._ctx, False)  # no final states wanted: the graph stops before them
         rc = self.taps.decode(decode, names, names[-1], cleanup)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch of branches (code {rc})", "lower --best-of or --top-k")
@@ -251,6 +312,8 @@ class BatchContext:
     def share(self, source: int, target: int) -> None:
         """Give `target` (an empty sequence) `source`'s cells: a Best-of-N group prefills its prompt once."""
         self._context.seq_cp(source, target)
+        if self._mirror is not None:
+            self._mirror.seq_cp(source, target)
         self.pos[target] = self.pos[source]
         self.held[target] = list(self.held[source])
         if source in self._hidden:
@@ -275,6 +338,8 @@ class BatchContext:
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells (the sequence can start again at position 0: a slot's next request)."""
         self._context.seq_rm(seq)
+        if self._mirror is not None:
+            self._mirror.seq_rm(seq)
         self.pos[seq] = 0
         self.held[seq] = []
         self._hidden.pop(seq, None)
@@ -296,6 +361,8 @@ class BatchContext:
             keep = 0
         if keep and not self._context.seq_rm(seq, keep):
             keep = 0
+        if keep and self._mirror is not None:
+            self._mirror.seq_rm(seq, keep)
         if not keep:
             self.drop(seq)
             return 0
@@ -326,6 +393,10 @@ class BatchContext:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
         self._context.close()
+        if self._mirror is not None:
+            llama_cpp.llama_batch_free(self._mbatch)
+            self._mirror.close()
+            self._mirror = None
         if self.taps is not None:
             self.taps.close()
 
@@ -340,8 +411,8 @@ class BatchContext:
             if hidden:
                 llama_cpp.llama_set_embeddings(self._ctx, False)
 
-    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        b = self._batch
+    def _fill(self, rows: list[tuple[int, int, int, bool]], batch: Any = None) -> None:
+        b = self._batch if batch is None else batch
         for i, (token, pos, seq, want_logits) in enumerate(rows):
             b.token[i] = token
             b.pos[i] = pos
@@ -358,5 +429,7 @@ class BatchContext:
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", self._hint)
+        if self._mirror is not None:
+            self._mirror_rows(rows)
         self.decode_calls += 1
         self.tokens_decoded += len(rows)

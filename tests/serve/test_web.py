@@ -54,6 +54,7 @@ def test_chat_junctions_candidates_and_stop_in_a_browser(server: _Server, endles
         box = d.find_element(By.ID, "input")
         box.send_keys("Tell me something.", Keys.ENTER)
         _wait(lambda: any("tokens" in s.text for s in d.find_elements(By.CSS_SELECTOR, ".assistant .stats")))
+        assert any(", by reward model " in s.text for s in d.find_elements(By.CSS_SELECTOR, ".assistant .stats"))  # which scorer steered
         junctions = d.find_elements(By.CSS_SELECTOR, '.tok[data-junction="1"]')
         assert junctions
         junctions[0].click()
