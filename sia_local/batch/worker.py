@@ -206,7 +206,9 @@ class Worker:
                 self.slots = SlotScheduler(self.steerer.lm, self.spec.parallel, scorer=self.steerer.scorer, max_queue=1 << 30)
         try:
             steerer, prompt, best_of, options = self._request(row, base_seed)
-            future = self.slots.submit(steerer, prompt, n=best_of, **options)
+            # a row that names its seed is exact (decoded in calls of its own, the same answer whatever else runs); the
+            # others' seeds come from the run's (base seed + line) and share decodes: the batching gain
+            future = self.slots.submit(steerer, prompt, n=best_of, exact="seed" in row.changes, **options)
         except Exception as exc:  # a row refused before it is queued (its prompt, its settings): its own error row
             refused: BaseException = exc
             done(self._answer(row, lambda: _raise(refused), t))

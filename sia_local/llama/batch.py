@@ -33,9 +33,10 @@ class BatchContext:
 
     Slots with an early-exit head (`exit_layer`) keep a KV stream per slot in this context, so a slot's logits never
     depend on the other slots' cells (a seeded answer is the same whatever else runs), and a second, unified
-    context -- the *mirror* -- holds every slot's tokens up to the head's layer only (each decode here is repeated
-    there, stopped after that layer by the taps) with room for the branches: `exit_branches` decodes the candidates
-    there. Costs: a decode stopped at layer l of n (l/n of a step's compute) and a second KV buffer.
+    context -- the *mirror* -- holds every slot's tokens up to the head's layer only (decoded there, stopped after
+    that layer by the taps) with room for the branches: at a junction the mirror catches up on
+    the slot's tokens since its last one, then `exit_branches` decodes the candidates there. Costs: per junction, a
+    decode stopped at layer l of n; and a second KV buffer.
     """
 
     def __init__(self, lm: LM, n_seq: int, prompt_tokens: int, max_tokens: int, *, branches: int = 0, track_hidden: bool = False,
@@ -94,6 +95,7 @@ class BatchContext:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         self._batch = llama_cpp.llama_batch_init(max(self.n_batch, n_seq * (1 + branches)), 0, 1)
         self._mirror: RawContext | None = None
+        self._mirrored = [0] * n_seq  # tokens of each sequence the mirror holds (it catches up at a junction)
         if mirrored:
             self._mirror = self._make_mirror(base, n_seq * (slot_ctx + branches) + 8)  # type: ignore[operator]
         self.pos = [0] * n_seq
@@ -125,25 +127,30 @@ class BatchContext:
         self._mbatch = llama_cpp.llama_batch_init(max(self.n_batch, self.n_seq * (1 + self.k)), 0, 1)
         return mirror
 
-    def _mirror_rows(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """The rows just decoded here, decoded in the mirror up to `exit_layer` (the cells its branch decodes attend to)."""
+    def _catch_up(self, seqs: Sequence[int]) -> None:
+        """Bring the mirror up to date for `seqs` before their branches: the tokens each decoded here since its last
+        junction, decoded there up to `exit_layer` (the cells a branch decode attends to), in chunks of the batch."""
         import llama_cpp
 
         assert self._mirror is not None and self.taps is not None and self.exit_layer is not None
         mirror, stop = self._mirror, layer_name(self.exit_layer)
-        mrows = [(t, p, s, False) for t, p, s, _ in rows]
-        companion = None
-        if len(mrows) == 1:  # llama.cpp's CPU attention takes another path for one row over a long buffer: keep it on the path
-            companion = self.n_seq + mrows[0][2] * self.k  # of several rows (the slot's first branch sequence, empty between junctions)
-            mrows.append((mrows[0][0], 0, companion, False))
-        mrows[-1] = (*mrows[-1][:3], True)  # one output row: llama.cpp wants one, the graph stops before it
+        pending = [(t, p, s, False) for s in sorted(seqs) for p, t in enumerate(self.held[s][self._mirrored[s] : self.pos[s]], self._mirrored[s])]
+        for start in range(0, len(pending), self.n_batch - 1):
+            rows = pending[start : start + self.n_batch - 1]
+            companion = None
+            if len(rows) == 1:  # llama.cpp's CPU attention takes another path for one row over a long buffer: keep every
+                companion = self.n_seq + rows[0][2] * self.k  # decode on the path of several rows (the slot's first branch
+                rows = [*rows, (rows[0][0], 0, companion, False)]  # sequence: empty between junctions)
+            rows[-1] = (*rows[-1][:3], True)  # one output row: llama.cpp wants one, the graph stops before it
 
-        def decode() -> int:
-            self._fill(mrows, self._mbatch)
-            return int(llama_cpp.llama_decode(mirror.ctx, self._mbatch))
+            def decode() -> int:
+                self._fill(rows, self._mbatch)
+                return int(llama_cpp.llama_decode(mirror.ctx, self._mbatch))
 
-        if self.taps.decode(decode, [stop], stop, lambda: mirror.seq_rm(companion) if companion is not None else None) != 0:
-            raise ModelError("llama.cpp failed to decode a batch in the branches' context", self._hint)
+            if self.taps.decode(decode, [stop], stop, lambda: mirror.seq_rm(companion) if companion is not None else None) != 0:
+                raise ModelError("llama.cpp failed to decode a batch in the branches' context", self._hint)
+        for s in seqs:
+            self._mirrored[s] = self.pos[s]
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode the prompt once on sequence 0, share it with every sequence; the next-token logits (copied)."""
@@ -200,6 +207,8 @@ class BatchContext:
             raise ModelError(f"layer {max(layers)} is past the {self.exit_layer} the slots' branch context keeps", "start the slots with this scorer")
         self._drop_branches()
         where, batch = (self._mirror, self._mbatch) if self._mirror is not None else (self._context, self._batch)
+        if self._mirror is not None:
+            self._catch_up(list(requests))
         rows: list[tuple[int, int, int, bool]] = []
         owner: list[int] = []
         for s in sorted(requests):
@@ -314,6 +323,7 @@ class BatchContext:
         self._context.seq_cp(source, target)
         if self._mirror is not None:
             self._mirror.seq_cp(source, target)
+            self._mirrored[target] = self._mirrored[source]
         self.pos[target] = self.pos[source]
         self.held[target] = list(self.held[source])
         if source in self._hidden:
@@ -340,6 +350,7 @@ class BatchContext:
         self._context.seq_rm(seq)
         if self._mirror is not None:
             self._mirror.seq_rm(seq)
+            self._mirrored[seq] = 0
         self.pos[seq] = 0
         self.held[seq] = []
         self._hidden.pop(seq, None)
@@ -362,7 +373,8 @@ class BatchContext:
         if keep and not self._context.seq_rm(seq, keep):
             keep = 0
         if keep and self._mirror is not None:
-            self._mirror.seq_rm(seq, keep)
+            self._mirror.seq_rm(seq, min(keep, self._mirrored[seq]))
+            self._mirrored[seq] = min(keep, self._mirrored[seq])
         if not keep:
             self.drop(seq)
             return 0
@@ -429,7 +441,5 @@ class BatchContext:
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             raise ModelError(f"llama.cpp failed to decode a batch (code {rc})", self._hint)
-        if self._mirror is not None:
-            self._mirror_rows(rows)
         self.decode_calls += 1
         self.tokens_decoded += len(rows)
