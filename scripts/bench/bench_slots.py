@@ -220,6 +220,8 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="a git commit: one client against its `sia serve` beside this one's (e.g. the commit before slots)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU for every arm (-1: all; a CUDA/Metal build)")
+    ap.add_argument("--batch-seeds", action="store_true", help="serve with --batch-seeds: the clients' seeded requests share decodes "
+                    "(by default each seeded request decodes alone, its answer whatever else runs)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     global NGL
@@ -243,7 +245,7 @@ def main() -> None:
             sia = None
         else:
             flags, sia = arms[arm]
-            started = _sia_server(args.model, parallel, args.threads, flags)
+            started = _sia_server(args.model, parallel, args.threads, [*flags, *(["--batch-seeds"] if args.batch_seeds else [])])
         if started is None:
             continue
         proc, url = started

@@ -155,6 +155,9 @@ def chat(lm: LMSettings, steering: Steering, system: str | None, highlight: bool
               help=f"Largest sia.top_k a request may ask; more gets a 400 [default: {MAX_TOP_K}].")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="KV budget in tokens: a Best-of-N's n x (prompt + max_tokens), and --parallel x the context [default: what a quarter of free memory holds].")
+@click.option("--exact-seeds/--batch-seeds", default=True, show_default=True,
+              help="A request with a seed decodes in calls of its own, so its answer does not depend on other requests; "
+                   "--batch-seeds batches it with them (more tokens/s, answers up to batched rounding).")
 @click.option("--strict-model", is_flag=True,
               help="Refuse (404) a request whose `model` is not this server's id [default: any name is answered by the model served, as llama.cpp's server does].")
 @fail_cleanly

@@ -54,7 +54,9 @@ class ServerSettings:
     in one context (default: `default_parallel`, what the KV budget holds, at most 4); slots x context must fit
     max_batch_tokens. strict_model: refuse (404) a request whose `model` is not this server's id; by default, as
     llama.cpp's server does, any name is answered by the one model served (scripts written for other servers send
-    names like "gpt-4o-mini"), and every response's `model` says which one answered.
+    names like "gpt-4o-mini"), and every response's `model` says which one answered. exact_seeds: a request that
+    names its seed decodes in calls of its own (`core/slots.py`: its answer whatever else runs); False batches it with
+    the others (their throughput, answers up to batched rounding).
     """
 
     max_queue: int = 8
@@ -70,6 +72,7 @@ class ServerSettings:
     objective_dirs: list[str] | None = None
     parallel: int | None = None
     strict_model: bool = False
+    exact_seeds: bool = True
 
 
 class Engine:
@@ -77,8 +80,9 @@ class Engine:
     queue in front (503 beyond it). Requests' own objectives share one embedder."""
 
     def __init__(self, steerer: Steerer, model_id: str, max_queue: int = ServerSettings.max_queue, parallel: int = 1,
-                 slot_ctx: int | None = None, max_top_k: int = MAX_TOP_K) -> None:
+                 slot_ctx: int | None = None, max_top_k: int = MAX_TOP_K, exact_seeds: bool = True) -> None:
         self.steerer = steerer
+        self.exact_seeds = exact_seeds
         self.model_id = model_id
         shared = getattr(steerer.scorer, "embedder", None)  # the server's own mix, if it is one: its embedder serves every request's mix
         self.mixes = MixCache(**({"embedder": shared} if shared is not None else {}))
@@ -120,7 +124,8 @@ class Engine:
         self.refuse_when_full()
 
         def prepare() -> Any:
-            return self.slots.submit(self.steerer_for(mix), prompt, n=n, on_piece=on_piece, cancel=cancel, bounded=True, **options)
+            return self.slots.submit(self.steerer_for(mix), prompt, n=n, on_piece=on_piece, cancel=cancel, bounded=True,
+                                     exact=None if self.exact_seeds else False, **options)
 
         return asyncio.wrap_future(await asyncio.to_thread(prepare))
 
@@ -175,7 +180,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
 
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     parallel = check_parallel(conf.parallel, steerer.lm, batch_limit)
-    engine = Engine(steerer, model_id, max_queue, parallel, max_top_k=top_k_limit)
+    engine = Engine(steerer, model_id, max_queue, parallel, max_top_k=top_k_limit, exact_seeds=conf.exact_seeds)
     app.state.engine = engine
     app.router.on_shutdown.append(engine.slots.close)  # the slots' thread stops and their context is freed with the app
 

@@ -107,3 +107,19 @@ def test_a_conversations_next_turn_reports_its_cached_prompt_tokens(steerer: Ste
         messages += [one["choices"][0]["message"], {"role": "user", "content": "And then?"}]
         two = httpx.post(s.url + "/v1/chat/completions", json=dict(body, messages=messages), timeout=120).json()
         assert one["usage"]["prompt_tokens"] <= two["usage"]["prompt_tokens_details"]["cached_tokens"] < two["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_seeded_requests_are_exact_unless_the_server_batches_them(steerer: Steerer, exact: bool) -> None:
+    app = create_app(steerer, model_id=MODEL, exact_seeds=exact)
+    engine = app.state.engine
+    asked: list = []
+    real = engine.slots.submit
+    engine.slots.submit = lambda *a, **k: (asked.append(k["exact"]), real(*a, **k))[1]
+    try:
+        with _Server(app, _free_port()) as s:
+            r = httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "seed": 3})
+            assert r.status_code == 200
+    finally:
+        engine.slots.close()
+    assert asked == [None if exact else False]  # None: exact when the request names a seed (`SlotScheduler.submit`)
