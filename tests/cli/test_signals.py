@@ -21,8 +21,9 @@ LONG = {"type": "string", "minLength": 1000}
 ENDLESS = {"type": "object", "properties": {"a": LONG, "b": LONG, "c": LONG}, "required": ["a", "b", "c"]}
 
 
-def _interrupt_when(proc: subprocess.Popen, ready: callable, what: str) -> float:
-    """SIGINT to the process group (what a terminal sends) once `ready()`; the seconds until the process ended."""
+def _interrupt_when(proc: subprocess.Popen, ready: callable, what: str, ended: callable | None = None) -> float:
+    """SIGINT to the process group (what a terminal sends) once `ready()`; the seconds until the process ended (or,
+    given `ended`, until `ended()`)."""
     deadline = time.time() + 300
     while time.time() < deadline and not ready():
         if proc.poll() is not None:
@@ -31,7 +32,12 @@ def _interrupt_when(proc: subprocess.Popen, ready: callable, what: str) -> float
     assert ready(), f"never {what}"
     t = time.perf_counter()
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
+    if ended is None:
+        proc.wait(timeout=60)
+    else:
+        while not ended() and time.perf_counter() - t < 60:
+            time.sleep(0.05)
+        assert ended(), "the interrupt did not stop it"
     return time.perf_counter() - t
 
 
@@ -73,4 +79,28 @@ def test_ctrl_c_stops_an_in_process_sia_batch_and_keeps_its_rows(tmp_path: Path)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]  # the finished rows are kept
+    assert took < 5, f"{took:.1f} s to stop"
+
+
+def test_ctrl_c_in_sia_chat_stops_the_answer_and_the_session_goes_on(tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(ENDLESS))
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "chat", "-n", "4000", "-c", "4096", "--json-schema", str(schema), "--seed", "1"],
+                                stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write("Tell me a long story.\n")
+            proc.stdin.flush()
+            took = _interrupt_when(proc, lambda: len(out.read_text()) > 300, "the answer streamed", ended=lambda: "[stopped]" in out.read_text())
+            proc.stdin.write("/quit\n")  # the session is still open: it reads the next line
+            proc.stdin.flush()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
     assert took < 5, f"{took:.1f} s to stop"
