@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -41,23 +43,39 @@ def _interrupt_when(proc: subprocess.Popen, ready: callable, what: str, ended: c
     return time.perf_counter() - t
 
 
-@pytest.mark.parametrize("gate", ["entropy", "none"])
-def test_ctrl_c_stops_sia_generate_with_exit_130(tmp_path: Path, gate: str) -> None:
+@contextmanager
+def _sia(*args: str, stdout: Any = subprocess.PIPE, stdin: Any = None) -> Iterator[subprocess.Popen]:
+    """`sia ARGS` in a process group of its own (so SIGINT reaches it as from a terminal), killed if it outlives the test."""
+    proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", *args], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _stderr_of(proc: subprocess.Popen, status: int) -> str:
+    """Its stderr, checked: the exit status, and no traceback or dropped exception."""
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    return err
+
+
+def _endless_schema(tmp_path: Path) -> str:
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps(ENDLESS))
+    return str(schema)
+
+
+@pytest.mark.parametrize("gate", ["entropy", "none"])
+def test_ctrl_c_stops_sia_generate_with_exit_130(tmp_path: Path, gate: str) -> None:
     out = tmp_path / "out.txt"
-    with out.open("w") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "generate", "Tell me a long story.", "-n", "4000", "-c", "4096",
-                                 "--gate", gate, "--json-schema", str(schema), "--seed", "1"],
-                                stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            took = _interrupt_when(proc, lambda: out.stat().st_size > 40, "the answer streamed")
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "Exception ignored" not in err and "[stopped]" in err, err
+    with out.open("w") as stdout, _sia("generate", "Tell me a long story.", "-n", "4000", "-c", "4096", "--gate", gate, "--json-schema",
+                                       _endless_schema(tmp_path), "--seed", "1", stdout=stdout) as proc:
+        took = _interrupt_when(proc, lambda: out.stat().st_size > 40, "the answer streamed")
+    assert "[stopped]" in _stderr_of(proc, 130)
     assert took < 5, f"{took:.1f} s to stop"  # within a second on this machine; generous for a slower one
 
 
@@ -68,39 +86,23 @@ def test_ctrl_c_stops_an_in_process_sia_batch_and_keeps_its_rows(tmp_path: Path)
                                        {"id": i, "prompt": "Tell me a long story.", "max_tokens": 4000, "response_format": fmt}) + "\n"
                             for i in range(6)))
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "batch", str(rows), "-o", str(out), "-c", "4096", "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with _sia("batch", str(rows), "-o", str(out), "-c", "4096", "--workers", "1") as proc:
         took = _interrupt_when(proc, lambda: out.exists() and len(out.read_text().splitlines()) >= 2, "the short rows were written")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "Exception ignored" not in err, err
+    _stderr_of(proc, 130)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]  # the finished rows are kept
     assert took < 5, f"{took:.1f} s to stop"
 
 
 def test_ctrl_c_in_sia_chat_stops_the_answer_and_the_session_goes_on(tmp_path: Path) -> None:
-    schema = tmp_path / "s.json"
-    schema.write_text(json.dumps(ENDLESS))
     out = tmp_path / "out.txt"
-    with out.open("w") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "sia_local.cli", "chat", "-n", "4000", "-c", "4096", "--json-schema", str(schema), "--seed", "1"],
-                                stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write("Tell me a long story.\n")
-            proc.stdin.flush()
-            took = _interrupt_when(proc, lambda: len(out.read_text()) > 300, "the answer streamed", ended=lambda: "[stopped]" in out.read_text())
-            proc.stdin.write("/quit\n")  # the session is still open: it reads the next line
-            proc.stdin.flush()
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err and "Exception ignored" not in err, err
+    with out.open("w") as stdout, _sia("chat", "-n", "4000", "-c", "4096", "--json-schema", _endless_schema(tmp_path), "--seed", "1",
+                                       stdout=stdout, stdin=subprocess.PIPE) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write("Tell me a long story.\n")
+        proc.stdin.flush()
+        took = _interrupt_when(proc, lambda: len(out.read_text()) > 300, "the answer streamed", ended=lambda: "[stopped]" in out.read_text())
+        proc.stdin.write("/quit\n")  # the session is still open: it reads the next line
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    _stderr_of(proc, 0)
     assert took < 5, f"{took:.1f} s to stop"
