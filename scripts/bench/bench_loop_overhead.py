@@ -38,7 +38,7 @@ def models() -> dict[str, Path]:
 
 def python_ms_per_step(lm: LM, logprobs: bool, steps: int = 2000) -> float:
     logits = lm.prefill(lm.tokenize(SPEED_PROMPT))
-    seq = SequenceState(lm, SteerConfig(gate="none", max_tokens=10 * steps, logprobs=logprobs), None, 0, 1, [])
+    seq = SequenceState(lm, SteerConfig(gate="none", max_tokens=10 * steps, logprobs=logprobs), None, 0, [1], [])
     start = time.perf_counter()
     for _ in range(steps):
         seq.propose(logits)

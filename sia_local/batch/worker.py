@@ -27,7 +27,7 @@ from ..core.slots import SlotScheduler
 from ..core.steer import Steerer
 
 
-ROW_OPTIONS = (*(name for name, s in settings() if s.api == "openai"), "response_format")  # OpenAI-named fields a row may set, as the server takes them
+ROW_OPTIONS = (*(s.wire or name for name, s in settings() if s.api == "openai"), "response_format")  # OpenAI-named fields a row may set, as the server takes them
 
 
 @dataclass

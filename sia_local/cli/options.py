@@ -120,7 +120,7 @@ def setting_option(name: str, setting: Setting) -> Callable[[Any], Any]:
     help_text = setting.help[0].upper() + setting.help[1:] + (f" [default: {default}]" if default not in (None, ()) else "")
     if setting.kind is bool:
         return click.option(setting.flag, name, is_flag=True, default=None, help=help_text)
-    if setting.kind == "strs":
+    if setting.kind in ("strs", "bias"):
         return click.option(*decls, multiple=True, help=help_text)
     if name == "gate":
         helps = "; ".join(f"{s.name}: {s.help}" for s in map(gate_spec, gate_names()) if s is not None)

@@ -27,12 +27,14 @@ class Setting:
 
     Attributes:
         help: one line, with the unit.
-        kind: the value's type: int, float, str, bool or "strs" (a repeatable string).
+        kind: the value's type: int, float, str, bool, "strs" (a repeatable string) or "bias" (token id -> bias pairs).
         flag: the CLI long flag; `short` its one-letter form; `aliases` more long forms.
         lo, hi: the allowed range (inclusive; `lo_open` makes the lower bound exclusive).
         max_items, max_len: for "strs", how many strings and how long each (OpenAI's limits for `stop`).
-        api: where HTTP requests set it: "sia" (the `sia` extension object), "openai" (an OpenAI field of
-            the same meaning, declared by the server), or None.
+        api: where HTTP requests set it: "sia" (the `sia` extension object), "openai" (a top-level field of OpenAI's or
+            llama.cpp's request, of the same meaning, declared by the server), or None.
+        wire: the request's name for it when that differs from the field's (`sample_top_k` is a request's `top_k`: the
+            caller's truncation, where SIA's own k is `sia.top_k`).
         chat: slash-command names in `sia chat` (first is the main one).
     """
 
@@ -47,7 +49,14 @@ class Setting:
     max_items: int | None = None  # "strs": at most this many strings ...
     max_len: int | None = None  # ... each at most this many characters
     api: str | None = None
+    wire: str | None = None
     chat: tuple[str, ...] = ()
+
+    def place(self, name: str) -> str:
+        """Where a request sets the field `name`: `sia.NAME`, its top-level wire name, or "" (nowhere)."""
+        if self.api == "sia":
+            return f"sia.{name}"
+        return (self.wire or name) if self.api else ""
 
     def range_text(self) -> str:
         if self.lo is not None and self.hi is not None:
@@ -96,15 +105,37 @@ class SteerConfig:
                                         chat=("normalize",)))
     stop: tuple[str, ...] = _s((), Setting("stop string (repeatable, at most 4 of at most 64 characters)", "strs", "--stop", max_items=4,
                                            max_len=64, api="openai"))
+    # The caller's sampling fields (llama.cpp's and OpenAI's): they act on the full-vocabulary logits before SIA's top-k,
+    # the entropy, the junction and the reward (`core/penalties.py`), so a penalty changes which k tokens are scored.
+    repeat_penalty: float = _s(1.0, Setting("divide the logit of tokens seen in the last --repeat-last-n tokens (multiply when negative) "
+                                            "by this, before the top-k (1 = off)", float, "--repeat-penalty", lo=0.0, hi=10.0, lo_open=True,
+                                            api="openai", chat=("repeat-penalty",)))
+    repeat_last_n: int = _s(64, Setting("tokens (prompt and answer) the penalties look back over", int, "--repeat-last-n", lo=0, hi=1 << 20,
+                                        api="openai", chat=("repeat-last-n",)))
+    frequency_penalty: float = _s(0.0, Setting("subtract this x a token's count in the last --repeat-last-n tokens from its logit, before the "
+                                               "top-k", float, "--frequency-penalty", lo=-2.0, hi=2.0, api="openai", chat=("frequency-penalty",)))
+    presence_penalty: float = _s(0.0, Setting("subtract this from the logit of every token seen in the last --repeat-last-n tokens, before "
+                                              "the top-k", float, "--presence-penalty", lo=-2.0, hi=2.0, api="openai", chat=("presence-penalty",)))
+    min_p: float = _s(0.0, Setting("drop tokens with probability below this x the top token's, before the top-k (0 = off)", float, "--min-p",
+                                   lo=0.0, hi=1.0, api="openai", chat=("min-p",)))
+    sample_top_k: int = _s(0, Setting("the caller's top-k truncation: at most this many candidates (0 = off; below k it narrows SIA's k "
+                                      "candidates, at or above k it changes nothing)", int, "--sample-top-k", lo=0, hi=1 << 20, api="openai",
+                                      wire="top_k", chat=("sample-top-k",)))
+    logit_bias: tuple[tuple[int, float], ...] = _s((), Setting("add BIAS to token ID's logit before the top-k (repeatable ID=BIAS; "
+                                                               "-100 bans it)", "bias", "--logit-bias", lo=-100.0, hi=100.0, max_items=1024,
+                                                               api="openai"))
     trace: bool = False
     logprobs: bool = False
     grammar: str | None = None  # GBNF text: only tokens it allows are candidates (`--grammar`, `--json-schema`, `response_format`)
+    grammar_trigger: str | None = None  # with a grammar: it applies once the answer opens with this text ("" = from the first token; tool calls)
+    steer_arguments: bool = False  # junctions inside a tool call too (`sia.steer_arguments`); by default a call is the grammar's and the model's
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, or a list of them (JSON has no tuples)
             object.__setattr__(self, "stop", (self.stop,))
         elif isinstance(self.stop, list):
             object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "logit_bias", bias_pairs(self.logit_bias))
         for name, setting in settings():
             _check(name, setting, getattr(self, name))
         if self.gate not in gate_names():
@@ -159,8 +190,8 @@ def request_changes(fields: Mapping[str, Any], sia: Mapping[str, Any] | None = N
     """SteerConfig changes from a request in the OpenAI shape: its top-level fields that a Setting marks
     `api="openai"` (`max_completion_tokens` is OpenAI's newer name for `max_tokens`) and its `sia` object.
     The server and `sia batch` rows both go through here; values are checked by SteerConfig itself."""
-    names = {name for name, setting in settings() if setting.api == "openai"}
-    out = {k: v for k, v in fields.items() if k in names and v is not None}
+    wire = {setting.wire or name: name for name, setting in settings() if setting.api == "openai"}
+    out = {wire[k]: v for k, v in fields.items() if k in wire and v is not None}
     if fields.get("max_completion_tokens") is not None:
         out["max_tokens"] = fields["max_completion_tokens"]
     if fields.get("response_format") is not None:  # structured output: OpenAI's shape -> the grammar the loop applies
@@ -170,6 +201,35 @@ def request_changes(fields: Mapping[str, Any], sia: Mapping[str, Any] | None = N
     if sia:
         out.update({k: v for k, v in sia.items() if v is not None})  # None = not given; `updated` applies "a ratio clears tau"
     return out
+
+
+def bias_pairs(value: Any) -> tuple[tuple[int, float], ...]:
+    """A logit bias as sorted (token id, bias) pairs, from OpenAI's {"id": bias}, llama-cpp-python's {id: bias}, pairs, or
+    the CLI's "ID=BIAS" strings. One line when a key is not a token id or a bias not a finite number."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = [tuple(v.split("=", 1)) if isinstance(v, str) and "=" in v else v for v in value]
+    else:
+        raise ConfigError(f"`logit_bias` must map token ids to biases, got {value!r}"[:200], "fix --logit-bias ID=BIAS",
+                          api_hint="send logit_bias as {\"token id\": bias}")
+    out: dict[int, float] = {}
+    for item in items:
+        try:
+            token, bias = item
+            if isinstance(token, bool) or isinstance(bias, bool):
+                raise ValueError
+            token_id, b = int(str(token).strip()), float(bias)
+        except (TypeError, ValueError):
+            raise ConfigError(f"`logit_bias` entry {item!r} is not a token id and a bias"[:200], "fix --logit-bias ID=BIAS",
+                              api_hint="send logit_bias as {\"token id\": bias}") from None
+        if token_id < 0 or not math.isfinite(b):
+            raise ConfigError(f"`logit_bias` entry {item!r} needs a token id >= 0 and a finite bias"[:200], "fix --logit-bias ID=BIAS",
+                              api_hint="fix logit_bias in the request")
+        out[token_id] = b
+    return tuple(sorted(out.items()))
 
 
 def setting_default(name: str) -> Any:
@@ -205,6 +265,8 @@ def parse_value(name: str, text: str) -> Any:
             raise ValueError(f"a number, got {text!r}") from None
     if setting.kind == "strs":
         return tuple(s for s in text.split("|") if s)
+    if setting.kind == "bias":
+        return bias_pairs(text.split())
     return text
 
 
@@ -225,6 +287,14 @@ def _check(name: str, setting: Setting, value: Any) -> None:
         long = [v for v in value if setting.max_len is not None and len(v) > setting.max_len]
         if long:
             raise ConfigError(f"`{name}` has a string of {len(long[0])} characters; at most {setting.max_len} are allowed", hint, api_hint=api_hint)
+        return
+    if setting.kind == "bias":
+        if setting.max_items is not None and len(value) > setting.max_items:
+            raise ConfigError(f"`{name}` has {len(value)} entries; at most {setting.max_items} are allowed", hint, api_hint=api_hint)
+        for token, bias in value:
+            if not setting.lo <= bias <= setting.hi:  # type: ignore[operator]
+                raise ConfigError(f"`{name}` gives token {token} the bias {bias}; biases must be in {setting.range_text()}", hint,
+                                  api_hint=api_hint)
         return
     if setting.kind is bool:
         if not isinstance(value, bool):

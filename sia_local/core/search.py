@@ -117,7 +117,7 @@ def best_of_n(
         first = ctx.prefill(prepared.ids)
         prefill_seconds = time.perf_counter() - start
         by = steered_by(steerer.scorer) if cfg.steers() else None
-        seqs = [SequenceState(lm, cfg, tau, seed + i, len(prepared.ids), stops, by) for i in range(n)]
+        seqs = [SequenceState(lm, cfg, tau, seed + i, prepared.ids, stops, by) for i in range(n)]
         for s in seqs:
             s.stats.prefill_seconds = prefill_seconds
         logits: dict[int, np.ndarray] = {i: first for i in range(n)}

@@ -18,6 +18,7 @@ from ..llama import LM
 from ..llama.grammar import Grammar
 from .config import SteerConfig
 from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, softmax, top_k
+from .penalties import LogitProcessor, min_p_keep, truncation
 from .scorer import Junction
 from .generation import Generation, Piece, Stats, TokenInfo
 
@@ -30,16 +31,25 @@ class SequenceState:
     one llama.cpp batch, with the junctions of all of them scored in one reward-model run.
     """
 
-    def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_tokens: int, stops: list[str],
+    def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_ids: Sequence[int], stops: list[str],
                  scorer: str | None = None) -> None:
         self.lm, self.cfg = lm, cfg
+        prompt_tokens = len(prompt_ids)
+        self.processor = LogitProcessor(cfg, lm.n_vocab)  # the caller's penalties and bias, before the top-k
+        self._prompt_tail = list(prompt_ids[-cfg.repeat_last_n:]) if self.processor.penalises else []
+        self._keep = truncation(cfg)  # SIA's k, or the caller's smaller top-k
         self.rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
         self.gate = make_gate(cfg, tau, seed)
         self.stops = stops
         self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
                            finish_reason="length", ratio_target=_asked_ratio(cfg), scorer=scorer if cfg.steers() else None)
         self.trace: list[TokenInfo] | None = [] if cfg.trace else None
-        self.grammar = Grammar(lm, cfg.grammar) if cfg.grammar else None  # structured output: this sequence's grammar state
+        # structured output: this sequence's grammar state; with a trigger (a tool call under `auto`) it waits for the answer
+        # to open with that text, and what follows is a call: constrained, not emitted as text, not steered unless asked
+        self._trigger = cfg.grammar_trigger or None if cfg.grammar else None
+        self.grammar = Grammar(lm, cfg.grammar) if cfg.grammar and not self._trigger else None
+        self.in_call = bool(cfg.grammar) and cfg.grammar_trigger == ""
+        self._call_at = 0  # where the call starts in the text
         self.ids: list[int] = []
         self.done = False
         self.junction = False
@@ -61,23 +71,29 @@ class SequenceState:
         self._objective_count = 0
 
     def propose(self, logits: np.ndarray) -> None:
-        """Read this step's top-k and entropy, ask the gate, draw the step's uniform."""
+        """Read this step's top-k and entropy, ask the gate, draw the step's uniform. The caller's penalties, bias, top-k
+        truncation and min-p act first, on the whole vocabulary (`penalties.py`): they decide which k are candidates."""
+        if self.processor.active:
+            logits = self.processor.apply(logits, self._prompt_tail + self.ids[-self.cfg.repeat_last_n:] if self.processor.penalises else ())
         if self.grammar is not None:  # top-k and entropy over what the grammar allows: junctions choose among valid tokens
-            cand, z = top_k(self.grammar.mask(logits, self.cfg.top_k), self.cfg.top_k)
+            cand, z = top_k(self.grammar.mask(logits, self._keep), self._keep)
             allowed = np.isfinite(z)
             if not allowed.any():
                 raise ConfigError("the grammar allows no token here", "check the grammar: it must end where the model can stop",
                                   api_hint="check the grammar or response_format")
             self._cand, self._z = cand[allowed], z[allowed]  # (k' <= k,)
         else:
-            self._cand, self._z = top_k(logits, self.cfg.top_k)  # (k,), (k,) highest first
+            self._cand, self._z = top_k(logits, self._keep)  # (k,), (k,) highest first
+        keep = min_p_keep(self._z, self.cfg.min_p)
+        if keep is not None:
+            self._cand, self._z = self._cand[keep], self._z[keep]
         if self.cfg.logprobs:
             t = time.perf_counter()
             top = float(self._z[0]) if self.grammar is None else float(logits.max())  # a grammar's top allowed token is not the max:
             self._lse = log_normaliser(logits, top)  # a forbidden one far above it would overflow exp
             self.stats.logprob_seconds += time.perf_counter() - t
         self._h = entropy(self._z)
-        self.junction = self.gate(len(self.ids), self._h)
+        self.junction = self.gate(len(self.ids), self._h) if not self.in_call or self.cfg.steer_arguments else False
         self._scored = scored_candidates(self._z, self.cfg.min_prob) if self.junction else None
         self._u = self.rng.random()
         self._base = pick(self._z, self.cfg.temperature, self._u, self.cfg.top_p)
@@ -130,6 +146,8 @@ class SequenceState:
         piece = self.lm.piece(token)
         self._bytes += piece
         self._text += self._decoder.decode(piece)
+        if self._trigger is not None:
+            self._watch_trigger()
         self._info = TokenInfo(token, piece.decode("utf-8", "replace"), self._h, self.junction, choice, choice != self._base, kept, kl, logprob,
                                parts)
         if cfg.logprobs:  # OpenAI's logprobs: the base model's (full vocabulary, T = 1), and the draw the token came from
@@ -166,7 +184,8 @@ class SequenceState:
         if self._cut_at_stop:
             return None
         self._text += self._decoder.decode(b"", final=True)  # a dangling partial character becomes U+FFFD
-        return self._emit(len(self._text)) if self._emitted < len(self._text) else None
+        self._trigger = None  # the answer ended before opening a call: what was held back is text
+        return self._emit(len(self._text)) if self._emitted < self._visible(len(self._text)) else None
 
     def result(self, seconds: float) -> Generation:
         stats = self.stats
@@ -182,9 +201,35 @@ class SequenceState:
         stats.tokens_per_s = stats.tokens / decode_seconds if decode_seconds > 0 else 0.0
         return Generation(text=self._text, token_ids=self.ids, stats=stats, trace=self.trace)
 
+    def _watch_trigger(self) -> None:
+        """Under a lazy grammar: once the answer (leading whitespace aside) opens with the trigger, the grammar takes over,
+        fed the answer's tokens so far; once it cannot, the answer is free text for good."""
+        assert self._trigger is not None and self.cfg.grammar
+        text = self._text.lstrip()
+        if text.startswith(self._trigger):
+            grammar = Grammar(self.lm, self.cfg.grammar)
+            if all(grammar.allows(t) and grammar.accept(t) is None for t in self.ids):
+                self.grammar, self.in_call, self._call_at = grammar, True, len(self._text) - len(text)
+            else:  # the token that completed the trigger also carries text no call can continue with
+                grammar.close()
+            self._trigger = None
+        elif not self._trigger.startswith(text):
+            self._trigger = None
+
+    def _visible(self, upto: int) -> int:
+        """How much of the text may be emitted: never a call, nor what may still open one."""
+        if self.in_call:
+            return min(upto, self._call_at)
+        if self._trigger is not None:
+            text = self._text.lstrip()
+            if self._trigger.startswith(text):
+                return min(upto, len(self._text) - len(text))
+        return upto
+
     def _emit(self, upto: int) -> Piece | None:
         if self._info is None:
             return None
+        upto = max(self._visible(upto), self._emitted)
         piece = Piece(self._text[self._emitted : upto], self._info)
         self._emitted = upto
         return piece

@@ -65,6 +65,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)  # a Generation (n = 1) or a BestOfN
     exact: bool = False  # decoded and scored in calls of its own (a seeded request: its answer whatever else runs)
+    tools: list[dict[str, Any]] | None = None  # OpenAI's tools, for a chat template that renders them
     # set by submit (prepared) and by the scheduler (admitted)
     ids: list[int] = field(default_factory=list)
     reward_prompt: str = ""
@@ -126,12 +127,12 @@ class SlotScheduler:
     # -- any thread ------------------------------------------------------------------------------
     def submit(self, steerer: Steerer, prompt: str | Sequence[Message], *, n: int = 1, system: str | None = None, raw: bool = False,
                on_piece: Callable[[int, Piece], None] | None = None, cancel: threading.Event | None = None, exact: bool | None = None,
-               bounded: bool = False, **changes: Any) -> Future:
+               bounded: bool = False, tools: list[dict[str, Any]] | None = None, **changes: Any) -> Future:
         """Prepare a request (its errors are raised here) and queue it; the Future gets a Generation, or a BestOfN when
         n > 1. Setting `cancel` stops it at the next step and frees its slots (the Future then raises `Cancelled`).
         `exact`: decode it in calls of its own (default: when it names a seed; see the module docstring). `bounded`: raise
         `Busy` rather than queue beyond `max_queue` (checked under the lock that queues it, so a burst cannot pass it)."""
-        job = Job(steerer, prompt, n, changes, system, raw, on_piece, cancel or threading.Event())
+        job = Job(steerer, prompt, n, changes, system, raw, on_piece, cancel or threading.Event(), tools=tools)
         self._prepare(job)
         job.exact = exact if exact is not None else changes.get("seed") is not None
         with self._cond:
@@ -187,7 +188,7 @@ class SlotScheduler:
                               api_hint=f"use sia.top_k <= {self.k}")
         if cfg.steers() and getattr(steerer.scorer, "lm_state", None) not in (None, self.lm_state):
             raise ConfigError("this scorer needs LM states the slots' context was not made for", "start the slots with this scorer")
-        prepared = steerer.prepare(job.prompt, job.system, job.raw)
+        prepared = steerer.prepare(job.prompt, job.system, job.raw, job.tools)
         if len(prepared.ids) + 1 >= self.slot_ctx:
             raise ContextLengthError(f"the prompt has {len(prepared.ids)} tokens but the context holds {self.slot_ctx} (a slot's)",
                                      "shorten the prompt or raise --ctx-size", api_hint="shorten the messages")
@@ -196,7 +197,7 @@ class SlotScheduler:
         stops = list(cfg.stop) + prepared.stops
         job.ids, job.reward_prompt = prepared.ids, prepared.reward_prompt
         by = steered_by(steerer.scorer) if cfg.steers() else None
-        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, len(prepared.ids), stops, by) for i in range(job.n)]
+        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, prepared.ids, stops, by) for i in range(job.n)]
 
     # -- the slots' thread -----------------------------------------------------------------------
     def _loop(self) -> None:

@@ -95,10 +95,11 @@ class Steerer:
         assert stream.generation is not None
         return stream.generation
 
-    def stream(self, prompt: str | Sequence[Message], *, system: str | None = None, raw: bool = False, **changes: Any) -> Stream:
-        """Like `generate`, yielding `Piece`s as tokens are chosen."""
+    def stream(self, prompt: str | Sequence[Message], *, system: str | None = None, raw: bool = False, tools: list[dict[str, Any]] | None = None,
+               **changes: Any) -> Stream:
+        """Like `generate`, yielding `Piece`s as tokens are chosen. `tools`: OpenAI's tools, for a template that renders them."""
         config = self.config_for(**changes)
-        prepared = self.prepare(prompt, system, raw)
+        prepared = self.prepare(prompt, system, raw, tools)
         self.calibration_seconds = 0.0
         tau = self.gate_tau(config)
         return Stream(self._decode(prepared, config, tau, self.calibration_seconds))
@@ -144,7 +145,7 @@ class Steerer:
         """Whether a ratio at this k resolves without decoding the calibration prompts."""
         return any(k == top_k for k, _ in self._taus) or is_calibrated(self.lm, top_k)
 
-    def prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool) -> _Prompt:
+    def prepare(self, prompt: str | Sequence[Message], system: str | None, raw: bool, tools: list[dict[str, Any]] | None = None) -> _Prompt:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty", "give a non-empty prompt")
@@ -155,14 +156,14 @@ class Steerer:
             messages = ([{"role": "system", "content": system}] if system else []) + list(prompt)
             if not messages or not any(m.get("content", "").strip() for m in messages):
                 raise PromptError("the messages are empty", "give at least one non-empty message")
-        ids, stops = self.lm.render_chat(messages)
+        ids, stops = self.lm.render_chat(messages, tools) if tools else self.lm.render_chat(messages)
         user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
         return _Prompt(ids, user, stops)
 
     def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.scorer
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
-        seq = SequenceState(lm, cfg, tau, seed, len(prompt.ids), list(cfg.stop) + prompt.stops,
+        seq = SequenceState(lm, cfg, tau, seed, prompt.ids, list(cfg.stop) + prompt.stops,
                             steered_by(self.scorer) if cfg.steers() else None)
         seq.stats.calibration_seconds = calibration_seconds
         start = time.perf_counter()

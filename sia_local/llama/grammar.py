@@ -222,6 +222,10 @@ class Grammar:
                 return out
         return out
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar allows `token` next (accepting a token it forbids would abort the process)."""
+        return bool(np.isfinite(self._apply(np.array([token], dtype=np.int32), np.zeros(int(token) + 1, dtype=np.float32))[0]))
+
     def accept(self, token: int) -> None:
         self._lib.llama_sampler_accept(self._sampler, int(token))
 

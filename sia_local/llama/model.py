@@ -124,6 +124,8 @@ class LM(Branches):
         self._recurrent = bool(getattr(self._llm, "_is_recurrent", False) or getattr(self._llm, "_is_hybrid", False))
         self.cached_tokens = 0  # prompt tokens the last prefill kept from what the context held
         self._chat = _chat_formatter(self._llm, self.piece, chat_format, chat_template)
+        template = chat_template or (None if chat_format else self._llm.metadata.get("tokenizer.chat_template"))
+        self.renders_tools = bool(template) and "tools" in template and "<tool_call>" in template  # Hermes-style tool templates
         self.n_threads = self._llm.n_threads
         self.n_gpu_layers = n_gpu_layers  # != 0: the KV cache lives on the GPU (budgets sized from host RAM do not apply)
         self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
@@ -185,15 +187,16 @@ class LM(Branches):
         """True for end-of-generation tokens (EOS, end-of-turn, ...), as the GGUF vocabulary marks them."""
         return _compat_is_eog(self._vocab, token)
 
-    def render_chat(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
-        """Token ids of `messages` rendered by the chat template, ending with the assistant's turn, and its stop strings."""
+    def render_chat(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> tuple[list[int], list[str]]:
+        """Token ids of `messages` rendered by the chat template, ending with the assistant's turn, and its stop strings.
+        `tools` (OpenAI's shape) go to a template that renders them (`renders_tools`)."""
         if self._chat is None:
             raise PromptError(
                 f"{self.path.name} has no chat template",
                 "pass --chat-format (e.g. chatml) or --raw to send the prompt as plain text",
             )
         try:
-            result = self._chat(messages=list(messages))
+            result = self._chat(messages=list(messages), **({"tools": tools} if tools else {}))
         except Exception as exc:  # jinja2 raise_exception() in templates, bad roles, ...
             raise PromptError(f"the chat template of {self.path.name} rejected the messages: {exc}", "check the roles, or use --raw") from None
         stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []

@@ -20,6 +20,8 @@ from ..core.config import request_changes, settings
 from ..errors import SiaError
 from ..core.junction import gate_names
 from ..core.steer import Generation, TokenInfo
+from ..core.tools import ToolPlan
+from .fields import BY_NAME, SERVER, check_field
 
 
 MAX_BODY_BYTES = 1 << 20
@@ -56,12 +58,15 @@ def _fields(api: str) -> dict[str, Any]:
             kind = Annotated[str, AfterValidator(_check_gate)]
         elif setting.kind == "strs":
             kind = str | list[str]  # lengths and counts are SteerConfig's to check (one message for every shell)
+        elif setting.kind == "bias":
+            fields[setting.wire or name] = (dict[str, Any] | None, Field(default=None, description=setting.help))  # ids and biases: SteerConfig's
+            continue
         bounds: dict[str, float] = {}
         if setting.lo is not None:
             bounds["gt" if setting.lo_open else "ge"] = setting.lo
         if setting.hi is not None:
             bounds["le"] = setting.hi
-        fields[name] = (kind | None, Field(default=None, description=setting.help, **bounds))
+        fields[setting.wire or name] = (kind | None, Field(default=None, description=setting.help, **bounds))
     return fields
 
 
@@ -75,6 +80,7 @@ class ObjectiveWeight(BaseModel):
 
 SiaParams = create_model("SiaParams", __config__=ConfigDict(extra="forbid"), **_fields("sia"),
                          trace=(bool | None, Field(default=None, description="each token's steering info in the answer (`sia.tokens`)")),
+                         steer_arguments=(bool | None, Field(default=None, description="steer inside tool-call arguments too")),
                          rewards=(list[ObjectiveWeight] | None, Field(default=None, min_length=1, max_length=8,
                                                                        description="objectives to mix at each junction (the scorer, not a setting)")))
 
@@ -87,8 +93,9 @@ _OpenAIFields = create_model("_OpenAIFields", __config__=ConfigDict(extra="ignor
 
 
 class Request(_OpenAIFields):  # type: ignore[valid-type,misc]
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # every other field is checked against `fields.FIELDS` (`parse`): no effect, or refused
     model: str | None = None
+    grammar: str | None = Field(default=None, max_length=1 << 18)  # GBNF text, as llama.cpp's server takes it
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
@@ -107,17 +114,34 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str | list[ContentPart] | None = ""
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    function_call: dict[str, Any] | None = None  # the older form
+    tool_call_id: str | None = None
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
             return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.function_call:
+            out["function_call"] = self.function_call
+        return out
+
 
 class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    function_call: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(Request):
@@ -209,13 +233,32 @@ async def parse(request: Any, model: type[Request], max_body_bytes: int) -> Any:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
+    for name, value in (req.model_extra or {}).items():  # not declared by this endpoint: no effect, or refused with one line
+        field = BY_NAME.get(name)
+        if field is not None and field.fate == "honoured":
+            raise ApiError(400, f"{name} is not a field of this endpoint (it is one of /v1/chat/completions' or /v1/completions')", param=name)
+        try:
+            check_field(name, value, SERVER)
+        except SiaError as exc:
+            raise ApiError(400, exc.for_api(), param=name) from None
     return req
 
 
-def options_of(req: Request) -> dict[str, Any]:
-    """The request's SteerConfig changes: its OpenAI fields and its `sia` object (None = not given)."""
-    fields = req.model_dump(exclude_none=True, exclude={"sia"})
-    return request_changes(fields, req.sia.model_dump(exclude_none=True, exclude={"rewards"}) if req.sia else None)
+def options_of(req: Request, tools: ToolPlan | None = None) -> dict[str, Any]:
+    """The request's SteerConfig changes: its OpenAI fields and its `sia` object (None = not given), its grammar (GBNF,
+    `response_format` or the tool calls' `tools`: one of them)."""
+    fields = {k: v for k, v in req.model_dump(exclude_none=True, exclude={"sia"}).items() if k not in (req.model_extra or {})}
+    given = [name for name, on in (("grammar", req.grammar is not None), ("response_format", req.response_format is not None),
+                                   ("tools", tools is not None and tools.calls_possible)) if on]
+    if len(given) > 1:
+        raise ApiError(400, f"{' and '.join(given)} both constrain the answer; send one of them", param=given[1])
+    sia = req.sia.model_dump(exclude_none=True, exclude={"rewards"}) if req.sia else None
+    changes = request_changes(fields, sia)
+    if req.grammar is not None:
+        changes["grammar"] = req.grammar
+    if tools is not None and tools.calls_possible:
+        changes.update(grammar=tools.grammar(), grammar_trigger=tools.trigger)
+    return changes
 
 
 def mix_of(req: Request) -> tuple[tuple[str, float], ...] | None:
@@ -287,11 +330,26 @@ def token_tracer(piece: Callable[[int], bytes]) -> TokenTrace:
     return trace
 
 
+def tool_message(generation: Generation, tools: ToolPlan | None) -> tuple[str | None, dict[str, Any], str]:
+    """An answer as OpenAI's assistant message: its content, its calls (`tool_calls`, or `function_call` for the older
+    `functions`) and its finish reason ("tool_calls" / "function_call" when it calls)."""
+    finish = finish_reason_of(generation)
+    if tools is None:
+        return generation.text, {}, finish
+    content, calls = tools.split(generation.text)
+    if not calls:
+        return content if content is not None else "", {}, finish
+    if tools.legacy:
+        return content, {"function_call": {"name": calls[0].name, "arguments": calls[0].arguments}}, "function_call"
+    return content, {"tool_calls": [c.openai() for c in calls]}, "tool_calls"
+
+
 def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None,
-                  logprobs: Logprobs | None = None) -> dict[str, Any]:
+                  logprobs: Logprobs | None = None, tools: ToolPlan | None = None) -> dict[str, Any]:
     tokens = list(generation.trace or [])
     if chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": generation.text}, "finish_reason": finish_reason_of(generation),
+        content, calls, finish = tool_message(generation, tools)
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content, **calls}, "finish_reason": finish,
                                   "logprobs": logprobs.chat(tokens) if logprobs else None}
         obj = "chat.completion"
     else:
@@ -317,7 +375,8 @@ def chunk_payload(rid: str, created: int, model_id: str, chat: bool, text: str |
 
 
 async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], events: AsyncGenerator[tuple[str, Any], None],
-              chat: bool, include_usage: bool, trace: TokenTrace | None = None, logprobs: Logprobs | None = None) -> AsyncIterator[bytes]:
+              chat: bool, include_usage: bool, trace: TokenTrace | None = None, logprobs: Logprobs | None = None,
+              tools: ToolPlan | None = None) -> AsyncIterator[bytes]:
     """The answer as OpenAI chunks; with `trace`, each chunk also carries its token's steering info (`sia.tokens`); with
     `logprobs`, its token's log-probabilities (`choices[].logprobs`, in OpenAI's shape)."""
     obj = "chat.completion.chunk" if chat else "text_completion"  # the usage chunk's object
@@ -355,7 +414,18 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
                 break
             generation: Generation = item
-            yield chunk(None if chat else "", finish_reason_of(generation))
+            finish = finish_reason_of(generation)
+            if chat and tools is not None:  # a call is streamed whole once it is complete (the grammar held it back from the text)
+                _, calls, finish = tool_message(generation, tools)
+                if calls:
+                    delta = ({"function_call": calls["function_call"]} if "function_call" in calls
+                             else {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls["tool_calls"])]})
+                    payload = chunk_payload(rid, created, model_id, chat, None, None)
+                    payload["choices"][0]["delta"] = delta
+                    if include_usage:
+                        payload["usage"] = None
+                    yield f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+            yield chunk(None if chat else "", finish)
             if include_usage:
                 payload = {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [], "usage": usage_of(generation)}
                 yield f"data: {json.dumps(payload)}\n\n".encode()

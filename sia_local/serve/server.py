@@ -35,6 +35,7 @@ from .openai_api import Request as ApiRequest
 from ..rewards.mix import MixCache
 from ..core.slots import SlotScheduler
 from ..core.steer import Steerer
+from ..core.tools import ToolPlan, plan as plan_tools
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         from ..core.junction import gate_names
         from ..rewards.objectives import list_objectives, request_objectives
 
-        fields = [{"name": name, "place": f"sia.{name}" if s.api == "sia" else name, "kind": s.kind if isinstance(s.kind, str) else s.kind.__name__,
+        fields = [{"name": name, "place": s.place(name), "kind": s.kind if isinstance(s.kind, str) else s.kind.__name__,
                    "lo": s.lo, "hi": s.hi, "lo_open": s.lo_open, "max_items": s.max_items, "max_len": s.max_len, "help": s.help,
                    "default": finite(getattr(engine.steerer.config, name) if not isinstance(getattr(engine.steerer.config, name), tuple)
                                      else list(getattr(engine.steerer.config, name)))}
@@ -233,8 +234,15 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         req = await parse(request, ChatRequest, max_body_bytes)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await _respond(request, engine, req, messages, {}, chat=True)
+        try:
+            tools = plan_tools(req.tools, req.tool_choice, req.functions, req.function_call, req.parallel_tool_calls)
+        except SiaError as exc:
+            raise as_api_error(exc) from None
+        native = tools is not None and engine.steerer.lm.renders_tools  # the template describes the tools itself
+        # earlier calls and tool results in the format calls are made in (also when this request sends no tools)
+        messages = (tools or ToolPlan((), "none")).messages([m.as_dict() for m in req.messages], native)
+        extra = {"tools": [{"type": "function", "function": f.signature()} for f in tools.offered()]} if native and tools else {}
+        return await _respond(request, engine, req, messages, extra, chat=True, tools=tools)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -249,7 +257,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r} (started with --strict-model)",
                            param="model", code="model_not_found")
         try:
-            changes = {k: v for k, v in options.items() if k != "raw"}
+            changes = {k: v for k, v in options.items() if k not in ("raw", "tools")}
             config = steerer.config.updated(**changes) if mixed else steerer.config_for(**changes)
         except SiaError as exc:
             raise as_api_error(exc) from None
@@ -274,9 +282,12 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                 raise ApiError(400, f"n={req.n} x ({prompt_tokens} prompt + {answer} answer tokens) = {cells} KV cells, but this server allows "
                                f"{batch_limit} (--max-batch-tokens); lower n or max_tokens", param="n", code="batch_too_large")
 
-    async def _respond(request: Request, engine: Engine, req: ApiRequest, prompt: Any, extra: dict[str, Any], *, chat: bool) -> Any:
+    async def _respond(request: Request, engine: Engine, req: ApiRequest, prompt: Any, extra: dict[str, Any], *, chat: bool,
+                       tools: ToolPlan | None = None) -> Any:
+        if tools is not None and tools.calls_possible and req.n > 1:
+            raise ApiError(400, "n > 1 with tools is not supported; send n = 1", param="n")
         try:
-            options = {**extra, **options_of(req)}
+            options = {**extra, **options_of(req, tools)}
         except SiaError as exc:  # a response_format that names no grammar llama.cpp can build
             raise as_api_error(exc) from None
         n_logprobs = logprob_count(req)
@@ -296,7 +307,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         timer = asyncio.get_running_loop().call_later(request_timeout, cancel.set) if request_timeout else None
         streaming = False
         try:
-            response = await _answer(request, req, prompt, options, chat, cancel, mix, tracer, logprobs)
+            response = await _answer(request, req, prompt, options, chat, cancel, mix, tracer, logprobs, tools)
             streaming = isinstance(response, StreamingResponse)
             if streaming and timer is not None:
                 response.body_iterator = _then(response.body_iterator, timer.cancel)
@@ -306,7 +317,7 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                 timer.cancel()
 
     async def _answer(request: Request, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool, cancel: threading.Event,
-                      mix: Any, tracer: Any, logprobs: Any) -> Any:
+                      mix: Any, tracer: Any, logprobs: Any, tools: ToolPlan | None) -> Any:
         """The response to an admitted request: Best-of-N, a whole answer, or a stream."""
         if req.n > 1:
             return await _best_of(request, engine, mix, req, prompt, options, chat, cancel)
@@ -323,9 +334,9 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
                 kind, item = await events.__anext__()
             if kind == "error":
                 raise as_api_error(item)
-            return full_response(rid, created, model_id, item, chat, tracer, logprobs)
+            return full_response(rid, created, model_id, item, chat, tracer, logprobs, tools)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer, logprobs), media_type="text/event-stream",
+        return StreamingResponse(sse(rid, created, model_id, first, events, chat, include_usage, tracer, logprobs, tools), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
@@ -357,11 +368,12 @@ async def _first_event(events: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any
 
 async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], ...] | None, req: ApiRequest, prompt: Any,
                    options: dict[str, Any], chat: bool, cancel: threading.Event) -> Any:
-    """n > 1: Best-of-N in n slots; every sample comes back, best first, with its reward."""
+    """n > 1: Best-of-N in n slots; every sample comes back, best first, with its reward. Without a reward model to rank
+    them: n independent samples (seeds seed .. seed + n - 1 when the request names one), in that order."""
     if req.stream:
         raise ApiError(400, "stream is not supported with n > 1 (the best sample is known only at the end)", param="stream")
     if engine.steerer.scorer is None and mix is None:
-        raise ApiError(400, "n > 1 needs a reward model on the server to rank the samples", param="n")
+        return await _samples(request, engine, req, prompt, options, chat, cancel)
     try:
         job = await engine.submit(prompt, options, cancel, mix, n=req.n)  # n slots (or alone, when n is more than all the slots)
     except SiaError as exc:
@@ -386,6 +398,36 @@ async def _best_of(request: Any, engine: Engine, mix: tuple[tuple[str, float], .
     usage = {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.tokens, "total_tokens": st.prompt_tokens + st.tokens,
              "sia": finite({"best_of": req.n, "ranked_by": result.ranked_by, "decode_calls": st.decode_calls, "reward_calls": st.reward_calls, "seconds": st.seconds,
                              "reward_seconds": st.reward_seconds, "tokens_per_s": st.tokens_per_s})}
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
+
+
+async def _samples(request: Any, engine: Engine, req: ApiRequest, prompt: Any, options: dict[str, Any], chat: bool,
+                   cancel: threading.Event) -> Any:
+    """n independent answers to one request, each in a slot of its own (seeded: seed + i)."""
+    seed = options.get("seed")
+    try:
+        jobs = [await engine.submit(prompt, {**options, **({"seed": seed + i} if seed is not None else {})}, cancel) for i in range(req.n)]
+    except SiaError as exc:
+        cancel.set()
+        raise as_api_error(exc) from None
+    while not all(j.done() for j in jobs):
+        await asyncio.wait(jobs, timeout=0.1)
+        if not cancel.is_set() and await request.is_disconnected():
+            cancel.set()
+    if cancel.is_set() and await request.is_disconnected():
+        return Response(status_code=499)
+    try:
+        generations = [j.result() for j in jobs]
+    except SiaError as exc:
+        raise as_api_error(exc) from None
+    choices = []
+    for i, g in enumerate(generations):
+        body = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text, "logprobs": None}
+        choices.append({"index": i, **body, "finish_reason": finish_reason_of(g)})
+    prompt_tokens, tokens = generations[0].stats.prompt_tokens, sum(g.stats.tokens for g in generations)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens,
+             "sia": finite({"samples": req.n, "ranked_by": None, "seeds": [g.stats.seed for g in generations]})}
     return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": engine.model_id, "choices": choices, "usage": usage}
 

@@ -79,14 +79,15 @@ def test_one_range_enforced_alike_by_the_config_the_cli_the_server_and_batch(nam
             SteerConfig().updated(**{name: value})
         cli = CliRunner().invoke(main, ["generate", "Hi", "-m", str(tiny_gguf), "--gate", "none", setting.flag, str(value)])
         assert cli.exit_code == 2 and setting.flag in cli.output, (name, value, cli.output)  # the CLI refuses before loading anything
-        body = {"prompt": "Hi", "max_tokens": 2, **({"sia": {name: value}} if setting.api == "sia" else {name: value} if setting.api else {})}
+        wire = setting.wire or name  # a request's name for it (`top_k` for sample_top_k)
+        body = {"prompt": "Hi", "max_tokens": 2, **({"sia": {name: value}} if setting.api == "sia" else {wire: value} if setting.api else {})}
         if setting.api:
             r = client.post("/v1/completions", json=body)
-            assert r.status_code == 400 and name in r.json()["error"]["message"], (name, value, r.text)  # the server
+            assert r.status_code == 400 and wire in r.json()["error"]["message"], (name, value, r.text)  # the server
             rows = tmp_path / f"{name}.jsonl"
             rows.write_text(json.dumps({"id": 1, **body}) + "\n")
             row = read_rows(rows)[0]
-            assert row.error is not None and name in row.error, (name, value, row.error)  # a batch row
+            assert row.error is not None and (name in row.error or wire in row.error), (name, value, row.error)  # a batch row
     inside = setting.lo if not setting.lo_open and setting.lo is not None else setting.hi
     assert SteerConfig().updated(**{name: inside}) is not None  # the edge itself is allowed
 

@@ -177,7 +177,7 @@ def test_loop_samples_at_the_temperature_but_measures_entropy_at_one(tiny_lm: LM
 
     logits = tiny_lm.prefill(tiny_lm.tokenize("Hello there, how are")).copy()
     ids, z = top_k(logits, 10)
-    seq = SequenceState(tiny_lm, SteerConfig(gate="none", top_k=10, temperature=temperature, max_tokens=10**6), None, 3, 1, [])
+    seq = SequenceState(tiny_lm, SteerConfig(gate="none", top_k=10, temperature=temperature, max_tokens=10**6), None, 3, [1], [])
     draws = 6000
     for _ in range(draws):
         seq.propose(logits)
