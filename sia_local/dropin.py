@@ -5,14 +5,14 @@ arguments and return shapes (a dict; with `stream=True` an iterator of chunk dic
 the steering stats under "sia". It runs on the caller's own model and context (no second load), and every other
 attribute is the Llama's own, so a script changes one line.
 
-Arguments: `messages` / `prompt`, `max_tokens`, `temperature`, `top_p`, `stop`, `seed`, `stream`, `model`, the
-logprobs ones (`logprobs`, `top_logprobs`: the base model's, as `sia serve` gives them), structured output
-(`response_format`, `grammar`: applied before each junction, as everywhere), and `top_k` (SIA's k: the
-candidates the entropy, the reward and the draw share; llama-cpp-python's default of 40 is not applied, the steered
-object's k is). llama-cpp-python's defaults for temperature (0.2 in chat, 0.8 for completions), top_p (0.95) and
-max_tokens hold. Any other argument (min_p, typical_p, repeat/presence/frequency penalties, mirostat, tfs_z,
-logit_bias, logits_processor, tools, functions, suffix, echo, stopping_criteria) is accepted
-only at its default value; anything else is refused with one line naming it, never silently ignored.
+Every argument of llama-cpp-python's two calls is in one table with the server's fields (`serve/fields.py`,
+docs/server.md): the sampling ones (`temperature`, `top_p`, `top_k` as a truncation, `min_p`, `repeat_penalty`,
+`frequency_penalty`, `presence_penalty`, `logit_bias`) act on the full-vocabulary logits before SIA's top-k;
+`tools` / `tool_choice` (and `functions` / `function_call`) make calls constrained by each function's schema;
+`response_format` / `grammar` constrain the answer; logprobs are the base model's. llama-cpp-python's defaults hold
+(temperature 0.2 in chat and 0.8 for completions, top_p 0.95, min_p 0.05, top_k 40). The few it cannot honour
+(typical_p, tfs_z, mirostat, suffix, echo, logits_processor, stopping_criteria) are accepted only at their
+default; anything else is refused with one line naming it, never silently ignored.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from .errors import ConfigError
 from .llama import LM, completion_defaults
 from .llama.grammar import response_format_grammar, schema_grammar
 from .runtime import ScorerSettings, build_steerer, load_scorer
-from .serve.openai_api import Logprobs, chunk_payload, finish_reason_of, full_response, usage_of
+from .core.tools import ToolPlan, plan as plan_tools
+from .serve.fields import DROPIN, check_field
+from .serve.openai_api import Logprobs, chunk_payload, finish_reason_of, full_response, tool_message, usage_of
 
-SUPPORTED = {"messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "model", "logprobs", "top_logprobs",
-             "response_format", "grammar"}
 
 
 def steered(llm: Any, objective: str | Sequence[str] = "kind", **settings: Any) -> "SteeredLlama":
@@ -91,24 +91,32 @@ class SteeredLlama:
         for name, value in kwargs.items():
             if name not in defaults:
                 raise ConfigError(f"{name} is not an argument of llama-cpp-python's {method}", "check the argument's name")
-            if name not in SUPPORTED and value != defaults[name]:
-                raise ConfigError(f"sia_local.steered does not support {name}={value!r} (the steered draw is over SIA's top-k candidates)",
-                                  f"drop {name}, or call the Llama itself for this request (.llm)")
+            check_field(name, value, DROPIN)  # refused ones, unless at their default (one line naming them)
         given = {**defaults, **kwargs}
         if not chat and isinstance(prompt, list):
             raise ConfigError("create_completion with a list of token ids is not supported by sia_local.steered", "pass the prompt as text")
         changes: dict[str, Any] = {"temperature": given["temperature"], "top_p": given["top_p"], "raw": not chat,
-                                   "max_tokens": given["max_tokens"] or self.steerer.lm.n_ctx}
+                                   "max_tokens": given["max_tokens"] or self.steerer.lm.n_ctx, "min_p": given["min_p"],
+                                   "sample_top_k": max(int(given["top_k"] or 0), 0), "repeat_penalty": given["repeat_penalty"],
+                                   "frequency_penalty": given["frequency_penalty"], "presence_penalty": given["presence_penalty"],
+                                   "logit_bias": given.get("logit_bias") or ()}
         stop = given.get("stop") or []
         changes["stop"] = [stop] if isinstance(stop, str) else list(stop)
         if given.get("seed") is not None:
             changes["seed"] = given["seed"]
-        k = self.steerer.config.top_k
-        top_k = kwargs.get("top_k")
-        if top_k is not None and 0 < int(top_k) < k:  # llama-cpp-python's top_k truncates the draw; SIA's k is steered()'s own setting
-            raise ConfigError(f"top_k={top_k} would cut the draw below SIA's {k} candidates",
-                              f"steer over {top_k} candidates with sia_local.steered(llm, top_k={top_k}), or drop top_k (40, 0 or >= {k} changes nothing)")
-        changes["grammar"] = output_grammar(given.get("response_format"), given.get("grammar"))
+        tools = plan_tools(given.get("tools"), given.get("tool_choice"), given.get("functions"), given.get("function_call")) if chat else None
+        grammar = output_grammar(given.get("response_format"), given.get("grammar"))
+        if tools is not None and tools.calls_possible:
+            if grammar is not None:
+                raise ConfigError("tools and response_format/grammar both constrain the answer", "pass one of them")
+            changes.update(grammar=tools.grammar(), grammar_trigger=tools.trigger)
+        else:
+            changes["grammar"] = grammar
+        if chat:  # earlier calls and tool results in the format calls are made in; the tools, for a template that renders them
+            native = tools is not None and self.steerer.lm.renders_tools
+            prompt = (tools or ToolPlan((), "none")).messages(prompt, native)
+            if native and tools is not None:
+                changes["tools"] = [{"type": "function", "function": f.signature()} for f in tools.offered()]
         if chat:  # chat: logprobs true + top_logprobs N; completions: logprobs N
             n = (given["top_logprobs"] or 0) if given["logprobs"] else None
         else:
@@ -119,15 +127,15 @@ class SteeredLlama:
         rid = ("chatcmpl-" if chat else "cmpl-") + str(uuid.uuid4())
         created, model = int(time.time()), given.get("model") or self.llm.model_path
         if given["stream"]:
-            return self._chunks(prompt, changes, chat, rid, created, model, logprobs)
+            return self._chunks(prompt, changes, chat, rid, created, model, logprobs, tools)
         generation = self.steerer.generate(prompt, **changes)
-        out = full_response(rid, created, model, generation, chat, None, logprobs)
+        out = full_response(rid, created, model, generation, chat, None, logprobs, tools)
         del out["usage"]["sia"], out["usage"]["prompt_tokens_details"]  # llama-cpp-python's usage keys, no more
         out["sia"] = _sia_stats(generation)
         return out
 
     def _chunks(self, prompt: Any, changes: dict[str, Any], chat: bool, rid: str, created: int, model: str,
-                logprobs: Logprobs | None) -> Iterator[dict[str, Any]]:
+                logprobs: Logprobs | None, tools: ToolPlan | None) -> Iterator[dict[str, Any]]:
         """llama-cpp-python's chunks: a chat stream opens with the role, each token's text follows, the last says why it ended."""
         if chat:
             first = chunk_payload(rid, created, model, chat, None, None, role=True)
@@ -144,7 +152,15 @@ class SteeredLlama:
                 yield chunk_payload(rid, created, model, chat, piece.text, None, logprobs=lp)
         generation = stream.generation
         assert generation is not None
-        last = chunk_payload(rid, created, model, chat, None if chat else "", finish_reason_of(generation))
+        finish = finish_reason_of(generation)
+        if chat and tools is not None:  # a call comes whole once complete (the grammar held it back from the text)
+            _, calls, finish = tool_message(generation, tools)
+            if calls:
+                call = chunk_payload(rid, created, model, chat, None, None)
+                call["choices"][0]["delta"] = ({"function_call": calls["function_call"]} if "function_call" in calls
+                                               else {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls["tool_calls"])]})
+                yield call
+        last = chunk_payload(rid, created, model, chat, None if chat else "", finish)
         last["sia"] = _sia_stats(generation)
         yield last
 

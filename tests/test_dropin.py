@@ -70,17 +70,21 @@ def test_arguments_it_cannot_honour_are_refused(tiny_gguf: Path, tiny_reward: Pa
 
     llm = steered(llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=256, verbose=False), objective=str(tiny_reward), tau=1.0)
     messages = [{"role": "user", "content": "Hi"}]
-    for bad in ({"repeat_penalty": 1.3}, {"mirostat_mode": 2}, {"logit_bias": {1: 5.0}}, {"tools": [{}]}):
-        with pytest.raises(ConfigError, match="does not support"):
-            llm.create_chat_completion(messages=messages, max_tokens=2, **bad)
+    for bad in ({"mirostat_mode": 2}, {"typical_p": 0.5}, {"tfs_z": 0.9}, {"echo": True}, {"logits_processor": [print]}):
+        with pytest.raises(ConfigError, match="is not supported"):
+            llm.create_chat_completion(messages=messages, max_tokens=2, **bad) if "echo" not in bad else llm.create_completion("Hi", max_tokens=2, **bad)
+    with pytest.raises(ConfigError, match="tools\\[0\\]"):  # a malformed tool is named
+        llm.create_chat_completion(messages=messages, max_tokens=2, tools=[{}])
     with pytest.raises(ConfigError, match="not an argument"):
         llm.create_chat_completion(messages=messages, max_token=2)
-    ok = llm.create_chat_completion(messages=messages, max_tokens=2, repeat_penalty=1.0, min_p=0.05)  # defaults pass
+    ok = llm.create_chat_completion(messages=messages, max_tokens=2, repeat_penalty=1.3, min_p=0.05, logit_bias={1: 5.0},
+                                    typical_p=1.0, mirostat_mode=0)  # honoured, or refused ones at their defaults
     k = llm.steerer.config.top_k
     wide = llm.create_chat_completion(messages=messages, max_tokens=2, top_k=40, seed=4)  # llama-cpp-python's habitual top_k: a
     assert wide["sia"]["top_k"] == k  # truncation wider than SIA's k candidates changes nothing, and never becomes SIA's k
-    with pytest.raises(ConfigError, match="below SIA's"):
-        llm.create_chat_completion(messages=messages, max_tokens=2, top_k=3)
+    narrow = llm.create_completion("Once", max_tokens=6, top_k=1, temperature=1.0, seed=4, min_p=0.0)  # top_k 1: greedy, whatever T
+    greedy = llm.create_completion("Once", max_tokens=6, temperature=0.0, seed=9, min_p=0.0)
+    assert narrow["choices"][0]["text"] == greedy["choices"][0]["text"] and narrow["sia"]["top_k"] == k
     assert ok["choices"][0]["message"]["role"] == "assistant" and llm.n_ctx() == 256  # the Llama's own attributes pass through
     done = llm.create_completion("Once upon a time", max_tokens=5, logprobs=2)  # llama-cpp-python would need logits_all; we need not
     lp = done["choices"][0]["logprobs"]

@@ -49,7 +49,6 @@ class SequenceState:
         self._trigger = cfg.grammar_trigger or None if cfg.grammar else None
         self.grammar = Grammar(lm, cfg.grammar) if cfg.grammar and not self._trigger else None
         self.in_call = bool(cfg.grammar) and cfg.grammar_trigger == ""
-        self._call_at = 0  # where the call starts in the text
         self.ids: list[int] = []
         self.done = False
         self.junction = False
@@ -209,7 +208,7 @@ class SequenceState:
         if text.startswith(self._trigger):
             grammar = Grammar(self.lm, self.cfg.grammar)
             if all(grammar.allows(t) and grammar.accept(t) is None for t in self.ids):
-                self.grammar, self.in_call, self._call_at = grammar, True, len(self._text) - len(text)
+                self.grammar, self.in_call = grammar, True  # a call opens the answer: none of it is text
             else:  # the token that completed the trigger also carries text no call can continue with
                 grammar.close()
             self._trigger = None
@@ -217,13 +216,9 @@ class SequenceState:
             self._trigger = None
 
     def _visible(self, upto: int) -> int:
-        """How much of the text may be emitted: never a call, nor what may still open one."""
-        if self.in_call:
-            return min(upto, self._call_at)
-        if self._trigger is not None:
-            text = self._text.lstrip()
-            if self._trigger.startswith(text):
-                return min(upto, len(self._text) - len(text))
+        """How much of the text may be emitted: never a call (it opens the answer), nor what may still open one."""
+        if self.in_call or (self._trigger is not None and self._trigger.startswith(self._text.lstrip())):
+            return self._emitted
         return upto
 
     def _emit(self, upto: int) -> Piece | None:
