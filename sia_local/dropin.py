@@ -30,7 +30,7 @@ from .llama.grammar import response_format_grammar, schema_grammar
 from .runtime import ScorerSettings, build_steerer, load_scorer
 from .core.tools import ToolPlan, plan as plan_tools
 from .serve.fields import DROPIN, check_field
-from .serve.openai_api import Logprobs, chunk_payload, finish_reason_of, full_response, tool_message, usage_of
+from .serve.openai_api import Logprobs, call_delta, chunk_payload, finish_reason_of, full_response, tool_message, usage_of
 
 
 
@@ -157,8 +157,7 @@ class SteeredLlama:
             _, calls, finish = tool_message(generation, tools)
             if calls:
                 call = chunk_payload(rid, created, model, chat, None, None)
-                call["choices"][0]["delta"] = ({"function_call": calls["function_call"]} if "function_call" in calls
-                                               else {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls["tool_calls"])]})
+                call["choices"][0]["delta"] = call_delta(calls)
                 yield call
         last = chunk_payload(rid, created, model, chat, None if chat else "", finish)
         last["sia"] = _sia_stats(generation)

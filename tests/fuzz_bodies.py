@@ -36,6 +36,8 @@ def _valid(name: str) -> st.SearchStrategy[Any]:
     setting = dict(settings())[name]
     if setting.kind == "strs":
         return st.lists(st.text(min_size=1, max_size=8), max_size=4)
+    if setting.kind == "bias":
+        return st.dictionaries(st.integers(0, 300).map(str), st.floats(-100, 100), max_size=4)
     if setting.kind is str:
         return st.sampled_from(gate_names())
     if setting.kind is bool:
@@ -52,6 +54,8 @@ def setting_values(name: str) -> st.SearchStrategy[Any]:
     setting = dict(settings())[name]
     if setting.kind == "strs":
         invalid = st.one_of(st.text(max_size=70), st.lists(st.text(max_size=70), max_size=7), ANY_JSON)
+    elif setting.kind == "bias":
+        invalid = st.one_of(st.dictionaries(st.text(max_size=5), SCALARS, max_size=3), ANY_JSON)
     elif setting.kind is str:
         invalid = st.one_of(st.sampled_from(["", "nope", "ENTROPY"]), ANY_JSON)
     else:
@@ -65,8 +69,8 @@ def mostly(valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any], share
 
 
 def _settings_object(api: str) -> st.SearchStrategy[dict[str, Any]]:
-    names = [name for name, s in settings() if s.api == api]
-    return st.fixed_dictionaries({}, optional={name: setting_values(name) for name in names})
+    names = {s.wire or name: name for name, s in settings() if s.api == api}  # a request's names (`top_k` for sample_top_k)
+    return st.fixed_dictionaries({}, optional={wire: setting_values(name) for wire, name in names.items()})
 
 
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "", "x"]) | ANY_JSON},

@@ -108,7 +108,7 @@ class SteerConfig:
     # The caller's sampling fields (llama.cpp's and OpenAI's): they act on the full-vocabulary logits before SIA's top-k,
     # the entropy, the junction and the reward (`core/penalties.py`), so a penalty changes which k tokens are scored.
     repeat_penalty: float = _s(1.0, Setting("divide the logit of tokens seen in the last --repeat-last-n tokens (multiply when negative) "
-                                            "by this, before the top-k (1 = off)", float, "--repeat-penalty", lo=0.0, hi=10.0, lo_open=True,
+                                            "by this, before the top-k (1 = off)", float, "--repeat-penalty", lo=0.01, hi=10.0,
                                             api="openai", chat=("repeat-penalty",)))
     repeat_last_n: int = _s(64, Setting("tokens (prompt and answer) the penalties look back over", int, "--repeat-last-n", lo=0, hi=1 << 20,
                                         api="openai", chat=("repeat-last-n",)))

@@ -344,6 +344,13 @@ def tool_message(generation: Generation, tools: ToolPlan | None) -> tuple[str | 
     return content, {"tool_calls": [c.openai() for c in calls]}, "tool_calls"
 
 
+def call_delta(calls: dict[str, Any]) -> dict[str, Any]:
+    """A stream's delta carrying an answer's calls (`tool_message`'s), each whole, indexed as OpenAI's deltas are."""
+    if "function_call" in calls:
+        return {"function_call": calls["function_call"]}
+    return {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls["tool_calls"])]}
+
+
 def full_response(rid: str, created: int, model_id: str, generation: Generation, chat: bool, trace: TokenTrace | None = None,
                   logprobs: Logprobs | None = None, tools: ToolPlan | None = None) -> dict[str, Any]:
     tokens = list(generation.trace or [])
@@ -418,10 +425,8 @@ async def sse(rid: str, created: int, model_id: str, first: tuple[str, Any], eve
             if chat and tools is not None:  # a call is streamed whole once it is complete (the grammar held it back from the text)
                 _, calls, finish = tool_message(generation, tools)
                 if calls:
-                    delta = ({"function_call": calls["function_call"]} if "function_call" in calls
-                             else {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls["tool_calls"])]})
                     payload = chunk_payload(rid, created, model_id, chat, None, None)
-                    payload["choices"][0]["delta"] = delta
+                    payload["choices"][0]["delta"] = call_delta(calls)
                     if include_usage:
                         payload["usage"] = None
                     yield f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()

@@ -218,3 +218,26 @@ def test_smollm2_calls_a_weather_function_validly_five_times_in_five(tmp_path: P
             for call in r.choices[0].message.tool_calls:
                 assert call.function.name == "get_weather"
                 _valid(call, weather)
+
+
+def test_the_drop_in_answers_tools_in_llama_cpp_pythons_shapes(long_gguf: Path, tiny_reward: Path) -> None:
+    import llama_cpp
+
+    from sia_local import steered
+
+    llm = steered(llama_cpp.Llama(model_path=str(long_gguf), n_ctx=4096, verbose=False), objective=str(tiny_reward), tau=1.0)
+    msgs = [{"role": "user", "content": "Weather?"}]
+    whole = llm.create_chat_completion(messages=msgs, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "forecast"}},
+                                       max_tokens=400, seed=3)
+    call = whole["choices"][0]["message"]["tool_calls"][0]
+    assert whole["choices"][0]["finish_reason"] == "tool_calls" and call["type"] == "function" and call["function"]["name"] == "forecast"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), PICK)
+    chunks = list(llm.create_chat_completion(messages=msgs, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "forecast"}},
+                                             max_tokens=400, seed=3, stream=True))
+    streamed = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [json.loads(tc["function"]["arguments"]) for tc in streamed] == [json.loads(c["function"]["arguments"])
+                                                                          for c in whole["choices"][0]["message"]["tool_calls"]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls" and not any(c["choices"][0]["delta"].get("content") for c in chunks)
+    legacy = llm.create_chat_completion(messages=msgs, functions=[TOOLS[0]["function"]], function_call={"name": "forecast"}, max_tokens=400, seed=3)
+    assert legacy["choices"][0]["finish_reason"] == "function_call"
+    jsonschema.validate(json.loads(legacy["choices"][0]["message"]["function_call"]["arguments"]), PICK)
