@@ -39,6 +39,8 @@ class Stats:
     ratio: float = 0.0  # junctions / tokens: the realised steering ratio
     ratio_target: float | None = None  # the ratio asked for (entropy and random gates)
     changed: int = 0  # junctions where the reward changed the sampled token
+    change_rate: float | None = None  # changed / junctions: how much the objective steered at its weight (None: no junction)
+    warning: str | None = None  # one line when the objective at its weight changed almost nothing (`steer_warning`)
     kl_per_token: float = 0.0  # mean KL(steered || base) per generated token, nats
     perplexity: float | None = None  # of the response under the base model (with config.logprobs)
     scorer: str | None = None  # what steered (`scorer.steered_by`): head / teacher / reward model, its name, a head's path; None: nothing
@@ -60,12 +62,25 @@ class Stats:
     finish_reason: str = ""  # stop (EOS / end of turn / stop string), length (max_tokens), context (context full)
 
     def summary(self) -> str:
-        """The one stats line the CLI and chat print after an answer."""
+        """The one stats line the CLI and chat print after an answer (and its warning, on a line of its own)."""
         tau = f"tau={self.tau:.3f} " if self.tau is not None else ""
         asked = f", asked {self.ratio_target:.0%}" if self.ratio_target is not None else ""
+        rate = f" ({self.change_rate:.0%} of junctions)" if self.change_rate is not None else ""
         return (f"{self.tokens} tokens, {self.tokens_per_s:.1f} tok/s, gate={self.gate} {tau}junctions={self.junctions} ({self.ratio:.0%}{asked}), "
-                f"changed={self.changed}, reward {self.reward_seconds:.2f}s / lm {self.lm_seconds + self.prefill_seconds:.2f}s, seed={self.seed}, "
-                f"{self.finish_reason}" + (f", by {self.scorer}" if self.scorer else ""))
+                f"changed={self.changed}{rate}, reward {self.reward_seconds:.2f}s / lm {self.lm_seconds + self.prefill_seconds:.2f}s, seed={self.seed}, "
+                f"{self.finish_reason}" + (f", by {self.scorer}" if self.scorer else "") + (f"\nsia: {self.warning}" if self.warning else ""))
+
+
+LOW_CHANGE = 0.05  # below this share of junctions changed, an objective at its weight is not steering
+LOW_CHANGE_MIN_JUNCTIONS = 20  # ... judged over at least this many junctions (one short answer says little)
+
+
+def steer_warning(junctions: int, changed: int, weight: float) -> str | None:
+    """One line when the reward changed almost none of many junction picks: the objective at this weight barely steers."""
+    if junctions < LOW_CHANGE_MIN_JUNCTIONS or changed >= LOW_CHANGE * junctions:
+        return None
+    return (f"the reward changed {changed} of {junctions} junction picks ({changed / junctions:.0%}): at weight {weight:g} this objective "
+            f"barely steers; raise --weight (sia.weight), or check it with `sia eval`")
 
 
 @dataclass

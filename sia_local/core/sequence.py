@@ -20,7 +20,7 @@ from .config import SteerConfig
 from .junction import entropy, gate_spec, log_normaliser, make_gate, pick, softmax, top_k
 from .penalties import LogitProcessor, min_p_keep, truncation
 from .scorer import Junction
-from .generation import Generation, Piece, Stats, TokenInfo
+from .generation import Generation, Piece, Stats, TokenInfo, steer_warning
 
 
 class SequenceState:
@@ -191,6 +191,8 @@ class SequenceState:
         stats.tokens = len(self.ids)
         stats.ratio = stats.junctions / stats.tokens if stats.tokens else 0.0
         stats.kl_per_token = self._kl_sum / stats.tokens if stats.tokens else 0.0
+        stats.change_rate = stats.changed / stats.junctions if stats.junctions else None
+        stats.warning = steer_warning(stats.junctions, stats.changed, stats.weight) if self.cfg.steers() else None
         if self._objective_count:
             stats.objectives = {k: v / self._objective_count for k, v in self._objective_sums.items()}
         if self.cfg.logprobs and stats.tokens:

@@ -198,3 +198,14 @@ def test_context_is_capped_at_the_training_context(tmp_path: Path) -> None:
     assert LM(short, n_ctx=4096).n_ctx == 256
     assert LM(short, n_ctx=0).n_ctx == 256  # 0 = the model's own
     assert LM(write_tiny_gguf(tmp_path / "long.gguf", n_ctx=2048), n_ctx=0).n_ctx == 2048
+
+
+def test_the_change_rate_is_reported_and_an_objective_that_changes_nothing_is_warned_about(tiny_lm, reward: OnnxReward) -> None:
+    steerer = Steerer(tiny_lm, reward, SteerConfig(tau=0.0, max_tokens=40, seed=3))  # tau 0: every step is a junction
+    idle = steerer.generate("Hi", weight=0.0)  # s = z: the reward can change nothing
+    assert idle.stats.junctions >= 20 and idle.stats.changed == 0 and idle.stats.change_rate == 0.0
+    assert idle.stats.warning is not None and "raise --weight" in idle.stats.warning and "sia: " in idle.stats.summary()
+    strong = steerer.generate("Hi", weight=50.0)
+    assert strong.stats.change_rate == strong.stats.changed / strong.stats.junctions > 0.05 and strong.stats.warning is None
+    plain = steerer.generate("Hi", gate="none")
+    assert plain.stats.change_rate is None and plain.stats.warning is None
