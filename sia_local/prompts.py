@@ -6,6 +6,8 @@
   the two above (`sia vm distill`);
 - heldout: 70 prompts of other situations, asked in other ways: evaluation only (`scripts/study/head_vs_teacher.py`); no code
   fits on them, but the heads' spread scaling was adopted after looking at their figures (docs/value-heads.md).
+- eval: 600 prompts, 120 situations that no other set mentions, each asked 5 ways (`scripts/data/make_eval_prompts.py`):
+  `sia eval`'s default; nothing is calibrated, distilled, tuned or chosen on them.
 A user's file is JSONL ({"prompt": ...} per line) or plain text (one prompt a line).
 """
 
@@ -18,11 +20,11 @@ from pathlib import Path
 from .errors import ConfigError
 
 SHIPPED = {"calibration": "calibration_prompts.txt", "bench": "bench_prompts.jsonl", "distill": "distill_prompts.txt",
-           "heldout": "heldout_prompts.txt"}
+           "heldout": "heldout_prompts.txt", "eval": "eval_prompts.txt"}
 
 
 def shipped(name: str) -> list[str]:
-    """One of the shipped prompt sets by name: calibration, bench, distill or heldout."""
+    """One of the shipped prompt sets by name: calibration, bench, distill, heldout or eval."""
     text = resources.files("sia_local.data").joinpath(SHIPPED[name]).read_text(encoding="utf-8")
     return _parse(text, f"sia_local/data/{SHIPPED[name]}")
 

@@ -43,6 +43,7 @@ class Row:
     best_of: int | None = None  # Best-of-N for this row (None: the run's --best-of)
     detail: bool = False  # also return token ids, per-token entropies and the search's cost (sia bench uses these)
     mix: tuple[tuple[str, float], ...] | None = None  # the row's own objectives ("sia": {"rewards": [...]}), else the run's scorer
+    exact: bool | None = None  # decoded in calls of its own (None: when the row names its seed; `sia eval --parallel` batches seeded rows)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class Worker:
             steerer, prompt, best_of, options = self._request(row, base_seed)
             # a row that names its seed is exact (decoded in calls of its own, the same answer whatever else runs); the
             # others' seeds come from the run's (base seed + line) and share decodes: the batching gain
-            future = self.slots.submit(steerer, prompt, n=best_of, exact="seed" in row.changes, **options)
+            future = self.slots.submit(steerer, prompt, n=best_of, exact=row.exact if row.exact is not None else "seed" in row.changes, **options)
         except Exception as exc:  # a row refused before it is queued (its prompt, its settings): its own error row
             refused: BaseException = exc
             done(self._answer(row, lambda: _raise(refused), t))

@@ -185,6 +185,7 @@ def run_grid(
     ray_address: str | None = None,
     objective_prompt: str | None = None,
     raw: bool = False,
+    parallel: int | None = None,
 ) -> GridResult:
     """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
 
@@ -197,7 +198,8 @@ def run_grid(
     judged by the reward model it was distilled from. Wall time excludes the log-probabilities
     computed for the KL and perplexity columns. Rows are decoded by `batch` workers: this process by
     default, or `workers` processes / Ray actors made from `worker_spec` (the settings that load the
-    same model and scorer); the teacher and the judge score here.
+    same model and scorer); the teacher and the judge score here. `parallel`: rows decoded together in slots of each
+    worker, seeded rows too (their answers then reproduce up to batched rounding, `core/slots.py`).
     """
     assert steerer.scorer is not None
     teacher = teacher or steerer.scorer
@@ -242,9 +244,10 @@ def run_grid(
                         key = f"{arm.name}|{i}|{seed}"
                         jobs[key] = (arm, i, seed, changes)
                         todo.append(Row(len(todo) + 1, key, prompt, best_of=arm.best_of, detail=True, system=objective_prompt if arm.prompted else None,
-                                        changes={**changes, "seed": row_seed(seed, i), "trace": True, "logprobs": True}))
+                                        changes={**changes, "seed": row_seed(seed, i), "trace": True, "logprobs": True},
+                                        exact=False if parallel and parallel > 1 else None))
             results = batch_run(todo, spec or here.spec, workers=workers, use_ray=use_ray, ray_address=ray_address,
-                                here=None if spec is not None and (workers > 1 or use_ray) else here)
+                                here=None if spec is not None and (workers > 1 or use_ray) else here, parallel=parallel)
             for result in results:
                 arm, i, seed, changes = jobs[result["id"]]
                 row = _bench_row(steerer, judge, teacher, arm, changes, prompts[i], i, seed, result)

@@ -113,6 +113,74 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
 
 
+@click.command("eval")
+@model_options
+@steer_options
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="JSONL ({\"prompt\": ...}) or text file [default: the 600 shipped eval prompts, which chose nothing].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
+@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
+@click.option("--arms", default=None, help="Comma-separated arms (as sia bench names them) [default: base, prompt, sia@R, random@R, dense, "
+                                           "prompt+sia@R at the run's --ratio].")
+@click.option("--good", "good_file", type=click.Path(path_type=Path), default=None,
+              help="Good examples (one a line) for a bag-of-words judge: best those the objective was not fitted on.")
+@click.option("--bad", "bad_file", type=click.Path(path_type=Path), default=None, help="Bad examples for that judge.")
+@click.option("--judge", type=click.Path(path_type=Path), default=None, help="Also judge with this reward folder (never the steering reward).")
+@click.option("--objective-prompt", default=None, help="The system message of the prompt arms [default: the objective's own description].")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval-out"), show_default=True)
+@click.option("--parallel", type=click.IntRange(min=1), default=None, help="Rows decoded together in slots (seeded rows too: answers up to batched rounding).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decode rows in N worker processes (as sia batch does).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, help="Decode rows on Ray actors (--ray alone: a local Ray; or an address).")
+@fail_cleanly
+def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, limit: int | None, seeds: int, arms: str | None, good_file: Path | None,
+                 bad_file: Path | None, judge: Path | None, objective_prompt: str | None, out_dir: Path, parallel: int | None, workers: int,
+                 ray_address: str | None) -> None:
+    """Does steering move answers towards your objective? Paired differences with 95 % intervals, by judges that are not the reward.
+
+    \b
+    sia eval                                   # kind on the default model: 600 eval prompts x 2 seeds x 6 arms (long: --limit for a look)
+    sia eval -r register --good b_good.txt --bad b_bad.txt --limit 100   # your objective, judged on examples it was not fitted on
+    Writes eval.md (the table), eval.json, eval.png and the rows (results.jsonl); rerunning the same command resumes.
+    """
+    from ..bench.eval import BowJudge, evaluate, eval_arms, judges_for
+    from ..bench.grid import RewardJudge
+    from ..prompts import load_prompts
+    from ..rewards.objectives import read_texts
+    from ..rewards.reward import OnnxReward
+
+    if (good_file is None) != (bad_file is None):
+        raise click.UsageError("--good and --bad go together")
+    steerer = load_steerer(lm, steering, need_scorer=True)
+    config = steerer.config
+    ratio = config.ratio if config.ratio is not None else float(setting_default("ratio"))
+    prompts = load_prompts(prompts_file, default="eval")[:limit]
+    names = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    objective = next(iter(steering.reward.mix), (None,))[0] if steering.reward.mix else (str(steering.reward.path) if steering.reward.path else "kind")
+    good = read_texts(good_file) if good_file else []
+    bad = read_texts(bad_file) if bad_file else []
+    judges = judges_for(steerer, Path(objective).name if objective else None, good, bad)
+    if judge is not None:
+        judges.append(RewardJudge(OnnxReward(judge, provider=steering.reward.provider)))
+    for j in judges:
+        if isinstance(j, BowJudge):
+            note(f"judge {j.name}: bag-of-words on {j.data}, nested cross-validated AUC {j.auc:.2f}")
+    spec = None
+    if workers > 1 or ray_address:
+        from ..batch import WorkerSpec
+
+        spec = WorkerSpec(lm, steering.scorer, config)
+    with progress("eval", "rows") as tick:
+        result = evaluate(steerer, prompts, eval_arms(ratio, names, config.max_tokens), judges, out_dir, ratio=ratio, seeds=tuple(range(seeds)),
+                          objective_prompt=objective_prompt, progress=lambda d, t, name: tick(d, t, f"eval: {name}"), worker_spec=spec,
+                          workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
+                          ray_address=None if ray_address in (None, "local") else ray_address, parallel=parallel)
+    click.echo((out_dir / "eval.md").read_text(encoding="utf-8"))
+    if len(prompts) < 500 or seeds < 2:
+        click.echo(f"note: {len(prompts)} prompts x {seeds} seed(s): differences of a few hundredths need >= 500 prompts x 2 seeds to show "
+                   "(docs/eval.md)", err=True)
+    click.echo("wrote " + ", ".join(str(f) for f in result.files), err=True)
+
+
 @bench.command("speed")
 @click.option("--tokens", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
@@ -362,4 +430,4 @@ def reward_score(name: str, file: Path | None) -> None:
             click.echo(json.dumps({"text": text, "score": round(float(score), 4)}, ensure_ascii=False))
 
 
-COMMANDS = (calibrate, bench, reward)
+COMMANDS = (calibrate, bench, eval_command, reward)
