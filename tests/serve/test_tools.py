@@ -184,6 +184,9 @@ def test_an_openai_script_for_another_server_runs_with_only_the_base_url_changed
                                        logit_bias={"5": -100}, user="me", seed=3, n=2, metadata={"a": "b"}, store=False,
                                        extra_body={"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1})
     assert len(r.choices) == 2 and r.model == "tiny" and all(c.message.content is not None for c in r.choices)
+    one = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, seed=1,
+                                         extra_body={"top_k": 3})
+    assert one.usage.model_extra["sia"]["top_k"] == 10  # the caller's top_k truncates; SIA's k (sia.top_k) is untouched
 
 
 def test_a_llama_cpp_python_chatbot_with_tools_penalty_and_top_k_runs_steered_with_one_line_changed(long_gguf: Path, tiny_reward: Path) -> None:

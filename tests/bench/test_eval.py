@@ -1,0 +1,73 @@
+"""`sia eval`: judges that are not the reward, paired differences with 95 % intervals, resumable, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sia_local.bench.eval import BowJudge, comparisons, eval_arms, judges_for, markdown, tone_judges
+from sia_local.errors import ConfigError
+
+GOOD = [f"thank you so much, that is kind and {w}" for w in "lovely warm gentle caring generous sweet bright helpful thoughtful patient cheerful "
+        "friendly hopeful grateful tender calm honest loyal brave wise".split()]
+BAD = [f"go away, that is rude and {w}" for w in "nasty cold harsh cruel mean bitter dull useless careless impatient grumpy hostile "
+       "hopeless ungrateful rough angry dishonest disloyal cowardly foolish".split()]
+
+
+def test_the_bag_of_words_judge_learns_its_examples_and_says_how_well() -> None:
+    judge = BowJudge(GOOD, BAD, name="bow:polite", data="your examples")
+    assert judge.auc > 0.9 and judge.name == "bow:polite"
+    kind, rude = judge("", ["thank you, that is kind", "go away, that is rude"])
+    assert kind > rude
+    with pytest.raises(ConfigError, match="needs 20 of each"):
+        BowJudge(GOOD[:5], BAD[:5])
+
+
+def test_judges_are_never_the_steering_reward(tiny_lm) -> None:
+    from sia_local.core.config import SteerConfig
+    from sia_local.core.steer import Steerer
+
+    steerer = Steerer(tiny_lm, None, SteerConfig(gate="none"))
+    pytest.importorskip("vaderSentiment")
+    assert [j.name for j in judges_for(steerer, "kind")][0] == "vader" and all(j.name in ("vader", "textblob", "afinn") for j in tone_judges())
+    assert judges_for(steerer, "polite", GOOD, BAD)[0].name == "bow:polite"
+    with pytest.raises(ConfigError, match="--good FILE --bad FILE"):
+        judges_for(steerer, "my-objective")
+
+
+def test_the_arms_and_comparisons_a_user_asks_about() -> None:
+    arms = eval_arms(0.2)
+    assert [a.name for a in arms] == ["base", "prompt", "sia@0.2", "random@0.2", "dense", "prompt+sia@0.2"]
+    assert ("sia@0.2", "random@0.2") in comparisons(arms, 0.2) and ("prompt+sia@0.2", "prompt") in comparisons(arms, 0.2)
+    assert comparisons(eval_arms(0.2, ["base", "sia@0.2"]), 0.2) == [("sia@0.2", "base")]
+
+
+def test_sia_eval_runs_resumes_and_reports_intervals(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
+    from sia_local.cli import main
+
+    (tmp_path / "prompts.txt").write_text("\n".join(f"Say something about {w}." for w in ("rain", "bread", "trains", "tea")) + "\n")
+    (tmp_path / "good.txt").write_text("\n".join(GOOD) + "\n")
+    (tmp_path / "bad.txt").write_text("\n".join(BAD) + "\n")
+    out = tmp_path / "ev"
+    args = ["eval", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--prompts", str(tmp_path / "prompts.txt"), "--seeds", "2", "-n", "6",
+            "--tau", "1.0", "--ratio", "0.3", "--good", str(tmp_path / "good.txt"), "--bad", str(tmp_path / "bad.txt"),
+            "--objective-prompt", "Be kind.", "--parallel", "2", "-o", str(out)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "eval.json").read_text())
+    rows = (out / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 4 * 2 * 6  # prompts x seeds x arms
+    cell = report["comparisons"]["sia@0.3 vs base"]["judge:bow:prompts"] if "judge:bow:prompts" in report["comparisons"]["sia@0.3 vs base"] else \
+        next(v for k, v in report["comparisons"]["sia@0.3 vs base"].items() if k.startswith("judge:bow"))
+    lo, hi = cell["ci95"]
+    assert lo <= cell["mean_diff"] <= hi and cell["prompts"] == 4 and cell["pairs"] == 8
+    assert set(report["arms"]) == {"base", "prompt", "sia@0.3", "random@0.3", "dense", "prompt+sia@0.3"}
+    assert report["arms"]["sia@0.3"]["change_rate"] is not None and "log_perplexity" in report["comparisons"]["dense vs base"]
+    assert (out / "eval.md").read_text().startswith("| comparison |") and (out / "eval.png").exists()
+    assert "500 prompts x 2 seeds" in first.output  # a small run says it is one
+    again = CliRunner().invoke(main, args)  # resumes: every row is there, none decoded again
+    assert again.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+    assert markdown(json.loads((out / "eval.json").read_text())) == (out / "eval.md").read_text().rstrip("\n")
