@@ -244,3 +244,40 @@ def test_the_drop_in_answers_tools_in_llama_cpp_pythons_shapes(long_gguf: Path, 
     legacy = llm.create_chat_completion(messages=msgs, functions=[TOOLS[0]["function"]], function_call={"name": "forecast"}, max_tokens=400, seed=3)
     assert legacy["choices"][0]["finish_reason"] == "function_call"
     jsonschema.validate(json.loads(legacy["choices"][0]["message"]["function_call"]["arguments"]), PICK)
+
+
+def test_steering_stays_out_of_a_call_unless_asked_and_n_without_a_reward_is_independent_samples(long_gguf: Path, tiny_reward: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    steerer = Steerer(LM(long_gguf, n_ctx=4096), OnnxReward(tiny_reward, provider="cpu"), SteerConfig(tau=0.0, max_tokens=400))  # tau 0: all junctions
+    client = TestClient(create_app(steerer, model_id="tiny", parallel=1), base_url="http://127.0.0.1")
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS, "tool_choice": "required", "seed": 4, "parallel_tool_calls": False}
+    plain = client.post("/v1/chat/completions", json=body).json()
+    assert plain["choices"][0]["finish_reason"] == "tool_calls" and plain["usage"]["sia"]["junctions"] == 0  # a call is the grammar's
+    asked = client.post("/v1/chat/completions", json={**body, "sia": {"steer_arguments": True}}).json()
+    assert asked["usage"]["sia"]["junctions"] > 0
+    unsteered = create_app(Steerer(LM(long_gguf, n_ctx=4096), None, SteerConfig(gate="none", max_tokens=6)), model_id="tiny", parallel=2)
+    r = TestClient(unsteered, base_url="http://127.0.0.1").post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                                                               "n": 3, "seed": 10})
+    data = r.json()
+    assert r.status_code == 200 and [c["index"] for c in data["choices"]] == [0, 1, 2] and data["usage"]["sia"]["seeds"] == [10, 11, 12]
+
+
+def test_a_template_that_renders_tools_gets_them(tmp_path: Path) -> None:
+    from tiny_models import write_tiny_gguf
+
+    template = ("{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}\nCall with <tool_call>."
+                "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "<|im_start|>assistant\n")
+    path = write_tiny_gguf(tmp_path / "tools.gguf", n_ctx=4096, chat_template=template)
+    lm = LM(path, n_ctx=4096)
+    assert lm.renders_tools
+    tools = plan(TOOLS, "required")
+    messages = tools.messages([{"role": "user", "content": "Weather?"}], native=True)
+    assert messages == [{"role": "user", "content": "Weather?"}]  # no generic prompt: the template describes the tools
+    text = lm._llm.detokenize(lm.render_chat(messages, [{"type": "function", "function": f.signature()} for f in tools.offered()])[0]).decode()
+    assert "TOOLS: forecast noop" in text
+    with _Server(create_app(Steerer(lm, None, SteerConfig(gate="none", max_tokens=400)), model_id="tiny"), _free_port()) as s:
+        r = _client(s).chat.completions.create(model="x", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS, tool_choice="required",
+                                               seed=2, parallel_tool_calls=False)
+        _valid(r.choices[0].message.tool_calls[0])
