@@ -251,7 +251,10 @@ def teacher_loader(card: dict, settings: ScorerSettings) -> Callable[[], Scorer]
 def build_steerer(lm: LM, scorer: Scorer | None, config: SteerConfig, *, progress: Progress | None = None,
                   announce: Note | None = None) -> Steerer:
     """A Steerer whose tau is resolved now (with progress), so no answer starts with a calibration."""
+    from .heads.vectors import resolver
+
     steerer = Steerer(lm, scorer, config, announce=announce)
+    steerer.vectors = resolver(lm, progress=announce)  # --vector NAME[:scale]: an objective's control vector, or a .gguf
     steerer.config_for()  # a steering gate without a scorer fails here, not at the first answer
     if config.needs_tau():
         tick = (lambda done, total: progress(done, total, "calibrating tau (once per model)")) if progress else None
@@ -264,7 +267,7 @@ def load(lm_settings: LMSettings = LMSettings(), scorer_settings: ScorerSettings
     """LM + scorer + steerer in one call; `scorer_settings=None` loads no scorer (only `--gate none` then).
     `chat`: prompts will go through the chat template, so a GGUF without one is refused now, before any
     reward build or calibration."""
-    lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings, model_path(lm_settings)))
+    lm = load_lm(lm_settings, hidden=needs_hidden(scorer_settings, model_path(lm_settings)) or config.vector is not None)
     if chat and not lm.has_chat_template:
         raise PromptError(f"{lm.path.name} has no chat template", "pass --raw to send the prompt as plain text, or --chat-format NAME (e.g. chatml)")
     scorer = load_scorer(scorer_settings, lm, progress=progress, note=note) if scorer_settings is not None else None

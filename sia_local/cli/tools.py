@@ -345,10 +345,12 @@ def reward_build(kind: str, out: Path | None, positive: tuple[str, ...], negativ
               help="Then distil its junction head for the model (-m; a few minutes): -r NAME on that model steers with it.")
 @click.option("--head-prompts", type=click.IntRange(min=4), default=BUDGET_PROMPTS, show_default=True,
               help="Distillation prompts for --head (Kendall tau with the teacher vs prompts: docs/value-heads.md).")
+@click.option("--vector/--no-vector", "with_vector", default=True, show_default=True,
+              help="Also write its control vector for the model (-m): --vector NAME[:scale] then adds it at no cost per token.")
 @model_options
 @fail_cleanly
 def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | None, describe: str, out: Path | None, with_head: bool,
-               head_prompts: int, lm: LMSettings) -> None:
+               head_prompts: int, with_vector: bool, lm: LMSettings) -> None:
     """Make an objective from examples: embed them (MiniLM), fit a head with cross-validation, keep it by NAME.
 
     \b
@@ -357,6 +359,8 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
     sia generate "..." -r polite                        # steer with it by name (its head, when there is one for the model)
     sia reward score polite my-texts.txt                # how it scores your own texts
     """
+    import numpy as np
+
     from ..rewards.objectives import fit_objective, read_scored, read_texts
 
     if with_head and out is not None:
@@ -367,21 +371,34 @@ def reward_fit(name: str, good: Path | None, bad: Path | None, scored: Path | No
     with progress(f"fitting {name}") as tick:
         say = lambda m: tick(0, 0, m)  # noqa: E731
         if scored is not None:
-            card = fit_objective(name, scored=read_scored(scored), describe=describe, out=out, progress=say)
+            texts, scores = read_scored(scored)
+            card = fit_objective(name, scored=(texts, scores), describe=describe, out=out, progress=say)
+            middle = float(np.median(scores))
+            good_texts, bad_texts = [t for t, v in zip(texts, scores) if v > middle], [t for t, v in zip(texts, scores) if v <= middle]
         else:
             assert good is not None and bad is not None
-            card = fit_objective(name, good=read_texts(good), bad=read_texts(bad), describe=describe, out=out, progress=say)
+            good_texts, bad_texts = read_texts(good), read_texts(bad)
+            card = fit_objective(name, good=good_texts, bad=bad_texts, describe=describe, out=out, progress=say)
     cv = card["cv"]
     sizes = ", ".join(f"{v} {k}" for k, v in card["examples"].items() if k != "in_both_dropped")
     dropped = card["examples"].get("in_both_dropped")
     sizes += f" ({dropped} texts in both files dropped)" if dropped else ""
     click.echo(f"{name}: {sizes}; nested cross-validated {cv['metric'].upper()} {cv['mean']:.3f} ± {cv['std']:.3f} over {cv['folds']} folds; "
                f"reward mean {card['reward']['mean']:.2f}, spread {card['reward']['std']:.2f}; fitted in {card['fit_seconds']:.1f} s")
+    model = None
+    if with_vector and out is None:  # a named objective: its vector for the model, found by name (--vector NAME)
+        from ..heads.vectors import write_objective_vector
+        from ..runtime import load_lm
+
+        model = load_lm(replace(lm, hidden=True))
+        with progress(f"control vector of {name} for {model.path.name}") as tick:
+            path = write_objective_vector(name, model, good_texts, bad_texts, progress=lambda m: tick(0, 0, m))
+        click.echo(f"control vector: {path} (add it with --vector {name}[:scale])")
     if with_head:
         from ..heads.store import distil_for
         from ..runtime import load_lm
 
-        model = load_lm(replace(lm, hidden=True))
+        model = model or load_lm(replace(lm, hidden=True))
         with progress(f"distilling the head of {name} for {model.path.name}") as tick:
             folder, head_card = distil_for(name, model, limit=head_prompts, progress=lambda d, t, what: tick(d, t, what), note=note)
         click.echo(head_summary(head_card, folder))

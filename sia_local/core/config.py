@@ -105,6 +105,9 @@ class SteerConfig:
                                         chat=("normalize",)))
     stop: tuple[str, ...] = _s((), Setting("stop string (repeatable, at most 4 of at most 64 characters)", "strs", "--stop", max_items=4,
                                            max_len=64, api="openai"))
+    vector: str | None = _s(None, Setting("a control vector added to the model's middle layer: an objective's name or a .gguf file, "
+                                          "with :scale (formal:1.5); free per token, the whole context's", str, "--vector", api="sia",
+                                          chat=("vector",)))
     # The caller's sampling fields (llama.cpp's and OpenAI's): they act on the full-vocabulary logits before SIA's top-k,
     # the entropy, the junction and the reward (`core/penalties.py`), so a penalty changes which k tokens are scored.
     repeat_penalty: float = _s(1.0, Setting("divide the logit of tokens seen in the last --repeat-last-n tokens (multiply when negative) "

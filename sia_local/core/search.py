@@ -114,6 +114,7 @@ def best_of_n(
     reward_seconds = lm_seconds = 0.0
     reward_calls = 0
     try:
+        ctx.use_vector(*steerer.vector_for(cfg))
         first = ctx.prefill(prepared.ids)
         prefill_seconds = time.perf_counter() - start
         by = steered_by(steerer.scorer) if cfg.steers() else None

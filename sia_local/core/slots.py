@@ -66,6 +66,7 @@ class Job:
     future: Future = field(default_factory=Future)  # a Generation (n = 1) or a BestOfN
     exact: bool = False  # decoded and scored in calls of its own (a seeded request: its answer whatever else runs)
     tools: list[dict[str, Any]] | None = None  # OpenAI's tools, for a chat template that renders them
+    vector: tuple[Any, float, Any] = (None, 0.0, None)  # its control vector (vector, scale, key): the whole context's, see `_admit`
     # set by submit (prepared) and by the scheduler (admitted)
     ids: list[int] = field(default_factory=list)
     reward_prompt: str = ""
@@ -123,6 +124,7 @@ class SlotScheduler:
         self._thread: threading.Thread | None = None
         self._alone: Job | None = None  # a Best-of-N running alone now
         self._ranking = threading.Lock()  # one ranking at a time: an answer-fitted head ranks on the LM's own context
+        self._vector_key: Any = None  # the control vector set on the slots' context (`_admit`)
 
     # -- any thread ------------------------------------------------------------------------------
     def submit(self, steerer: Steerer, prompt: str | Sequence[Message], *, n: int = 1, system: str | None = None, raw: bool = False,
@@ -196,6 +198,7 @@ class SlotScheduler:
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         stops = list(cfg.stop) + prepared.stops
         job.ids, job.reward_prompt = prepared.ids, prepared.reward_prompt
+        job.vector = steerer.vector_for(cfg)
         by = steered_by(steerer.scorer) if cfg.steers() else None
         job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, prepared.ids, stops, by) for i in range(job.n)]
 
@@ -245,6 +248,11 @@ class SlotScheduler:
                 if self.running:
                     return None
                 return self.queue.popleft()
+            if job.vector[2] != self._vector_key:  # a control vector is the whole context's: another one waits for the slots
+                if self.running:  # to empty, then the context switches (its cached cells go: they were computed under the old one)
+                    return None
+                self.ctx.use_vector(*job.vector)
+                self._vector_key = job.vector[2]
             if len(self.free) < job.n:
                 return None
             self.queue.popleft()

@@ -76,11 +76,14 @@ class Steerer:
         self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
         self._taus: dict[tuple[int, float], float] = {}
         self.calibration_seconds = 0.0  # what the last resolve_tau spent calibrating (0 when the profile was cached)
+        # `--vector NAME[:scale]` -> (vector, scale, key): set by `runtime.build_steerer` (heads.vectors.resolver)
+        self.vectors: Callable[[str], tuple[Any, float, Any]] | None = None
 
     def with_scorer(self, scorer: Scorer | None) -> "Steerer":
         """The same model, settings and calibrations with another scorer (a request's own mix of objectives)."""
         other = Steerer(self.lm, scorer, self.config, announce=self.announce)
         other._taus = self._taus  # calibrations are the model's, whatever scores the candidates
+        other.vectors = self.vectors
         return other
 
     def generate(self, prompt: str | Sequence[Message], **options: Any) -> Generation:
@@ -110,12 +113,23 @@ class Steerer:
         if config.steers() and self.scorer is None:
             raise ConfigError(f"the {config.gate!r} gate needs a reward model", "pass --reward, or use --gate none",
                               api_hint="the server has no reward model: use sia.gate \"none\"")
+        if config.vector:
+            self.vector_for(config)  # an unknown vector is refused here, before any decode (a built-in's is made once)
         if config.grammar:  # a grammar llama.cpp cannot parse is refused here, before any decode
             Grammar(self.lm, config.grammar).close()
         if config.steers() and getattr(self.scorer, "lm_state", None) == "branches" and config.top_k > self.lm.max_branches:
             raise ConfigError(f"top_k {config.top_k} is more than the {self.lm.max_branches} branches this value head's context holds",
                               f"use --top-k {self.lm.max_branches} or less", api_hint=f"use sia.top_k <= {self.lm.max_branches}")
         return config
+
+    def vector_for(self, config: SteerConfig) -> tuple[Any, float, Any]:
+        """(control vector, scale, key) of `config.vector`, or (None, 0, None) without one."""
+        if not config.vector:
+            return None, 0.0, None
+        if self.vectors is None:
+            raise ConfigError("this steerer has no control-vector resolver", "build it with sia_local.runtime.build_steerer (or load())",
+                              api_hint="the server cannot load control vectors")
+        return self.vectors(config.vector)
 
     def gate_tau(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
         """The tau the gate gets: given, calibrated from the ratio, or None for gates that do not use it."""
@@ -167,6 +181,7 @@ class Steerer:
                             steered_by(self.scorer) if cfg.steers() else None)
         seq.stats.calibration_seconds = calibration_seconds
         start = time.perf_counter()
+        lm.use_vector(*self.vector_for(cfg))  # the model's own context: set, changed or cleared (its cells go on a change)
         try:
             logits = lm.prefill(prompt.ids)
             seq.stats.prefill_seconds = time.perf_counter() - start

@@ -345,6 +345,20 @@ class BatchContext:
             self.held[s].extend(int(t) for t in tails[s])
         return out
 
+    def use_vector(self, vector: Any, scale: float = 1.0, key: Any = None) -> None:
+        """Set a control vector on this context (and the mirror), or clear it: every sequence's cells go, since they were
+        computed under the previous one. The caller makes sure no sequence is decoding (a vector is the whole context's)."""
+        from .cvec import apply
+
+        wanted = None if vector is None else (key if key is not None else id(vector), scale)
+        if wanted == getattr(self, "_vector_key", None):
+            return
+        for ctx in [self._ctx] + ([self._mirror.ctx] if self._mirror is not None else []):
+            apply(ctx, vector, scale, self.lm.n_embd, self.lm.n_layer)
+        self._vector_key = wanted
+        for seq in range(self.n_seq):
+            self.drop(seq)
+
     def drop(self, seq: int) -> None:
         """Free a finished sequence's KV cells (the sequence can start again at position 0: a slot's next request)."""
         self._context.seq_rm(seq)

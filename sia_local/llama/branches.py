@@ -228,6 +228,36 @@ class Branches:
             llama_cpp.llama_set_embeddings(self._ctx, False)
         return out
 
+    def layer_means(self, texts: Sequence[Sequence[int]], layers: Sequence[int], chunk: int = 64) -> dict[int, np.ndarray]:
+        """{layer: (len(texts), n_embd)}: each text's mean output of those layers (the residual stream, llama.cpp's
+        `l_out-<layer>`) over its tokens, each text decoded alone from an empty context (a control vector's data)."""
+        taps = self._need_taps()
+        wanted = sorted({int(x) for x in layers})
+        if any(not 0 <= x < self.n_layer - 1 for x in wanted):
+            raise ModelError(f"layers {wanted} are not all in 0..{self.n_layer - 2} of {self.path.name}", "pick lower layers")
+        names = [layer_name(x) for x in wanted]
+        out = {x: np.zeros((len(texts), self.n_embd), dtype=np.float64) for x in wanted}
+        self._drop_branches()
+        for i, tokens in enumerate(texts):
+            if not tokens or len(tokens) >= self.n_ctx:
+                raise ContextLengthError(f"an example of {len(tokens)} tokens does not fit the context of {self.n_ctx}", "shorten the example")
+            self._keep_shared_prefix(tokens, 0)  # from an empty context
+            for start in range(0, len(tokens), chunk):
+                part = list(tokens[start : start + chunk])
+
+                def decode() -> int:
+                    self._eval(part)
+                    return 0
+
+                taps.decode(decode, names, names[-1], lambda: None)  # nothing above the highest layer asked is computed
+                for x in wanted:
+                    out[x][i] += taps.take(layer_name(x))[: len(part)].sum(axis=0)
+            for x in wanted:
+                out[x][i] /= len(tokens)
+        self._keep_shared_prefix([], 0)  # nothing of the examples stays for the next prefill to reuse
+        self._logits_row = -1
+        return out
+
     def _adopt(self, row: int, token: int) -> None:
         """Make branch `row` the sequence: its cell at the branch position joins sequence 0, the branches go."""
         context, n = self._llm._ctx, self.n_past

@@ -126,6 +126,7 @@ class LM(Branches):
         self._chat = _chat_formatter(self._llm, self.piece, chat_format, chat_template)
         template = chat_template or (None if chat_format else self._llm.metadata.get("tokenizer.chat_template"))
         self.renders_tools = bool(template) and "tools" in template and "<tool_call>" in template  # Hermes-style tool templates
+        self._vector_key: Any = None  # the control vector set on this context (`use_vector`), None: none
         self.n_threads = self._llm.n_threads
         self.n_gpu_layers = n_gpu_layers  # != 0: the KV cache lives on the GPU (budgets sized from host RAM do not apply)
         self.max_threads = self.n_threads  # prompt processing (many tokens a decode, compute-bound) always gets them all
@@ -276,6 +277,19 @@ class LM(Branches):
     def logits(self) -> np.ndarray:
         """(n_vocab,) float32 view on llama.cpp's logits of the last decoded token; valid until the next decode."""
         return _compat_logits_view(self._ctx, self.n_vocab, self._logits_row)
+
+    def use_vector(self, vector: Any, scale: float = 1.0, key: Any = None) -> None:
+        """Set a control vector (`cvec.ControlVector`) x `scale` on this context, or clear it (None). The cells already
+        held were computed under the previous one, so a change empties the context (the next prefill decodes it all)."""
+        from .cvec import apply
+
+        wanted = None if vector is None else (key if key is not None else id(vector), scale)
+        if wanted == self._vector_key:
+            return
+        apply(self._ctx, vector, scale, self.n_embd, self.n_layer)
+        self._vector_key = wanted
+        self._drop_branches()
+        self._llm.n_tokens = 0
 
     def _keep_shared_prefix(self, tokens: Sequence[int], limit: int) -> int:
         """Keep the longest prefix (at most `limit` tokens) the context already holds of `tokens`; return

@@ -256,6 +256,10 @@ def create_app(steerer: Steerer, *, model_id: str, settings: ServerSettings | No
         if strict_model and req.model and req.model != model_id:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {model_id!r} (started with --strict-model)",
                            param="model", code="model_not_found")
+        vector = options.get("vector")
+        if isinstance(vector, str) and (".gguf" in vector or "/" in vector or "\\" in vector):
+            raise ApiError(400, "sia.vector names an objective's control vector (\"formal:1.5\"), never a file; the server's user gives files "
+                                "with sia serve --vector", param="sia.vector")
         try:
             changes = {k: v for k, v in options.items() if k not in ("raw", "tools")}
             config = steerer.config.updated(**changes) if mixed else steerer.config_for(**changes)
