@@ -9,6 +9,9 @@ two seeds; several judges, none of them the steering reward; fluency (the base m
 distinct-2); and for every comparison the paired difference with its 95 % interval (1.96 SE over prompts, seeds
 averaged within a prompt first), as a table, JSON and a plot.
 
+With a control vector (`--vector NAME[:scale]`, or the objective's own when it has one) the arms `vector` and
+`vector + SIA` join: the cheap alternative a user would reach for, and the two together.
+
 Judges: for a positive tone (`kind`), the sentiment lexicons that are installed (VADER, TextBlob, AFINN: the
 `judges` extra); for an objective fitted from examples, a bag-of-words judge fitted on examples the user gives
 (`--good` / `--bad`: best the half not used to fit the reward, so the judge shares neither features nor data with
@@ -143,17 +146,20 @@ def judges_for(steerer: Steerer, objective: str | None, good: Sequence[str] = ()
                       "fitted on) for a bag-of-words judge, or --judge DIR (a reward folder)")
 
 
-def eval_arms(ratio: float, names: Sequence[str] | None = None, max_tokens: int = 48) -> list[Arm]:
-    """base, prompt, sia@R, random@R (at the ratio SIA realised), dense, prompt+sia@R; or the named ones."""
-    return select_arms(list(names) if names else ["base", "prompt", f"sia@{ratio:g}", f"random@{ratio:g}", "dense", f"prompt+sia@{ratio:g}"],
-                       max_tokens)
+def eval_arms(ratio: float, names: Sequence[str] | None = None, max_tokens: int = 48, *, vector: bool = False) -> list[Arm]:
+    """base, prompt, sia@R, random@R (at the ratio SIA realised), dense, prompt+sia@R, and with a control vector
+    vector and vector+sia@R; or the named ones."""
+    default = ["base", "prompt", f"sia@{ratio:g}", f"random@{ratio:g}", "dense", f"prompt+sia@{ratio:g}"]
+    return select_arms(list(names) if names else default + (["vector", f"vector+sia@{ratio:g}"] if vector else []), max_tokens)
 
 
 def comparisons(arms: Sequence[Arm], ratio: float) -> list[tuple[str, str]]:
     """The paired comparisons a user asks about, among the arms that ran."""
     names = {a.name for a in arms}
     sia, rnd, both = f"sia@{ratio:g}", f"random@{ratio:g}", f"prompt+sia@{ratio:g}"
-    wanted = [(sia, "base"), ("prompt", "base"), (sia, "prompt"), (both, "prompt"), (sia, rnd), ("dense", "base"), (both, "base")]
+    vec = f"vector+sia@{ratio:g}"
+    wanted = [(sia, "base"), ("prompt", "base"), (sia, "prompt"), (both, "prompt"), (sia, rnd), ("dense", "base"), (both, "base"),
+              ("vector", "base"), (sia, "vector"), (vec, "vector")]
     return [(a, b) for a, b in wanted if a in names and b in names]
 
 

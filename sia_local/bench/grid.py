@@ -75,6 +75,7 @@ class Arm:
     match: str | None = None  # random arms: take the ratio SIA realised in this arm
     prompted: bool = False  # the objective's description goes in as a system message (the prompt baseline)
     fixed: bool = False  # entropy arms: the tau calibrated for `ratio`, kept fixed (the paper's rule, no online control)
+    vectored: bool = False  # the run's control vector (`vector`, `vector+sia@R`): added to the model for this arm
 
     def changes(self, tau: float | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"gate": self.gate}
@@ -112,6 +113,10 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
         ratio = _ratio(ratio_text, name) if ratio_text else None
         if name == "prompt":
             out.append(Arm("prompt", "none", prompted=True))
+        elif name == "vector":
+            out.append(Arm("vector", "none", vectored=True))
+        elif name.startswith("vector+sia@"):
+            out.append(Arm(name, "entropy", ratio=_ratio(name.partition("@")[2], name), vectored=True))
         elif name in grid and not prompted:
             out.append(grid[name])
         elif kind == "sia" and ratio is not None:
@@ -125,7 +130,7 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
         elif name in gate_names():
             out.append(Arm(name, name))
         else:
-            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, sia@R, random@R, tau@R, random-tau@R or a gate "
+            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, vector, vector+sia@R, sia@R, random@R, tau@R, random-tau@R or a gate "
                                                        f"({', '.join(gate_names())})")
     return out
 
@@ -186,6 +191,7 @@ def run_grid(
     objective_prompt: str | None = None,
     raw: bool = False,
     parallel: int | None = None,
+    vector: str | None = None,
 ) -> GridResult:
     """Run (or resume) the grid; write results.jsonl, summary.json and plots into `out_dir`.
 
@@ -199,8 +205,11 @@ def run_grid(
     computed for the KL and perplexity columns. Rows are decoded by `batch` workers: this process by
     default, or `workers` processes / Ray actors made from `worker_spec` (the settings that load the
     same model and scorer); the teacher and the judge score here. `parallel`: rows decoded together in slots of each
-    worker, seeded rows too (their answers then reproduce up to batched rounding, `core/slots.py`).
+    worker, seeded rows too (their answers then reproduce up to batched rounding, `core/slots.py`). `vector`: the
+    control vector (`NAME[:scale]`) the vector arms add.
     """
+    if any(a.vectored for a in arms) and not vector:
+        raise ConfigError("the vector arms need a control vector", "pass --vector NAME[:scale] (an objective fitted from examples has one)")
     assert steerer.scorer is not None
     teacher = teacher or steerer.scorer
     run_id = uuid.uuid4().hex[:8]
@@ -235,6 +244,8 @@ def run_grid(
                         if (arm.name, i, seed) in done:
                             continue
                         changes = arm.changes(taus.get(arm.name))  # a fresh copy per row: a matched row may change the gate
+                        if arm.vectored:
+                            changes["vector"] = vector
                         if arm.match is not None:
                             realised = matched.get((i, seed), float(np.mean(list(matched.values()))))
                             if realised > 0:

@@ -143,6 +143,7 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     Writes eval.md (the table), eval.json, eval.png and the rows (results.jsonl); rerunning the same command resumes.
     """
     from ..bench.eval import BowJudge, evaluate, eval_arms, judges_for
+    from ..errors import SiaError
     from ..bench.grid import RewardJudge
     from ..prompts import load_prompts
     from ..rewards.objectives import read_texts
@@ -156,11 +157,23 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     prompts = load_prompts(prompts_file, default="eval")[:limit]
     names = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
     objective = next(iter(steering.reward.mix), (None,))[0] if steering.reward.mix else (str(steering.reward.path) if steering.reward.path else "kind")
+    vector = config.vector  # --vector: the vector arms' (every other arm runs without one)
+    if vector is None and objective and "/" not in objective:
+        try:  # the objective's own vector, when it has one for this model (made from its examples)
+            steerer.vector_for(config.replace(vector=objective))
+            vector = objective
+        except SiaError as exc:
+            note(f"no vector arms: {exc.message}")
+    steerer.config = config.replace(vector=None)
     good = read_texts(good_file) if good_file else []
     bad = read_texts(bad_file) if bad_file else []
-    judges = judges_for(steerer, Path(objective).name if objective else None, good, bad)
-    if judge is not None:
-        judges.append(RewardJudge(OnnxReward(judge, provider=steering.reward.provider)))
+    extra = [RewardJudge(OnnxReward(judge, provider=steering.reward.provider))] if judge is not None else []
+    try:
+        judges = judges_for(steerer, Path(objective).name if objective else None, good, bad) + extra
+    except SiaError:
+        if not extra:  # --judge DIR alone is a judge too
+            raise
+        judges = extra
     for j in judges:
         if isinstance(j, BowJudge):
             note(f"judge {j.name}: bag-of-words on {j.data}, nested cross-validated AUC {j.auc:.2f}")
@@ -168,9 +181,10 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     if workers > 1 or ray_address:
         from ..batch import WorkerSpec
 
-        spec = WorkerSpec(lm, steering.scorer, config)
+        spec = WorkerSpec(lm, steering.scorer, steerer.config)
     with progress("eval", "rows") as tick:
-        result = evaluate(steerer, prompts, eval_arms(ratio, names, config.max_tokens), judges, out_dir, ratio=ratio, seeds=tuple(range(seeds)),
+        result = evaluate(steerer, prompts, eval_arms(ratio, names, config.max_tokens, vector=vector is not None), judges, out_dir, ratio=ratio,
+                          seeds=tuple(range(seeds)), vector=vector,
                           objective_prompt=objective_prompt, progress=lambda d, t, name: tick(d, t, f"eval: {name}"), worker_spec=spec,
                           workers=max(workers, 2 if ray_address and workers == 1 else workers), use_ray=ray_address is not None,
                           ray_address=None if ray_address in (None, "local") else ray_address, parallel=parallel)

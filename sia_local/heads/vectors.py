@@ -31,11 +31,12 @@ if TYPE_CHECKING:
     from ..llama import LM
 
 MAX_EXAMPLE_TOKENS = 256
+METHOD = "difference of means of the middle layer's output, the first position left out"  # a kept vector of another is made again
 
 
 def vector_layers(n_layer: int) -> list[int]:
     """The layer a vector acts on: the middle one (llama.cpp's numbering: the output of layer il, 1 <= il <= n_layer - 2)."""
-    return [min(max(1, n_layer // 2), max(1, n_layer - 2))]
+    return [max(1, n_layer // 2)] if n_layer >= 3 else []
 
 
 def fit_vector(lm: "LM", good: Sequence[str], bad: Sequence[str], *, progress: Callable[[str], None] | None = None) -> ControlVector:
@@ -43,6 +44,9 @@ def fit_vector(lm: "LM", good: Sequence[str], bad: Sequence[str], *, progress: C
     if min(len(good), len(bad)) < 2:
         raise ConfigError("a control vector needs at least 2 good and 2 bad examples", "add examples")
     layers = vector_layers(lm.n_layer)
+    if not layers:
+        raise ConfigError(f"{lm.path.name} has {lm.n_layer} layers: too few for a control vector (its middle layer must not be the last)",
+                          "use a deeper model")
     if progress:
         progress(f"control vector: {len(good) + len(bad)} examples through {len(layers)} layers of {lm.path.name}")
     tokens = [lm.tokenize(t)[:MAX_EXAMPLE_TOKENS] for t in [*good, *bad]]
@@ -68,7 +72,7 @@ def write_objective_vector(objective: str, lm: "LM", good: Sequence[str], bad: S
     vector = fit_vector(lm, good, bad, progress=progress)
     path = vector.save(vector_file(objective, lm.path))
     card = {"objective": objective, "objective_key": objective_key(objective), "model": lm.path.name, "layers": sorted(vector.directions),
-            "examples": {"good": len(good), "bad": len(bad)}, "method": "difference of means of the middle layer's output"}
+            "examples": {"good": len(good), "bad": len(bad)}, "method": METHOD}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return path
 
@@ -83,7 +87,7 @@ def objective_vector(objective: str, lm: "LM", progress: Callable[[str], None] |
     if path.exists() and card.exists():
         try:
             kept = json.loads(card.read_text())
-            if kept["objective_key"] == objective_key(objective) and kept["layers"] == vector_layers(lm.n_layer):
+            if kept["objective_key"] == objective_key(objective) and kept.get("method") == METHOD:
                 return ControlVector.load(path)
         except (OSError, ValueError, KeyError):
             pass  # a damaged card: made again below when it can be

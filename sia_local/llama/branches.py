@@ -230,7 +230,9 @@ class Branches:
 
     def layer_means(self, texts: Sequence[Sequence[int]], layers: Sequence[int], chunk: int = 64) -> dict[int, np.ndarray]:
         """{layer: (len(texts), n_embd)}: each text's mean output of those layers (the residual stream, llama.cpp's
-        `l_out-<layer>`) over its tokens, each text decoded alone from an empty context (a control vector's data)."""
+        `l_out-<layer>`) over its tokens but the first, each text decoded alone from an empty context (a control vector's
+        data). The first position is left out: models park huge "attention sink" activations there (norms in the
+        hundreds on SmolLM2, the same for every text), which would make a difference of means a difference of lengths."""
         taps = self._need_taps()
         wanted = sorted({int(x) for x in layers})
         if any(not 0 <= x < self.n_layer - 1 for x in wanted):
@@ -239,8 +241,8 @@ class Branches:
         out = {x: np.zeros((len(texts), self.n_embd), dtype=np.float64) for x in wanted}
         self._drop_branches()
         for i, tokens in enumerate(texts):
-            if not tokens or len(tokens) >= self.n_ctx:
-                raise ContextLengthError(f"an example of {len(tokens)} tokens does not fit the context of {self.n_ctx}", "shorten the example")
+            if len(tokens) < 2 or len(tokens) >= self.n_ctx:
+                raise ContextLengthError(f"an example of {len(tokens)} tokens: it needs 2 to {self.n_ctx - 1}", "give longer (or shorter) examples")
             self._keep_shared_prefix(tokens, 0)  # from an empty context
             for start in range(0, len(tokens), chunk):
                 part = list(tokens[start : start + chunk])
@@ -250,10 +252,11 @@ class Branches:
                     return 0
 
                 taps.decode(decode, names, names[-1], lambda: None)  # nothing above the highest layer asked is computed
+                skip = 1 if start == 0 else 0  # the sink position
                 for x in wanted:
-                    out[x][i] += taps.take(layer_name(x))[: len(part)].sum(axis=0)
+                    out[x][i] += taps.take(layer_name(x))[skip : len(part)].sum(axis=0)
             for x in wanted:
-                out[x][i] /= len(tokens)
+                out[x][i] /= len(tokens) - 1
         self._keep_shared_prefix([], 0)  # nothing of the examples stays for the next prefill to reuse
         self._logits_row = -1
         return out

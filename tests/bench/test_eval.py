@@ -71,3 +71,23 @@ def test_sia_eval_runs_resumes_and_reports_intervals(tiny_gguf: Path, tiny_rewar
     again = CliRunner().invoke(main, args)  # resumes: every row is there, none decoded again
     assert again.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(rows)
     assert markdown(json.loads((out / "eval.json").read_text())) == (out / "eval.md").read_text().rstrip("\n")
+
+
+def test_the_vector_arms_add_the_runs_control_vector(tiny_reward: Path, tmp_path: Path) -> None:
+    from sia_local.cli import main
+    from sia_local.heads.vectors import fit_vector
+    from sia_local.llama import LM
+    from tiny_models import write_tiny_gguf
+
+    tiny_gguf = write_tiny_gguf(tmp_path / "deep.gguf", n_layer=6)
+    vector = fit_vector(LM(tiny_gguf, n_ctx=512, hidden=True), GOOD[:4], BAD[:4]).save(tmp_path / "v.gguf")
+    (tmp_path / "prompts.txt").write_text("Say something.\nTell a story.\n")
+    out = tmp_path / "ev"
+    result = CliRunner().invoke(main, ["eval", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--prompts", str(tmp_path / "prompts.txt"),
+                                       "--seeds", "1", "-n", "5", "--tau", "1.0", "--vector", f"{vector}:6", "--arms", "base,vector,vector+sia@0.2,sia@0.2",
+                                       "--judge", str(tiny_reward), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    text = {(r["arm"], r["prompt_index"]): r["text"] for r in rows}
+    assert text[("vector", 0)] != text[("base", 0)] or text[("vector", 1)] != text[("base", 1)]  # the vector arm has it ...
+    assert {"vector vs base", "vector+sia@0.2 vs vector", "sia@0.2 vs vector"} <= set(json.loads((out / "eval.json").read_text())["comparisons"])

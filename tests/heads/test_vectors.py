@@ -34,7 +34,7 @@ def lm(deep: Path) -> LM:
 def test_a_vector_is_the_difference_of_means_and_round_trips_through_llama_cpps_format(lm: LM, tmp_path: Path) -> None:
     vector = fit_vector(lm, GOOD, BAD)
     assert sorted(vector.directions) == vector_layers(lm.n_layer) == [3]
-    means = lm.layer_means([lm.tokenize(t) for t in GOOD + BAD], [3])[3]
+    means = lm.layer_means([lm.tokenize(t) for t in GOOD + BAD], [3])[3]  # each over its tokens but the first
     np.testing.assert_allclose(vector.directions[3], means[:4].mean(0) - means[4:].mean(0), rtol=1e-5, atol=1e-6)
     back = ControlVector.load(vector.save(tmp_path / "v.gguf"))
     np.testing.assert_array_equal(back.directions[3], vector.directions[3])
