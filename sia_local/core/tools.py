@@ -116,8 +116,8 @@ class ToolPlan:
                 out.append({"role": "assistant", "content": content})
             elif role in ("tool", "function"):  # a template that renders tools wraps results itself
                 out.append({"role": "tool", "content": content} if native else {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
-            else:
-                out.append({"role": str(role), "content": content})
+            else:  # OpenAI's newer "developer" role is the system message chat templates know
+                out.append({"role": "system" if role == "developer" else str(role), "content": content})
         if self.functions and not native:
             text = GENERIC_PROMPT.format(signatures="\n".join(json.dumps(f.signature(), ensure_ascii=False) for f in self.offered()))
             if self.choice not in ("auto", "none"):
