@@ -93,7 +93,11 @@ class BowJudge:
                               "pass more examples with --good / --bad")
         counts = Counter(g for t in [*good, *bad] for g in set(_grams(t)))
         self.vocab = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= 2))}
-        x = self._features([*good, *bad])
+        raw = self._features([*good, *bad])
+        # standardised columns: word frequencies are hundredths, so without this the chosen penalty shrinks every
+        # weight towards 0 and the judge's scores differ by ten-thousandths (its ranking intact, its scale unreadable)
+        self.mean, self.std = raw.mean(axis=0), raw.std(axis=0) + 1e-9
+        x = (raw - self.mean) / self.std
         y = np.r_[np.ones(len(good)), np.zeros(len(bad))]
         self.fit = fit_classifier(x, y)
         self.name, self.data = name, data
@@ -111,7 +115,8 @@ class BowJudge:
         return x
 
     def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [float(v) for v in self._features(texts) @ self.fit.w + self.fit.b]
+        """The log-odds that each text is a good example (standardised word and word-pair frequencies)."""
+        return [float(v) for v in ((self._features(texts) - self.mean) / self.std) @ self.fit.w + self.fit.b]
 
 
 def tone_judges() -> list[Judge]:
