@@ -157,7 +157,9 @@ def objective_prompt_of(scorer: Any) -> str | None:
     if folder is not None and (folder / CARD).exists():
         return json.loads((folder / CARD).read_text()).get("description")
     objective = getattr(scorer, "objective", None) or ""
-    return BUILT_IN_PROMPTS["kind"] if objective.startswith("positive, kind tone") else None
+    if objective.startswith("positive, kind tone"):
+        return BUILT_IN_PROMPTS["kind"]
+    return objective or None  # a head's objective is its objective's --describe line, written as what a system prompt asks for
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
