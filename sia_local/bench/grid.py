@@ -303,7 +303,10 @@ def _bench_row(steerer: Steerer, judge: Judge, teacher: Scorer, arm: Arm, change
         "tau": s["tau"], "ratio_target": changes.get("ratio"), "text": result["text"], "tokens": s["tokens"],
         "ratio": s["ratio"], "junctions": s["junctions"], "changed": s["changed"], "wall_seconds": detail["wall_seconds"],
         "reward": _final_reward(steerer, teacher, prompt, result["text"], detail["token_ids"]), "judge": judge(prompt, [result["text"]])[0],
-        "kl_per_token": s["kl_per_token"], "perplexity": s["perplexity"], "finish_reason": result["finish_reason"],
+        "kl_per_token": s["kl_per_token"], "finish_reason": result["finish_reason"],
+        # the base model's perplexity of the answer: read during the decode, except under a control vector, whose
+        # decode saw the vector's logits (rescored here with it cleared)
+        "perplexity": base_perplexity(steerer, prompt, detail["token_ids"]) if arm.vectored else s["perplexity"],
         "generated_tokens": detail["generated_tokens"], "reward_calls": detail["reward_calls"],
     }
     if "samples" in result:
@@ -311,6 +314,23 @@ def _bench_row(steerer: Steerer, judge: Judge, teacher: Scorer, arm: Arm, change
     if arm.name == "base" and detail.get("entropies") is not None:
         row["entropies"] = detail["entropies"]
     return row
+
+
+def base_perplexity(steerer: Steerer, prompt: str, token_ids: Sequence[int]) -> float | None:
+    """exp(- mean log p) of `token_ids` after `prompt` (chat-templated) under the model itself, no control vector set."""
+    if not token_ids:
+        return None
+    lm = steerer.lm
+    lm.use_vector(None)
+    ids = lm.render_chat([{"role": "user", "content": prompt}])[0] if lm.has_chat_template else lm.tokenize(prompt)
+    logits = lm.prefill(ids)
+    total = 0.0
+    for i, token in enumerate(token_ids):
+        top = float(logits.max())
+        total += float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
+        if i + 1 < len(token_ids):
+            logits = lm.step(int(token))
+    return float(np.exp(-total / len(token_ids)))
 
 
 def _final_reward(steerer: Steerer, teacher: Scorer, prompt: str, text: str, token_ids: list[int]) -> float:

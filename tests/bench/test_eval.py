@@ -91,3 +91,13 @@ def test_the_vector_arms_add_the_runs_control_vector(tiny_reward: Path, tmp_path
     text = {(r["arm"], r["prompt_index"]): r["text"] for r in rows}
     assert text[("vector", 0)] != text[("base", 0)] or text[("vector", 1)] != text[("base", 1)]  # the vector arm has it ...
     assert {"vector vs base", "vector+sia@0.2 vs vector", "sia@0.2 vs vector"} <= set(json.loads((out / "eval.json").read_text())["comparisons"])
+
+
+def test_base_perplexity_is_the_decodes_own_without_a_vector(tiny_lm) -> None:
+    from sia_local.bench.grid import base_perplexity
+    from sia_local.core.config import SteerConfig
+    from sia_local.core.steer import Steerer
+
+    steerer = Steerer(tiny_lm, None, SteerConfig(gate="none", max_tokens=12, seed=2, logprobs=True))
+    g = steerer.generate("Tell me about rain.")
+    assert base_perplexity(steerer, "Tell me about rain.", g.token_ids) == pytest.approx(g.stats.perplexity, rel=1e-3)
