@@ -69,6 +69,7 @@ def collect() -> dict[str, Any]:
         "onnx providers": {p: ("loads" if ok else "listed, does not load") for p, ok in loadable_providers().items()},
         "cpu threads (default)": physical_cores(),
         "cache dir": str(cache_dir()),
+        "steering strengths (measured)": _strengths(),
     }
     try:
         from .rewards.defaults import default_model_path
@@ -83,3 +84,16 @@ def collect() -> dict[str, Any]:
     except SiaError as exc:
         facts["default reward"] = f"missing: {exc}"
     return facts
+
+
+def _strengths() -> list[str] | str:
+    """Each objective's measured strength on each model (`core/strength.py`): what a weight of 1 multiplies its reward by,
+    and the share of junction picks it is expected to change there (a near-zero share: that objective barely steers)."""
+    from .core.strength import measured
+
+    rows = measured()
+    if not rows:
+        return "none yet (measured the first time an objective steers a model, about 10-60 s, then cached)"
+    return [f"{r['scorer']} on {r['model']} (k={r['top_k']}): x{r['multiplier']:g}, changes "
+            + (f"{r['change_rate_at_weight_1']:.0%}" if r["change_rate_at_weight_1"] is not None else "?")
+            + f" of junction picks at weight 1 ({r['junctions']} junctions)" + (f"; {r['note']}" if r["note"] else "") for r in rows]

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .junction import DEFAULT_K, gate_names, gate_spec
 
 
+STRENGTHS = ("junction", "reference")  # what a weight of 1 means (`core/strength.py`)
 MAX_TOP_K = 64  # candidates per step: more is no longer "sparse" (a branch head has 63 branch sequences at most)
 
 
@@ -86,7 +87,7 @@ class SteerConfig:
     gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
     top_k: int = _s(DEFAULT_K, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, hi=MAX_TOP_K, api="sia",
                                 chat=("top-k", "topk", "k")))
-    weight: float = _s(1.0, Setting("w in s = z + w*r", float, "--weight", "-w", lo=-1000.0, hi=1000.0, api="sia", chat=("weight",)))
+    weight: float = _s(1.0, Setting("w in s = z + w*m*r (m: --strength; weight 1 means the same push for every objective)", float, "--weight", "-w", lo=-1000.0, hi=1000.0, api="sia", chat=("weight",)))
     temperature: float = _s(1.0, Setting("sampling temperature (0 = greedy); the entropy always uses T = 1", float, "--temperature",
                                          aliases=("--temp",), lo=0.0, hi=2.0, api="openai", chat=("temp", "temperature")))
     top_p: float = _s(1.0, Setting("nucleus sampling inside the k candidates (1 = off)", float, "--top-p", lo=0.0, hi=1.0, lo_open=True,
@@ -103,6 +104,10 @@ class SteerConfig:
                                       "--min-prob", lo=0.0, hi=1.0, api="sia", chat=("min-prob",)))
     normalize: bool = _s(False, Setting("standardise the k rewards at each junction before weighting", bool, "--normalize", api="sia",
                                         chat=("normalize",)))
+    strength: str = _s("junction", Setting("what a weight of 1 means: junction = the reward spreads a junction's candidates as much as "
+                                           "the model's own logits do (measured once per model and objective, cached beside tau); "
+                                           "reference = one spread of the objective over shipped reference answers (the raw scale)", str,
+                                           "--strength", api="sia", chat=("strength",)))
     stop: tuple[str, ...] = _s((), Setting("stop string (repeatable, at most 4 of at most 64 characters)", "strs", "--stop", max_items=4,
                                            max_len=64, api="openai"))
     vector: str | None = _s(None, Setting("a control vector added to the model's middle layer: an objective's name or a .gguf file, "
@@ -143,6 +148,9 @@ class SteerConfig:
             _check(name, setting, getattr(self, name))
         if self.gate not in gate_names():
             raise ConfigError(f"`gate` must be one of {', '.join(gate_names())}, got {self.gate!r}", "fix --gate", api_hint="fix `sia.gate`")
+        if self.strength not in STRENGTHS:
+            raise ConfigError(f"`strength` must be one of {', '.join(STRENGTHS)}, got {self.strength!r}", "fix --strength",
+                              api_hint="fix `sia.strength`")
         spec = gate_spec(self.gate)
         assert spec is not None
         if spec.uses_tau and self.tau is None and self.ratio is None:

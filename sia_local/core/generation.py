@@ -17,7 +17,7 @@ class TokenInfo:
     junction: bool
     rank: int  # the chosen token's rank among the k by base logit (0 = the model's favourite)
     changed: bool  # the reward made the sampler pick another token than the base distribution would have
-    rewards: list[float] | None = None  # the k candidates' rewards at a junction (after --normalize)
+    rewards: list[float] | None = None  # the k candidates' rewards at a junction as added: s = z + w·rewards (after --normalize, x strength)
     kl: float = 0.0  # KL(steered || base) over the k candidates at this step, nats (0 off junctions)
     logprob: float | None = None  # log p_base(token) over the full vocabulary, T = 1 (with config.logprobs)
     objectives: dict[str, list[float]] | None = None  # with a mix of objectives: each one's raw rewards of the k candidates
@@ -58,6 +58,7 @@ class Stats:
     gate: str = ""
     top_k: int = 0
     weight: float = 0.0
+    strength: float | None = None  # m in s = z + w·m·r: the objective's measured junction strength (`core/strength.py`); None: raw scale
     seed: int = 0
     finish_reason: str = ""  # stop (EOS / end of turn / stop string), length (max_tokens), context (context full)
 

@@ -104,6 +104,7 @@ def best_of_n(
                                  api_hint="shorten the messages")
     cfg = cfg.replace(max_tokens=min(cfg.max_tokens, room))
     tau = steerer.gate_tau(cfg)
+    m = steerer.resolve_strength(cfg)
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
     stops = list(cfg.stop) + prepared.stops
 
@@ -118,7 +119,7 @@ def best_of_n(
         first = ctx.prefill(prepared.ids)
         prefill_seconds = time.perf_counter() - start
         by = steered_by(steerer.scorer) if cfg.steers() else None
-        seqs = [SequenceState(lm, cfg, tau, seed + i, prepared.ids, stops, by) for i in range(n)]
+        seqs = [SequenceState(lm, cfg, tau, seed + i, prepared.ids, stops, by, m) for i in range(n)]
         for s in seqs:
             s.stats.prefill_seconds = prefill_seconds
         logits: dict[int, np.ndarray] = {i: first for i in range(n)}

@@ -32,8 +32,9 @@ class SequenceState:
     """
 
     def __init__(self, lm: LM, cfg: SteerConfig, tau: float | None, seed: int, prompt_ids: Sequence[int], stops: list[str],
-                 scorer: str | None = None) -> None:
+                 scorer: str | None = None, strength: float | None = None) -> None:
         self.lm, self.cfg = lm, cfg
+        self.strength = strength if strength is not None and cfg.steers() else None  # m in s = z + w·m·r (`core/strength.py`)
         prompt_tokens = len(prompt_ids)
         self.processor = LogitProcessor(cfg, lm.n_vocab)  # the caller's penalties and bias, before the top-k
         self._prompt_tail = list(prompt_ids[-cfg.repeat_last_n:]) if self.processor.penalises else []
@@ -41,7 +42,7 @@ class SequenceState:
         self.rng = np.random.default_rng(seed)  # the sampler's stream: one draw per step, whatever the gate
         self.gate = make_gate(cfg, tau, seed)
         self.stops = stops
-        self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, seed=seed,
+        self.stats = Stats(prompt_tokens=prompt_tokens, tau=tau, gate=cfg.gate, top_k=cfg.top_k, weight=cfg.weight, strength=self.strength, seed=seed,
                            finish_reason="length", ratio_target=_asked_ratio(cfg), scorer=scorer if cfg.steers() else None)
         self.trace: list[TokenInfo] | None = [] if cfg.trace else None
         # structured output: this sequence's grammar state; with a trigger (a tool call under `auto`) it waits for the answer
@@ -123,6 +124,8 @@ class SequenceState:
                 r = _on_all(r, self._scored)
                 if parts:
                     parts = {name: [float(v) for v in _on_all(np.asarray(values), self._scored)] for name, values in parts.items()}
+            if self.strength is not None:
+                r = r * self.strength
             steered = self._z + cfg.weight * r
             choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
             kept = [float(x) for x in r]

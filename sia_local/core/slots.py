@@ -200,7 +200,8 @@ class SlotScheduler:
         job.ids, job.reward_prompt = prepared.ids, prepared.reward_prompt
         job.vector = steerer.vector_for(cfg)
         by = steered_by(steerer.scorer) if cfg.steers() else None
-        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, prepared.ids, stops, by) for i in range(job.n)]
+        m = steerer.resolve_strength(cfg)
+        job.seqs = [SequenceState(steerer.lm, cfg, tau, seed + i, prepared.ids, stops, by, m) for i in range(job.n)]
 
     # -- the slots' thread -----------------------------------------------------------------------
     def _loop(self) -> None:

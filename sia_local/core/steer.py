@@ -35,6 +35,8 @@ from ..llama.grammar import Grammar
 from .scorer import Scorer, steered_by
 from .generation import Generation, Piece, Stats, TokenInfo
 from .sequence import SequenceState, scored_candidates
+from . import strength
+from .strength import Strength
 
 
 class Stream:
@@ -75,6 +77,7 @@ class Steerer:
         self.config = config or SteerConfig()
         self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
         self._taus: dict[tuple[int, float], float] = {}
+        self._strengths: dict[tuple[str, int], Strength] = {}  # (scorer, k) -> its measured strength on this model
         self.calibration_seconds = 0.0  # what the last resolve_tau spent calibrating (0 when the profile was cached)
         # `--vector NAME[:scale]` -> (vector, scale, key): set by `runtime.build_steerer` (heads.vectors.resolver)
         self.vectors: Callable[[str], tuple[Any, float, Any]] | None = None
@@ -83,6 +86,7 @@ class Steerer:
         """The same model, settings and calibrations with another scorer (a request's own mix of objectives)."""
         other = Steerer(self.lm, scorer, self.config, announce=self.announce)
         other._taus = self._taus  # calibrations are the model's, whatever scores the candidates
+        other._strengths = self._strengths  # keyed by scorer
         other.vectors = self.vectors
         return other
 
@@ -105,7 +109,8 @@ class Steerer:
         prepared = self.prepare(prompt, system, raw, tools)
         self.calibration_seconds = 0.0
         tau = self.gate_tau(config)
-        return Stream(self._decode(prepared, config, tau, self.calibration_seconds))
+        m = self.resolve_strength(config)
+        return Stream(self._decode(prepared, config, tau, self.calibration_seconds, m))
 
     def config_for(self, **changes: Any) -> SteerConfig:
         """This steerer's config with per-call changes, checked against what is loaded."""
@@ -155,6 +160,25 @@ class Steerer:
                 self.calibration_seconds = time.perf_counter() - t
         return self._taus[key]
 
+    def resolve_strength(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
+        """m in s = z + w·m·r: the scorer's measured junction strength on this model and k (`core/strength.py`; measured once,
+        announced first, then cached beside tau). None where weights stay on the raw scale: `--strength reference`,
+        `--normalize` (each junction standardised already), or no steering."""
+        if not config.steers() or config.strength != "junction" or config.normalize or self.scorer is None:
+            return None
+        key = (strength.scorer_key(self.scorer), config.top_k)
+        if key not in self._strengths:
+            name = self.scorer.info().name
+            fresh = not strength.is_measured(self, config.top_k)
+            if fresh:
+                self.announce(f"measuring how strongly {name} steers {self.lm.path.name} at k={config.top_k} (once per model and objective; cached)")
+            found = strength.cached(self, config.top_k, progress)
+            self.calibration_seconds += found.seconds
+            if found.note:
+                self.announce(f"strength of {name} on {self.lm.path.name}: {found.note}")
+            self._strengths[key] = found
+        return self._strengths[key].multiplier
+
     def is_calibrated(self, top_k: int) -> bool:
         """Whether a ratio at this k resolves without decoding the calibration prompts."""
         return any(k == top_k for k, _ in self._taus) or is_calibrated(self.lm, top_k)
@@ -174,11 +198,12 @@ class Steerer:
         user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
         return _Prompt(ids, user, stops)
 
-    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float) -> Generator[Piece, None, Generation]:
+    def _decode(self, prompt: _Prompt, cfg: SteerConfig, tau: float | None, calibration_seconds: float,
+                multiplier: float | None = None) -> Generator[Piece, None, Generation]:
         lm, reward = self.lm, self.scorer
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
         seq = SequenceState(lm, cfg, tau, seed, prompt.ids, list(cfg.stop) + prompt.stops,
-                            steered_by(self.scorer) if cfg.steers() else None)
+                            steered_by(self.scorer) if cfg.steers() else None, multiplier)
         seq.stats.calibration_seconds = calibration_seconds
         start = time.perf_counter()
         lm.use_vector(*self.vector_for(cfg))  # the model's own context: set, changed or cleared (its cells go on a change)

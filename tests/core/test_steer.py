@@ -40,8 +40,9 @@ def test_dense_scores_every_step_and_none_never(tiny_lm: LM, reward: OnnxReward)
 
 
 def test_reward_changes_choices_at_junctions_only(tiny_lm: LM, reward: OnnxReward) -> None:
-    """The reward pays 10 per 'e': steering may only change tokens at junctions, and only towards 'e'."""
-    s = Steerer(tiny_lm, reward, SteerConfig(tau=1.3, seed=3, max_tokens=60, trace=True))
+    """The reward pays 10 per 'e': steering may only change tokens at junctions, and only towards 'e' (on the raw scale, where
+    +10 gives 'e' all the mass; on the junction scale a smaller push can move the shared uniform to another candidate)."""
+    s = Steerer(tiny_lm, reward, SteerConfig(tau=1.3, seed=3, max_tokens=60, trace=True, strength="reference"))
     base = s.generate(PROMPT, gate="none")
     steered = s.generate(PROMPT)
     assert base.trace is not None and steered.trace is not None
