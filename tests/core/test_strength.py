@@ -50,8 +50,8 @@ def test_mix_weight_is_the_total_weight() -> None:
     assert strength.mix_weight(object()) == 1.0
 
 
-def test_strength_is_measured_once_applied_and_kept(tiny_lm: LM, tiny_reward: Path) -> None:
-    reward = OnnxReward(tiny_reward, provider="cpu")
+def test_strength_is_measured_once_applied_and_kept(tiny_lm: LM, tmp_path: Path) -> None:
+    reward = OnnxReward(write_reward_folder(tmp_path / "prefers-a", favourite="a", bonus=3.0), provider="cpu")  # not measured yet
     said: list[str] = []
     s = Steerer(tiny_lm, reward, SteerConfig(ratio=0.5, seed=3, max_tokens=40, trace=True), announce=said.append)
     g = s.generate(PROMPT)
@@ -70,6 +70,10 @@ def test_strength_is_measured_once_applied_and_kept(tiny_lm: LM, tiny_reward: Pa
     again = Steerer(tiny_lm, reward, SteerConfig(ratio=0.5, seed=3, max_tokens=5), announce=said.append).generate(PROMPT)
     assert again.stats.strength == pytest.approx(m) and not any("measuring" in line for line in said)
     assert any(m_["multiplier"] == pytest.approx(round(m, 3)) for m_ in strength.measured())
+    from sia_local.info import _strengths
+
+    lines = _strengths()
+    assert isinstance(lines, list) and any(f"x{round(m, 3):g}" in line and "of junction picks at weight 1" in line for line in lines)
 
 
 def test_a_reward_in_other_units_steers_the_same(tiny_lm: LM, tiny_reward: Path, tmp_path: Path) -> None:
