@@ -302,7 +302,8 @@ def _bench_row(steerer: Steerer, judge: Judge, teacher: Scorer, arm: Arm, change
     row: dict[str, Any] = {
         "arm": arm.name, "prompt_index": i, "seed": seed, "gate": s["gate"], "best_of": arm.best_of,
         "tau": s["tau"], "ratio_target": changes.get("ratio"), "text": result["text"], "tokens": s["tokens"],
-        "ratio": s["ratio"], "junctions": s["junctions"], "changed": s["changed"], "wall_seconds": detail["wall_seconds"],
+        "ratio": s["ratio"], "junctions": s["junctions"], "changed": s["changed"], "strength": s.get("strength"),
+        "wall_seconds": detail["wall_seconds"],
         "reward": _final_reward(steerer, teacher, prompt, result["text"], detail["token_ids"]), "judge": judge(prompt, [result["text"]])[0],
         "kl_per_token": s["kl_per_token"], "finish_reason": result["finish_reason"],
         # the base model's perplexity of the answer: read during the decode, except under a control vector, whose
