@@ -1,11 +1,13 @@
 """The prompt sets the package ships, and prompt files a user gives: read in one place.
 
-- calibration: varied tasks and tones, decoded unsteered to calibrate tau (`calibrate.py`);
+- calibration: varied tasks and tones, decoded unsteered to calibrate tau (`calibrate.py`) and each objective's strength
+  (`strength.py`: the reward scored, not applied);
 - bench: 50 prompts, many about annoying or sad situations, so a tone objective has room to move (`sia bench`);
 - distill: 1,100 prompts, 220 situations from many parts of life x 24 kinds of request x 12 registers, disjoint from
   the two above (`sia vm distill`);
 - heldout: 70 prompts of other situations, asked in other ways: evaluation only (`scripts/study/head_vs_teacher.py`); no code
-  fits on them, but the heads' spread scaling was adopted after looking at their figures (docs/value-heads.md).
+  fits on them, but the heads' spread scaling was adopted after looking at their figures (docs/value-heads.md), and with
+  bench they chose what a weight of 1 means (`scripts/study/strength_curve.py`).
 - eval: 600 prompts, 120 situations that no other set mentions, each asked 5 ways (`scripts/data/make_eval_prompts.py`):
   `sia eval`'s default; nothing is calibrated, distilled, tuned or chosen on them.
 A user's file is JSONL ({"prompt": ...} per line) or plain text (one prompt a line).
