@@ -65,7 +65,7 @@ def measure(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None]
     prompts = calibration_prompts()
     unit = mix_weight(steerer.scorer)
     for i, prompt in enumerate(prompts):
-        g = probe.generate(prompt, seed=i)
+        g = probe.generate(prompt, seed=i, raw=not steerer.lm.has_chat_template)  # as calibration decodes them
         for info in g.trace or ():
             if info.junction and info.rewards is not None and info.p_base is not None:
                 logp.append([round(float(v), 5) for v in np.log(np.maximum(info.p_base, 1e-12))])

@@ -93,3 +93,12 @@ def test_raw_scale_where_asked_or_not_steering(tiny_lm: LM, tiny_reward: Path) -
     assert s.generate(PROMPT, gate="none").stats.strength is None
     with pytest.raises(ConfigError, match="strength"):
         SteerConfig(strength="loud")
+
+
+def test_a_model_without_a_chat_template_is_measured_on_plain_text(tiny_reward: Path, tmp_path: Path) -> None:
+    """As tau's calibration does: the calibration prompts go in as plain text (Gemma 3's package GGUF has no template)."""
+    from tests.tiny_models import write_tiny_gguf
+
+    lm = LM(write_tiny_gguf(tmp_path / "plain.gguf", chat_template=None), n_ctx=512)
+    g = Steerer(lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=0.5, seed=2, max_tokens=8)).generate(PROMPT, raw=True)
+    assert g.stats.strength is not None and g.stats.strength > 0
