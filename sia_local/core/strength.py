@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ..errors import ContextLengthError
 from ..paths import cache_dir, write_atomic
 from .calibrate import TOKENS_PER_PROMPT, calibration_prompts
 from .config import SteerConfig
@@ -65,7 +66,10 @@ def measure(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None]
     prompts = calibration_prompts()
     unit = mix_weight(steerer.scorer)
     for i, prompt in enumerate(prompts):
-        g = probe.generate(prompt, seed=i, raw=not steerer.lm.has_chat_template)  # as calibration decodes them
+        try:
+            g = probe.generate(prompt, seed=i, raw=not steerer.lm.has_chat_template)  # as calibration decodes them
+        except ContextLengthError:
+            continue  # a context smaller than this prompt (a tiny --ctx-size): measured on the prompts that fit
         for info in g.trace or ():
             if info.junction and info.rewards is not None and info.p_base is not None:
                 logp.append([round(float(v), 5) for v in np.log(np.maximum(info.p_base, 1e-12))])
