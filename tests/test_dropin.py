@@ -83,6 +83,7 @@ def test_arguments_it_cannot_honour_are_refused(tiny_gguf: Path, tiny_reward: Pa
     wide = llm.create_chat_completion(messages=messages, max_tokens=2, top_k=40, seed=4)  # llama-cpp-python's habitual top_k: a
     assert wide["sia"]["top_k"] == k  # truncation wider than SIA's k candidates changes nothing, and never becomes SIA's k
     narrow = llm.create_completion("Once", max_tokens=6, top_k=1, temperature=1.0, seed=4, min_p=0.0)  # top_k 1: greedy, whatever T
+    llm.steerer.config = llm.steerer.config.replace(gate="none")  # the model's own greedy answer (steering may change a greedy pick)
     greedy = llm.create_completion("Once", max_tokens=6, temperature=0.0, seed=9, min_p=0.0)
     assert narrow["choices"][0]["text"] == greedy["choices"][0]["text"] and narrow["sia"]["top_k"] == k
     assert ok["choices"][0]["message"]["role"] == "assistant" and llm.n_ctx() == 256  # the Llama's own attributes pass through

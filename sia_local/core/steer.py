@@ -20,6 +20,7 @@ __all__ = ["Steerer", "Stream", "Generation", "Piece", "Stats", "TokenInfo", "Se
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator, Sequence
@@ -78,6 +79,7 @@ class Steerer:
         self.announce = announce or _to_stderr  # says so before a calibration starts (it takes seconds to minutes)
         self._taus: dict[tuple[int, float], float] = {}
         self._strengths: dict[tuple[str, int], Strength] = {}  # (scorer, k) -> its measured strength on this model
+        self._measuring = threading.Lock()  # requests from several threads: one measurement at a time on the model's context
         self.calibration_seconds = 0.0  # what the last resolve_tau spent calibrating (0 when the profile was cached)
         # `--vector NAME[:scale]` -> (vector, scale, key): set by `runtime.build_steerer` (heads.vectors.resolver)
         self.vectors: Callable[[str], tuple[Any, float, Any]] | None = None
@@ -86,7 +88,7 @@ class Steerer:
         """The same model, settings and calibrations with another scorer (a request's own mix of objectives)."""
         other = Steerer(self.lm, scorer, self.config, announce=self.announce)
         other._taus = self._taus  # calibrations are the model's, whatever scores the candidates
-        other._strengths = self._strengths  # keyed by scorer
+        other._strengths, other._measuring = self._strengths, self._measuring  # keyed by scorer; one measurement at a time
         other.vectors = self.vectors
         return other
 
@@ -167,6 +169,13 @@ class Steerer:
         if not config.steers() or config.strength != "junction" or config.normalize or self.scorer is None:
             return None
         key = (strength.scorer_key(self.scorer), config.top_k)
+        if key in self._strengths:
+            return self._strengths[key].multiplier
+        with self._measuring:
+            return self._measure_strength(key, config, progress)
+
+    def _measure_strength(self, key: tuple[str, int], config: SteerConfig, progress: Callable[[int, int], None] | None) -> float:
+        assert self.scorer is not None
         if key not in self._strengths:
             name = self.scorer.info().name
             fresh = not strength.is_measured(self, config.top_k)

@@ -64,19 +64,22 @@ def measure(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None]
     logp: list[list[float]] = []
     rewards: list[list[float]] = []
     prompts = calibration_prompts()
+    complete = True  # every prompt decoded to its length or its end: what a cache entry must be (not a tiny context's share)
     unit = mix_weight(steerer.scorer)
     for i, prompt in enumerate(prompts):
         try:
             g = probe.generate(prompt, seed=i, raw=not steerer.lm.has_chat_template)  # as calibration decodes them
         except ContextLengthError:
+            complete = False
             continue  # a context smaller than this prompt (a tiny --ctx-size): measured on the prompts that fit
+        complete = complete and g.stats.finish_reason != "context"
         for info in g.trace or ():
             if info.junction and info.rewards is not None and info.p_base is not None:
                 logp.append([round(float(v), 5) for v in np.log(np.maximum(info.p_base, 1e-12))])
                 rewards.append([round(float(v) / unit, 5) for v in info.rewards])
         if progress:
             progress(i + 1, len(prompts))
-    data = {"logp": logp, "rewards": rewards}
+    data = {"logp": logp, "rewards": rewards, "complete": complete}
     return strength_from(logp, rewards, time.perf_counter() - start), data
 
 
@@ -147,6 +150,8 @@ def cached(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None] 
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not measured yet, or a damaged entry: measured again
     found, data = measure(steerer, top_k, progress)
+    if not data["complete"]:
+        return found  # measured in a context too small for the calibration prompts: for this steerer only, never cached
     file.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(file, json.dumps({"model": str(steerer.lm.path), "top_k": top_k, "scorer": steerer.scorer.info().name,
                                    "key": scorer_key(steerer.scorer)[:400], "seconds": round(found.seconds, 2), **data}))

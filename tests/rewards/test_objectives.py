@@ -129,8 +129,10 @@ def test_objectives_on_one_embedder_run_it_once_per_junction(tiny_gguf: Path) ->
     good, bad = _examples()
     fit_objective("polite", good=good, bad=bad, describe="Answer politely.")
     mix = load_objectives(["kind", "polite:0.5"], provider="cpu")
+    steerer = _steerer(tiny_gguf, mix)
+    steerer.resolve_strength(steerer.config)  # the mix's junction strength, measured once on the calibration prompts
     before = mix.embedder.runs  # kind's scale was measured at load
-    g = _steerer(tiny_gguf, mix).generate("Hi", seed=1, trace=True)
+    g = steerer.generate("Hi", seed=1, trace=True)
     assert g.stats.reward_calls == g.stats.junctions > 0 and mix.embedder.runs - before == g.stats.reward_calls  # two objectives, one run a junction
     assert set(g.stats.objectives or {}) == {"kind", "polite"} and g.trace and set(g.trace[0].objectives or {}) == {"kind", "polite"}
     # the combined reward is sum_j w_j (r_j - mean_j) / std_j, each on its card's scale
