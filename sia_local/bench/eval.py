@@ -165,7 +165,9 @@ def comparisons(arms: Sequence[Arm], ratio: float) -> list[tuple[str, str]]:
     vec = f"vector+sia@{ratio:g}"
     wanted = [(sia, "base"), ("prompt", "base"), (sia, "prompt"), (both, "prompt"), (sia, rnd), ("dense", "base"), (both, "base"),
               ("vector", "base"), (sia, "vector"), (vec, "vector")]
-    return [(a, b) for a, b in wanted if a in names and b in names]
+    gates = [n for n in sorted(names) if f"random-{n.partition('@')[0]}@{n.partition('@')[2]}" in names]  # the gate study: each gate vs chance
+    wanted += [pair for n in gates for pair in ((n, f"random-{n}"), (n, "base"), (n, sia))]
+    return list(dict.fromkeys((a, b) for a, b in wanted if a in names and b in names and a != b))
 
 
 @dataclass
@@ -206,7 +208,9 @@ def evaluate(steerer: Steerer, prompts: Sequence[str], arms: Sequence[Arm], judg
             continue
         junctions = sum(r["junctions"] for r in rs)
         cost = result.summary["arms"].get(arm.name, {}).get("cost_vs_base")
+        tokens = sum(r["tokens"] for r in rs)
         report["arms"][arm.name] = {"rows": len(rs), "ratio": float(np.mean([r["ratio"] for r in rs])),
+                                    "scored": sum(r.get("reward_calls", 0) for r in rs) / tokens if tokens else 0.0,  # steps scored a token
                                     "change_rate": sum(r["changed"] for r in rs) / junctions if junctions else None, "cost_vs_base": cost,
                                     **{m: _mean([r.get(m) for r in rs]) for m in metrics}}
     for a, b in comparisons(arms, ratio):
@@ -249,12 +253,12 @@ def markdown(report: dict[str, Any]) -> str:
     for name, cell in report["comparisons"].items():
         n = next((d["prompts"] for d in cell.values() if d), 0)
         lines.append(f"| {name} | " + " | ".join(_cell(cell.get(m)) for m in metrics) + f" | {n} |")
-    lines += ["", "| arm | rows | realised ratio | change rate | cost × base | " + " | ".join(judges) + " | log-perplexity | distinct-2 |",
-              "|" + "---|" * (len(judges) + 7)]
+    lines += ["", "| arm | rows | realised ratio | scored a token | change rate | cost × base | " + " | ".join(judges) + " | log-perplexity | distinct-2 |",
+              "|" + "---|" * (len(judges) + 8)]
     for name, v in report["arms"].items():
         def num(x: Any, fmt: str = ".3f") -> str:
             return "–" if x is None else format(x, fmt)
-        lines.append(f"| {name} | {v['rows']} | {v['ratio']:.2f} | {num(v['change_rate'], '.2f')} | {num(v['cost_vs_base'], '.2f')} | "
+        lines.append(f"| {name} | {v['rows']} | {v['ratio']:.2f} | {num(v.get('scored'), '.2f')} | {num(v['change_rate'], '.2f')} | {num(v['cost_vs_base'], '.2f')} | "
                      + " | ".join(num(v.get(f"judge:{j}")) for j in judges) + f" | {num(v['log_perplexity'])} | {num(v['distinct_2'])} |")
     return "\n".join(lines)
 

@@ -105,7 +105,8 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
     """Arms by name: any of `default_arms`; `sia@R`, `random@R`, `tau@R`, `prompt`, `prompt+sia@R` for any ratio R (the
     prompt arms put the objective's description in as a system message: would asking have done the same?; `tau@R`
     is the paper's fixed threshold, the tau calibrated for R without the online ratio control, and `random-tau@R`
-    random gating at the ratio `tau@R` realised); or any registered gate's name (that gate with the run's settings)."""
+    random gating at the ratio `tau@R` realised); `GATE@R` for any registered gate at ratio R (`value@0.2`) and `random-GATE@R`
+    random gating at the ratio it realised; or any registered gate's name (that gate with the run's settings)."""
     grid = {a.name: a for a in default_arms(max_tokens)}
     out = []
     for name in names:
@@ -128,10 +129,14 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
             out.append(Arm(name, "entropy", ratio=ratio, fixed=True))
         elif kind == "random-tau" and ratio is not None and not prompted:
             out.append(Arm(name, "random", match=f"tau@{ratio:g}"))
+        elif kind in gate_names() and ratio is not None:
+            out.append(Arm(name, kind, ratio=ratio, prompted=bool(prompted)))
+        elif kind.startswith("random-") and kind[7:] in gate_names() and ratio is not None and not prompted:
+            out.append(Arm(name, "random", match=f"{kind[7:]}@{ratio:g}"))
         elif name in gate_names():
             out.append(Arm(name, name))
         else:
-            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, vector, vector+sia@R, sia@R, random@R, tau@R, random-tau@R or a gate "
+            raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, vector, vector+sia@R, sia@R, random@R, tau@R, random-tau@R, GATE@R, random-GATE@R or a gate "
                                                        f"({', '.join(gate_names())})")
     return out
 

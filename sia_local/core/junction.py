@@ -106,7 +106,10 @@ class Junction:
 
 
 class Gate(Protocol):
-    """Decides, from the step index and the entropy, whether a step is a junction."""
+    """Decides, from the step index and the entropy, whether a step is a junction.
+
+    A gate may also have `keep(z, added, temperature) -> bool`: asked after the step was scored, whether to steer
+    it after all (`ValueGate`); a scored step it does not keep is drawn from the base model."""
 
     def __call__(self, step: int, h: float) -> bool: ...
 
@@ -163,6 +166,55 @@ class ControlledEntropyGate:
         hit = h >= self.threshold()
         self.error = min(max(self.error + hit - self.ratio, -self.bound), self.bound)
         return hit
+
+
+SCREEN = 2.0  # the value gate scores this many times the asked ratio of steps, and steers the part of them where steering gains most
+
+
+def expected_gain(z: np.ndarray, added: np.ndarray, temperature: float = 1.0) -> float:
+    """How much steering raises the expected added score at one step: E_steered[a] - E_base[a] with a = w·m·r added
+    to the logits z (>= 0: tilting a distribution towards a never lowers its mean). Large where the candidates the
+    model finds plausible differ in reward; zero where they agree or one candidate is certain. Greedy counts as T = 1."""
+    t = temperature or 1.0
+    p, q = softmax(z / t), softmax((z + added) / t)
+    return float(((q - p) * added).sum())
+
+
+class ValueGate:
+    """Steer where the reward would move the draw most: entropy screens, the reward's expected gain decides.
+
+    The entropy gate picks steps where the model is unsure, whether or not the objective cares what it picks there.
+    With a near-free scorer (a value head) more steps can be scored than steered: this gate scores the steps its
+    `screen` gate picks (SCREEN x the asked ratio, the highest-entropy ones) and steers those whose `expected_gain`
+    is in the top share of the gains this answer has seen, so that the asked ratio is steered. The threshold is a
+    quantile of the answer's own gains (no units, whatever the objective), shifted by a bounded controller on the
+    steered share as `ControlledEntropyGate` shifts tau (`gain`: quantile per junction of surplus). Scoring costs
+    what the entropy gate costs at the screened share; a step scored and not kept is a reward call, not a junction.
+    """
+
+    def __init__(self, screen: Gate, ratio: float, scored: float, gain: float = 0.25, bound: float = 1.2) -> None:
+        self.screen, self.ratio, self.gain, self.bound = screen, ratio, gain, bound
+        self.level = 1.0 - min(ratio / scored, 1.0) if scored > 0 else 0.0  # the quantile of the seen gains a kept step reaches
+        self.error = 0.0  # steered - ratio x steps, within +-bound
+        self.gains: list[float] = []
+
+    def __call__(self, step: int, h: float) -> bool:
+        hit = self.screen(step, h)
+        if not hit:
+            self._count(False)
+        return hit
+
+    def keep(self, z: np.ndarray, added: np.ndarray, temperature: float) -> bool:
+        """Whether a scored step is steered: its gain against the quantile of the gains seen so far (the first one is, if it gains)."""
+        g = expected_gain(z, added, temperature)
+        level = min(max(self.level + self.gain * self.error, 0.0), 1.0)
+        hit = g > 1e-12 and (not self.gains or g >= float(np.quantile(self.gains, level)))  # where nothing is gained, nothing is steered
+        self.gains.append(g)
+        self._count(hit)
+        return hit
+
+    def _count(self, steered: bool) -> None:
+        self.error = min(max(self.error + steered - self.ratio, -self.bound), self.bound)
 
 
 class DenseGate:
@@ -233,6 +285,7 @@ class GateSpec:
         uses_tau: the gate needs tau (given, or calibrated from `ratio`) before it is built.
         uses_ratio: the gate reads `config.ratio` directly (it must then be set).
         steers: the gate can mark junctions, so a reward model is needed.
+        screen: tau is calibrated for `screen` x the ratio (a gate that scores more steps than it steers).
     """
 
     name: str
@@ -241,15 +294,16 @@ class GateSpec:
     uses_tau: bool = False
     uses_ratio: bool = False
     steers: bool = True
+    screen: float = 1.0
 
 
 _GATES: dict[str, GateSpec] = {}
 
 
 def register_gate(name: str, build: GateFactory, *, help: str = "", uses_tau: bool = False, uses_ratio: bool = False,
-                  steers: bool = True) -> GateSpec:
+                  steers: bool = True, screen: float = 1.0) -> GateSpec:
     """Make a gate available everywhere by name; re-registering a name replaces it."""
-    spec = GateSpec(name, build, help, uses_tau, uses_ratio, steers)
+    spec = GateSpec(name, build, help, uses_tau, uses_ratio, steers, screen)
     _GATES[name] = spec
     return spec
 
@@ -283,8 +337,24 @@ def _entropy(config: GateSettings, tau: float | None, seed: int) -> Gate:
     return ControlledEntropyGate(tau, config.ratio, k=config.top_k)
 
 
+def _value(config: GateSettings, tau: float | None, seed: int) -> Gate:
+    assert tau is not None
+    if config.ratio is None:  # only a tau: steer every step it screens (no share to keep)
+        return EntropyGate(tau)
+    scored = screened_ratio(config.ratio, SCREEN)
+    screen = EntropyGate(tau) if config.tau is not None else ControlledEntropyGate(tau, scored, k=config.top_k)
+    return ValueGate(screen, config.ratio, scored)
+
+
+def screened_ratio(ratio: float, screen: float) -> float:
+    """The share of steps a gate that screens `screen` x the ratio scores."""
+    return min(1.0, screen * ratio)
+
+
 register_gate("entropy", _entropy, help="H >= tau (the paper); with --ratio, tau starts calibrated and is steered online to realise the ratio",
               uses_tau=True)
+register_gate("value", _value, help=f"scores the {SCREEN:g}x --ratio highest-entropy steps and steers the --ratio where the reward's expected gain "
+              "is largest (costs as entropy at that share)", uses_tau=True, screen=SCREEN)
 register_gate("dense", lambda c, tau, seed: DenseGate(), help="every step: dense reward-guided decoding, as in ARGS (Khanov et al., 2024)")
 register_gate("none", lambda c, tau, seed: NoGate(), help="no step: base top-k sampling", steers=False)
 register_gate("random", _random, help="each step with probability --ratio (the matched-sparsity ablation)", uses_ratio=True)

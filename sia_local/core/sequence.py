@@ -126,10 +126,14 @@ class SequenceState:
                     parts = {name: [float(v) for v in _on_all(np.asarray(values), self._scored)] for name, values in parts.items()}
             if self.strength is not None:
                 r = r * self.strength
-            steered = self._z + cfg.weight * r
-            choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
-            kept = [float(x) for x in r]
-            kl = _kl(steered, self._z, cfg.temperature)
+            keep = getattr(self.gate, "keep", None)  # a gate that scores more steps than it steers (`junction.ValueGate`)
+            if keep is None or keep(self._z, cfg.weight * r, cfg.temperature):
+                steered = self._z + cfg.weight * r
+                choice = pick(steered, cfg.temperature, self._u, cfg.top_p)
+                kept = [float(x) for x in r]
+                kl = _kl(steered, self._z, cfg.temperature)
+            else:
+                self.junction, parts = False, None  # scored, drawn from the base model
         token = int(self._cand[choice])
         if self.lm.is_eog(token):
             self.stop_token = token

@@ -30,7 +30,7 @@ import numpy as np
 from .calibrate import is_calibrated, tau_for_ratio
 from .config import SteerConfig
 from ..errors import ConfigError, PromptError
-from .junction import gate_spec
+from .junction import gate_spec, screened_ratio
 from ..llama import LM, Message
 from ..llama.grammar import Grammar
 from .scorer import Scorer, steered_by
@@ -141,7 +141,11 @@ class Steerer:
     def gate_tau(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float | None:
         """The tau the gate gets: given, calibrated from the ratio, or None for gates that do not use it."""
         spec = gate_spec(config.gate)
-        return self.resolve_tau(config, progress) if spec is not None and spec.uses_tau else None
+        if spec is None or not spec.uses_tau:
+            return None
+        if spec.screen != 1.0 and config.tau is None and config.ratio is not None:  # it scores more steps than it steers
+            config = config.replace(ratio=screened_ratio(config.ratio, spec.screen))
+        return self.resolve_tau(config, progress)
 
     def resolve_tau(self, config: SteerConfig, progress: Callable[[int, int], None] | None = None) -> float:
         """tau from the config, or calibrated for `config.ratio` on this model (cached per model file and k).

@@ -57,7 +57,7 @@ def measure(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None]
     """Decode the calibration prompts with `steerer`'s scorer scored and not applied; the strength, and the junctions'
     base log-probabilities and rewards (per unit of mix weight) it was derived from."""
     cfg = SteerConfig(gate="entropy", ratio=MEASURE_RATIO, top_k=top_k, weight=0.0, max_tokens=TOKENS_PER_PROMPT, trace=True,
-                      strength="reference")
+                      logprobs=True, strength="reference")  # logprobs: the candidates' log p at full precision
     probe = steerer.with_scorer(steerer.scorer)
     probe.config = cfg
     start = time.perf_counter()
@@ -74,8 +74,8 @@ def measure(steerer: "Steerer", top_k: int, progress: Callable[[int, int], None]
             continue  # a context smaller than this prompt (a tiny --ctx-size): measured on the prompts that fit
         complete = complete and g.stats.finish_reason != "context"
         for info in g.trace or ():
-            if info.junction and info.rewards is not None and info.p_base is not None:
-                logp.append([round(float(v), 5) for v in np.log(np.maximum(info.p_base, 1e-12))])
+            if info.junction and info.rewards is not None and info.top_logprobs is not None:
+                logp.append([round(float(v), 5) for v in info.top_logprobs])  # over the vocabulary: a constant off the k's own, same spread
                 rewards.append([round(float(v) / unit, 5) for v in info.rewards])
         if progress:
             progress(i + 1, len(prompts))

@@ -43,6 +43,13 @@ def test_the_arms_and_comparisons_a_user_asks_about() -> None:
     assert [a.name for a in arms] == ["base", "prompt", "sia@0.2", "random@0.2", "dense", "prompt+sia@0.2"]
     assert ("sia@0.2", "random@0.2") in comparisons(arms, 0.2) and ("prompt+sia@0.2", "prompt") in comparisons(arms, 0.2)
     assert comparisons(eval_arms(0.2, ["base", "sia@0.2"]), 0.2) == [("sia@0.2", "base")]
+    study = eval_arms(0.2, ["base", "sia@0.2", "random@0.2", "value@0.2", "random-value@0.2", "tau@0.2", "random-tau@0.2"])
+    by_name = {a.name: a for a in study}
+    assert (by_name["value@0.2"].gate, by_name["value@0.2"].ratio) == ("value", 0.2)
+    assert (by_name["random-value@0.2"].gate, by_name["random-value@0.2"].match) == ("random", "value@0.2")
+    pairs = comparisons(study, 0.2)  # the gate study: every gate against chance at the ratio it realised, and against entropy
+    assert {("sia@0.2", "random@0.2"), ("value@0.2", "random-value@0.2"), ("value@0.2", "sia@0.2"), ("tau@0.2", "random-tau@0.2")} <= set(pairs)
+    assert len(pairs) == len(set(pairs))
 
 
 def test_sia_eval_runs_resumes_and_reports_intervals(tiny_gguf: Path, tiny_reward: Path, tmp_path: Path) -> None:
