@@ -5,6 +5,9 @@ ratio that gate realised (`random@R` for `sia@R`, `random-GATE@R` for `GATE@R`),
     sia eval --seeds 2 -n 48 --parallel 4 --arms base,sia@0.2,random@0.2,tau@0.2,random-tau@0.2,value@0.2,random-value@0.2 -o gate-smollm2
     sia eval -m gemma3-270m:q4_k_m --seeds 2 -n 48 --parallel 4 --arms base,sia@0.2,random@0.2,value@0.2,random-value@0.2 -o gate-gemma
     python scripts/study/gate_study.py SmolLM2=gate-smollm2 "Gemma 3=gate-gemma" --json scripts/results/gate_study_eval.json
+
+With `--plot FILE`: the effect / cost curve, each gate's first-judge gain over base against the steps it scored per
+token (what a junction costs), one line per gate over the ratios the folders hold.
 """
 
 from __future__ import annotations
@@ -14,11 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def matched_random(arm: str) -> str:
-    """The random arm at the ratio `arm` realised, as `sia eval` names it."""
-    kind, _, ratio = arm.partition("@")
-    return f"random@{ratio}" if kind == "sia" else f"random-{kind}@{ratio}"
+from sia_local.bench.eval import chance_arm
 
 
 def cell(d: dict[str, Any] | None) -> str:
@@ -40,7 +39,7 @@ def table(runs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
         for arm in arms:
             if arm == "base" or arm.startswith("random") or "@" not in arm or arm.startswith(("prompt", "vector")):
                 continue
-            rnd = matched_random(arm)
+            rnd = chance_arm(arm)
             vs_base, vs_random = comps.get(f"{arm} vs base", {}), comps.get(f"{arm} vs {rnd}", {})
             a = arms[arm]
             row = {"arm": arm, "matched": rnd if rnd in arms else None, **{k: a.get(k) for k in ("rows", "ratio", "scored", "change_rate", "cost_vs_base")},
@@ -57,10 +56,42 @@ def table(runs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     return lines, out
 
 
+def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
+    for ax, (label, report) in zip(axes[0], runs.items()):
+        judge = "judge:" + report["setup"]["judges"][0]["name"]
+        lines: dict[str, list[tuple[float, float, float, str]]] = {}
+        for arm, a in report["arms"].items():
+            d = report["comparisons"].get(f"{arm} vs base", {}).get(judge)
+            if d is None or arm.startswith(("prompt", "vector")):
+                continue
+            kind = arm.partition("@")[0]
+            lines.setdefault(kind, []).append((a.get("scored") or 0.0, d["mean_diff"], 1.96 * d["se"], arm))
+        for kind, points in sorted(lines.items()):
+            points.sort()
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=kind)
+            for x, y, _, arm in points:
+                ax.annotate(arm.partition("@")[2], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("steps scored per token (the reward's cost)")
+        ax.set_ylabel(f"{judge.removeprefix('judge:')} gain over base (95 %)")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="LABEL=FOLDER (a `sia eval` output folder)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="the effect / cost curve (PNG)")
     args = ap.parse_args()
     runs = {}
     for spec in args.runs:
@@ -70,6 +101,8 @@ def main() -> None:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+    if args.plot:
+        plot(runs, args.plot)
 
 
 if __name__ == "__main__":

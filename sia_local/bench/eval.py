@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core.steer import Steerer
 from ..errors import ConfigError, MissingPackageError
+from ..core.junction import DEFAULT_GATE
 from .grid import Arm, Judge, VaderJudge, distinct_n, objective_prompt_of, paired, run_grid, select_arms
 
 Z95 = 1.96
@@ -151,23 +152,35 @@ def judges_for(steerer: Steerer, objective: str | None, good: Sequence[str] = ()
                       "fitted on) for a bag-of-words judge, or --judge DIR (a reward folder)")
 
 
+def steered_arm(ratio: float) -> str:
+    """The arm of the default gate at ratio R: `sia@R` (the paper's entropy gate) or `GATE@R`."""
+    return f"sia@{ratio:g}" if DEFAULT_GATE == "entropy" else f"{DEFAULT_GATE}@{ratio:g}"
+
+
 def eval_arms(ratio: float, names: Sequence[str] | None = None, max_tokens: int = 48, *, vector: bool = False) -> list[Arm]:
-    """base, prompt, sia@R, random@R (at the ratio SIA realised), dense, prompt+sia@R, and with a control vector
-    vector and vector+sia@R; or the named ones."""
-    default = ["base", "prompt", f"sia@{ratio:g}", f"random@{ratio:g}", "dense", f"prompt+sia@{ratio:g}"]
-    return select_arms(list(names) if names else default + (["vector", f"vector+sia@{ratio:g}"] if vector else []), max_tokens)
+    """base, prompt, the default gate at R, random gating at the ratio it realised, dense, prompt + the gate, and with a
+    control vector vector and vector + the gate; or the named ones."""
+    sia = steered_arm(ratio)
+    default = ["base", "prompt", sia, chance_arm(sia), "dense", f"prompt+{sia}"]
+    return select_arms(list(names) if names else default + (["vector", f"vector+{sia}"] if vector else []), max_tokens)
 
 
 def comparisons(arms: Sequence[Arm], ratio: float) -> list[tuple[str, str]]:
     """The paired comparisons a user asks about, among the arms that ran."""
     names = {a.name for a in arms}
-    sia, rnd, both = f"sia@{ratio:g}", f"random@{ratio:g}", f"prompt+sia@{ratio:g}"
-    vec = f"vector+sia@{ratio:g}"
+    sia = steered_arm(ratio)
+    rnd, both, vec = chance_arm(sia), f"prompt+{sia}", f"vector+{sia}"
     wanted = [(sia, "base"), ("prompt", "base"), (sia, "prompt"), (both, "prompt"), (sia, rnd), ("dense", "base"), (both, "base"),
               ("vector", "base"), (sia, "vector"), (vec, "vector")]
-    gates = [n for n in sorted(names) if f"random-{n.partition('@')[0]}@{n.partition('@')[2]}" in names]  # the gate study: each gate vs chance
-    wanted += [pair for n in gates for pair in ((n, f"random-{n}"), (n, "base"), (n, sia))]
+    gates = sorted(n for n in names if "@" in n and not n.startswith(("random", "prompt", "vector")))  # the gate study: each gate at each ratio
+    wanted += [pair for n in gates for pair in ((n, "base"), (n, chance_arm(n)), (n, sia), (n, f"sia@{ratio:g}"))]
     return list(dict.fromkeys((a, b) for a, b in wanted if a in names and b in names and a != b))
+
+
+def chance_arm(arm: str) -> str:
+    """The random arm at the ratio `arm` realised: random@R for sia@R, random-GATE@R for GATE@R."""
+    kind, _, ratio = arm.partition("@")
+    return f"random@{ratio}" if kind == "sia" else f"random-{kind}@{ratio}"
 
 
 @dataclass

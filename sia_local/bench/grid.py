@@ -117,8 +117,8 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
             out.append(Arm("prompt", "none", prompted=True))
         elif name == "vector":
             out.append(Arm("vector", "none", vectored=True))
-        elif name.startswith("vector+sia@"):
-            out.append(Arm(name, "entropy", ratio=_ratio(name.partition("@")[2], name), vectored=True))
+        elif name.startswith("vector+") and "@" in name and _gate_of(name[7:].partition("@")[0]):
+            out.append(Arm(name, _gate_of(name[7:].partition("@")[0]), ratio=_ratio(name.partition("@")[2], name), vectored=True))
         elif name in grid and not prompted:
             out.append(grid[name])
         elif kind == "sia" and ratio is not None:
@@ -139,6 +139,11 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
             raise ConfigError(f"unknown arm {name!r}", f"choose from {', '.join(grid)}, prompt, prompt+sia@R, vector, vector+sia@R, sia@R, random@R, tau@R, random-tau@R, GATE@R, random-GATE@R or a gate "
                                                        f"({', '.join(gate_names())})")
     return out
+
+
+def _gate_of(kind: str) -> str | None:
+    """The gate an arm's name means: `sia` is the paper's entropy gate, else a registered gate's name."""
+    return "entropy" if kind == "sia" else kind if kind in gate_names() else None
 
 
 def _ratio(text: str, name: str) -> float:

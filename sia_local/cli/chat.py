@@ -16,7 +16,7 @@ import click
 
 from ..core.config import parse_value, settings
 from ..errors import SiaError
-from ..core.junction import gate_names
+from ..core.junction import DEFAULT_GATE, gate_names
 from ..runtime import ScorerSettings, load_scorer
 from ..core.scorer import Scorer
 from ..core.steer import Generation, Piece, Steerer
@@ -129,7 +129,7 @@ class ChatSession:
         self._reward = Objectives([parse_objective(part) for part in arg.split()])
         self.steerer.scorer = self._reward
         if self.steerer.config.gate == "none":
-            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else DEFAULT_GATE)
         return f"objectives {self._reward.name}"
 
     def _reward_command(self, arg: str) -> str:
@@ -141,12 +141,12 @@ class ChatSession:
             if self._reward is None:
                 return "no reward model loaded; /reward DIR loads one"
             self.steerer.scorer = self._reward
-            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else DEFAULT_GATE)
             return f"reward on ({self._reward.name}), gate {self.steerer.config.gate}"
         self._reward = load_scorer(ScorerSettings(path=arg), self.steerer.lm)
         self.steerer.scorer = self._reward
         if self.steerer.config.gate == "none":
-            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else "entropy")
+            self._set(gate=self._gate_before_off if self._gate_before_off != "none" else DEFAULT_GATE)
         return f"reward {self._reward.name} on {self._reward.provider}"
 
 

@@ -54,8 +54,8 @@ def calibrate(lm: LMSettings, top_k: int, temperature: float, ratios: tuple[floa
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
 @click.option("--judge", type=click.Path(path_type=Path), default=None, help="Reward folder to judge with [default: VADER sentiment].")
 @click.option("--arms", default=None, help="Comma-separated arms to run: grid names (base, sia@0.2, random@0.2, dense, bon-4, ...), tau@R (the tau "
-                                           "calibrated for R, fixed), random-tau@R (random at the ratio tau@R realised), prompt and prompt+sia@R (the objective asked for in a system message), or any "
-                                           "gate name [default: the whole grid].")
+                                           "calibrated for R, fixed), random-tau@R (random at the ratio tau@R realised), GATE@R and random-GATE@R for any gate (value@0.2), "
+                                           "prompt and prompt+sia@R (the objective asked for in a system message), or any gate name [default: the whole grid].")
 @click.option("--objective-prompt", default=None, help="The system message of the prompt arms [default: the objective's own description].")
 @click.option("--raw", is_flag=True, help="Plain-text completions of the prompts, without the chat template (no system message exists then).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
@@ -120,8 +120,8 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
               help="JSONL ({\"prompt\": ...}) or text file [default: the 600 shipped eval prompts, which chose nothing].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Samples per prompt and arm (seeds 0..N-1).")
-@click.option("--arms", default=None, help="Comma-separated arms (as sia bench names them) [default: base, prompt, sia@R, random@R, dense, "
-                                           "prompt+sia@R at the run's --ratio].")
+@click.option("--arms", default=None, help="Comma-separated arms (as sia bench names them) [default: base, prompt, the default gate at R and random "
+                                           "gating at the ratio it realised, dense, prompt + that gate, at the run's --ratio].")
 @click.option("--good", "good_file", type=click.Path(path_type=Path), default=None,
               help="Good examples (one a line) for a bag-of-words judge: best those the objective was not fitted on.")
 @click.option("--bad", "bad_file", type=click.Path(path_type=Path), default=None, help="Bad examples for that judge.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from ..errors import ConfigError
-from .junction import DEFAULT_K, gate_names, gate_spec
+from .junction import DEFAULT_GATE, DEFAULT_K, gate_names, gate_spec
 
 
 STRENGTHS = ("junction", "reference")  # what a weight of 1 means (`core/strength.py`)
@@ -84,7 +84,7 @@ class SteerConfig:
     keep valid (structured output), applied before top-k, so junctions choose among valid tokens.
     """
 
-    gate: str = _s("entropy", Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
+    gate: str = _s(DEFAULT_GATE, Setting("where to steer", str, "--gate", api="sia", chat=("gate",)))
     top_k: int = _s(DEFAULT_K, Setting("candidates per step, for the entropy and the reward", int, "--top-k", "-k", lo=1, hi=MAX_TOP_K, api="sia",
                                 chat=("top-k", "topk", "k")))
     weight: float = _s(1.0, Setting("w in s = z + w*m*r (m: --strength; weight 1 means the same push for every objective)", float, "--weight", "-w", lo=-1000.0, hi=1000.0, api="sia", chat=("weight",)))
@@ -168,14 +168,14 @@ class SteerConfig:
 
         The rules between settings live here, and only here: an explicit ratio clears tau unless tau is
         given too (then tau wins); a ratio or a tau given while the gate is "none" (and no gate is given)
-        asks for steering, so the gate becomes "entropy". The CLI, the server, batch rows, chat and bench
+        asks for steering, so the gate becomes the default one (`junction.DEFAULT_GATE`). The CLI, the server, batch rows, chat and bench
         all change settings through it.
         """
         given = {k: v for k, v in changes.items() if v is not None}
         if given.get("ratio") is not None and "tau" not in given:
             given["tau"] = None
         if "gate" not in given and self.gate == "none" and (given.get("ratio") is not None or given.get("tau") is not None):
-            given["gate"] = "entropy"
+            given["gate"] = DEFAULT_GATE
         return dataclasses.replace(self, **given) if given else self
 
     def steers(self) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 
 
 DEFAULT_K = 10  # candidates per step, the paper's k: SteerConfig's default, and every tool's that scores "a junction"
+DEFAULT_GATE = "entropy"  # where steering happens unless asked otherwise (SteerConfig, chat's /reward on, a ratio given with gate none)
 _BLOCK = 256  # top_k's block size: a few hundred blocks for a 49k-262k vocabulary
 
 
