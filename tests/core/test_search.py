@@ -24,7 +24,7 @@ def steerer(tiny_lm: LM, tiny_reward: Path) -> Steerer:
     return Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(tau=1.3, max_tokens=30, seed=10, trace=True))
 
 
-@pytest.mark.parametrize("gate", ["entropy", "none", "dense"])
+@pytest.mark.parametrize("gate", ["entropy", "none", "dense", "value"])
 def test_each_sequence_equals_its_single_run(steerer: Steerer, gate: str) -> None:
     result = best_of_n(steerer, PROMPT, 4, gate=gate)
     assert [c.index for c in result.candidates] == [0, 1, 2, 3]
