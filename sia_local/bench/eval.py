@@ -201,7 +201,8 @@ def evaluate(steerer: Steerer, prompts: Sequence[str], arms: Sequence[Arm], judg
         objective_prompt = objective_prompt or objective_prompt_of(steerer.scorer)
     result = run_grid(steerer, judges[0], prompts, arms, out_dir, seeds=seeds, progress=progress, plots=False, objective_prompt=objective_prompt,
                       **grid)
-    rows = result.rows
+    asked = {a.name for a in arms}  # a folder may hold more (other seeds, arms, prompts): the report is of what was asked
+    rows = [r for r in result.rows if r["seed"] in seeds and r["prompt_index"] < len(prompts) and r["arm"] in asked]
     by_key: dict[str, list[float]] = {}
     for judge in judges:  # every judge scores every answer (lexicons and a linear model: seconds for thousands)
         scores = judge(prompts[0] if prompts else "", [r["text"] for r in rows])
