@@ -129,7 +129,7 @@ def select_arms(names: Sequence[str], max_tokens: int) -> list[Arm]:
             out.append(Arm(name, "entropy", ratio=ratio, fixed=True))
         elif kind == "random-tau" and ratio is not None and not prompted:
             out.append(Arm(name, "random", match=f"tau@{ratio:g}"))
-        elif kind in gate_names() and ratio is not None:
+        elif kind in gate_names() and kind != "random" and ratio is not None:  # random@R is matched to SIA (above), never a plain probability
             out.append(Arm(name, kind, ratio=ratio, prompted=bool(prompted)))
         elif kind.startswith("random-") and kind[7:] in gate_names() and ratio is not None and not prompted:
             out.append(Arm(name, "random", match=f"{kind[7:]}@{ratio:g}"))
