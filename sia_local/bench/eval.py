@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..core.junction import DEFAULT_GATE
 from ..core.steer import Steerer
 from ..errors import ConfigError, MissingPackageError
-from ..core.junction import DEFAULT_GATE
 from .grid import Arm, Judge, VaderJudge, distinct_n, objective_prompt_of, paired, run_grid, select_arms
 
 Z95 = 1.96

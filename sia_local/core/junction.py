@@ -342,7 +342,7 @@ def _value(config: GateSettings, tau: float | None, seed: int) -> Gate:
     assert tau is not None
     if config.ratio is None:  # only a tau: steer every step it screens (no share to keep)
         return EntropyGate(tau)
-    scored = screened_ratio(config.ratio, SCREEN)
+    scored = screened_ratio(config.ratio, SCREEN)  # what `Steerer.gate_tau` calibrated tau for (GateSpec.screen)
     screen = EntropyGate(tau) if config.tau is not None else ControlledEntropyGate(tau, scored, k=config.top_k)
     return ValueGate(screen, config.ratio, scored)
 
