@@ -4,9 +4,10 @@ As llama.cpp's own server does it: N slots share one context (`BatchContext`, on
 Every step is ONE `llama_decode` with the next token of every decoding slot and a chunk of any prompt
 being admitted (chunks of at most the batch's room, so running slots keep streaming while a long prompt
 goes in). Then every slot with fresh logits proposes (top-k, entropy, its own gate and uniform draw);
-the junctions of all slots are scored together, one call per scorer (one tapped early-exit decode over
-all their candidates for a head; one ONNX run for a reward; scorers that share an embedder run it once
-over all their texts, `Scorer.shared`); each slot commits its token. A slot that finishes, stops or
+the junctions of all slots are scored together, one call per scorer (for an early-exit head, one tapped decode
+of each slot's candidates in that slot's own branch context, then one run of the head; one ONNX run for a
+reward; scorers that share an embedder run it once over all their texts, `Scorer.shared`); each slot commits
+its token. A slot that finishes, stops or
 whose client leaves is free before the next step, and the queue's next request takes it. Its cells stay as a
 prompt cache, as in llama.cpp's server: a request is given the free slot that holds the longest start of its
 prompt (a chat's earlier turns, a shared system prompt), and only the rest of its prompt is decoded. (With a
