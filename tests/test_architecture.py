@@ -145,7 +145,8 @@ def test_a_registered_gate_works_in_generate(every_other_gate: str, tiny_gguf: P
 def test_a_registered_gate_works_in_server_chat_and_bench(every_other_gate: str, tiny_lm, tiny_reward: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from sia_local.bench.grid import VaderJudge, run_grid, select_arms
+    from sia_local.bench.grid import run_grid, select_arms
+    from sia_local.bench.judges import VaderJudge
     from sia_local.cli.chat import ChatSession
     from sia_local.core.config import SteerConfig
     from sia_local.rewards.reward import OnnxReward

@@ -13,7 +13,7 @@ import statistics
 import time
 
 from sia_local import SteerConfig, Steerer, load_default_lm, load_default_reward
-from sia_local.bench.grid import VaderJudge
+from sia_local.bench.judges import VaderJudge
 from sia_local.prompts import load_prompts
 from sia_local.heads.vm import ValueModel
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sia_local import load
-from sia_local.bench.grid import VaderJudge
+from sia_local.bench.judges import VaderJudge
 from sia_local.prompts import shipped
 
 

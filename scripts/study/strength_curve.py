@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sia_local.bench.eval import judges_for
+from sia_local.bench.judges import judges_for
 from sia_local.bench.grid import objective_prompt_of
 from sia_local.core.config import SteerConfig
 from sia_local.core.strength import JUNCTION_SPREAD

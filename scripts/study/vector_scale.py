@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sia_local.bench.eval import judges_for
+from sia_local.bench.judges import judges_for
 from sia_local.core.config import SteerConfig
 from sia_local.prompts import shipped
 from sia_local.runtime import LMSettings, build_steerer, load_lm

@@ -12,19 +12,16 @@ averaged within a prompt first), as a table, JSON and a plot.
 With a control vector (`--vector NAME[:scale]`, or the objective's own when it has one) the arms `vector` and
 `vector + SIA` join: the cheap alternative a user would reach for, and the two together.
 
-Judges: for a positive tone (`kind`), the sentiment lexicons that are installed (VADER, TextBlob, AFINN: the
-`judges` extra); for an objective fitted from examples, a bag-of-words judge fitted on examples the user gives
-(`--good` / `--bad`: best the half not used to fit the reward, so the judge shares neither features nor data with
-it); for the built-in `concise` and `formal`, a bag-of-words judge on their shipped examples (the reward's own
-data, other features: said in the output).
+Judges (`judges.py`): the sentiment lexicons for `kind`; for an objective fitted from examples, a bag-of-words judge on
+examples the user gives (`--good` / `--bad`: best the half not used to fit the reward); informal markers and the
+formality F-score for `formal`, lexical density for `concise`. A judge where lower is better says so (`lower_is_better`,
+a down arrow in the table).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,123 +30,11 @@ import numpy as np
 
 from ..core.junction import DEFAULT_GATE
 from ..core.steer import Steerer
-from ..errors import ConfigError, MissingPackageError
-from .grid import Arm, Judge, VaderJudge, distinct_n, objective_prompt_of, paired, run_grid, select_arms
+from ..errors import ConfigError
+from .grid import Arm, Judge, distinct_n, objective_prompt_of, paired, run_grid, select_arms
 
 Z95 = 1.96
 DEFAULT_SEEDS = 2
-
-
-class TextBlobJudge:
-    """TextBlob's pattern-lexicon polarity (-1 .. 1)."""
-
-    name = "textblob"
-
-    def __init__(self) -> None:
-        try:
-            from textblob import TextBlob
-        except ImportError:
-            raise MissingPackageError("the TextBlob judge needs the textblob package", 'pip install "sia-local[judges]"') from None
-        self._blob = TextBlob
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [float(self._blob(t).sentiment.polarity) for t in texts]
-
-
-class AfinnJudge:
-    """AFINN's word valences (-5 .. 5), summed and divided by the words: a long answer is not kinder for its length."""
-
-    name = "afinn"
-
-    def __init__(self) -> None:
-        try:
-            from afinn import Afinn
-        except ImportError:
-            raise MissingPackageError("the AFINN judge needs the afinn package", 'pip install "sia-local[judges]"') from None
-        self._afinn = Afinn()
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [float(self._afinn.score(t)) / max(1, len(t.split())) for t in texts]
-
-
-_WORD = re.compile(r"[a-z']+")
-
-
-def _grams(text: str) -> list[str]:
-    words = _WORD.findall(text.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-
-
-class BowJudge:
-    """A bag-of-words judge of an objective from good and bad examples: a logistic model on word and word-pair
-    frequencies (a vocabulary of those seen at least twice), its C chosen and its AUC reported by nested
-    cross-validation. Its features share nothing with the reward's sentence embedding; `data` says whether its
-    examples are the reward's own."""
-
-    def __init__(self, good: Sequence[str], bad: Sequence[str], *, name: str = "bow", data: str = "") -> None:
-        from ..rewards.objectives import MIN_PER_SIDE, fit_classifier
-
-        if min(len(good), len(bad)) < MIN_PER_SIDE:
-            raise ConfigError(f"the bag-of-words judge has {len(good)} good and {len(bad)} bad examples; it needs {MIN_PER_SIDE} of each",
-                              "pass more examples with --good / --bad")
-        counts = Counter(g for t in [*good, *bad] for g in set(_grams(t)))
-        self.vocab = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= 2))}
-        raw = self._features([*good, *bad])
-        # standardised columns: word frequencies are hundredths, so without this the chosen penalty shrinks every
-        # weight towards 0 and the judge's scores differ by ten-thousandths (its ranking intact, its scale unreadable)
-        self.mean, self.std = raw.mean(axis=0), raw.std(axis=0) + 1e-9
-        x = (raw - self.mean) / self.std
-        y = np.r_[np.ones(len(good)), np.zeros(len(bad))]
-        self.fit = fit_classifier(x, y)
-        self.name, self.data = name, data
-        self.auc = self.fit.cv_mean
-
-    def _features(self, texts: Sequence[str]) -> np.ndarray:
-        x = np.zeros((len(texts), len(self.vocab)))
-        for row, text in enumerate(texts):
-            grams = _grams(text)
-            for g in grams:
-                col = self.vocab.get(g)
-                if col is not None:
-                    x[row, col] += 1.0
-            x[row] /= max(1, len(grams))
-        return x
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        """The log-odds that each text is a good example (standardised word and word-pair frequencies)."""
-        return [float(v) for v in ((self._features(texts) - self.mean) / self.std) @ self.fit.w + self.fit.b]
-
-
-def tone_judges() -> list[Judge]:
-    """The sentiment lexicons that are installed (at least one, else one line saying what to install)."""
-    judges: list[Judge] = []
-    for make in (VaderJudge, TextBlobJudge, AfinnJudge):
-        try:
-            judges.append(make())
-        except (ConfigError, MissingPackageError):
-            continue
-    if not judges:
-        raise MissingPackageError("judging a positive tone needs a sentiment lexicon (VADER, TextBlob or AFINN)", 'pip install "sia-local[judges]"')
-    return judges
-
-
-def judges_for(steerer: Steerer, objective: str | None, good: Sequence[str] = (), bad: Sequence[str] = ()) -> list[Judge]:
-    """The independent judges of `objective` (the name the user steers with): the user's examples make a bag-of-words
-    judge; `kind` gets the lexicons; `concise` / `formal` a bag-of-words judge on their shipped examples."""
-    if good or bad:
-        return [BowJudge(good, bad, name=f"bow:{objective or 'objective'}", data="your examples")]
-    name = (objective or "kind").split(":")[0]
-    if name == "kind" or "positive, kind tone" in (getattr(steerer.scorer, "objective", None) or ""):
-        return tone_judges()
-    if name in ("concise", "formal"):
-        from importlib import resources
-
-        rows = [json.loads(line) for line in resources.files("sia_local.data").joinpath("objectives", f"{name}.jsonl").read_text(
-            encoding="utf-8").splitlines() if line.strip()]
-        return [BowJudge([r["text"] for r in rows if r["label"] == "good"], [r["text"] for r in rows if r["label"] == "bad"], name=f"bow:{name}",
-                         data="the reward's own examples (other features)")]
-    raise ConfigError(f"no independent judge is known for the objective {name!r}", "pass --good FILE --bad FILE (examples the reward was not "
-                      "fitted on) for a bag-of-words judge, or --judge DIR (a reward folder)")
 
 
 def steered_arm(ratio: float) -> str:
@@ -214,7 +99,8 @@ def evaluate(steerer: Steerer, prompts: Sequence[str], arms: Sequence[Arm], judg
         r["distinct_2"] = distinct_n([r["text"]], 2) if len(r["text"].split()) > 2 else None
     metrics = [f"judge:{j.name}" for j in judges] + ["log_perplexity", "distinct_2"]
     report = {"setup": {**result.summary.get("setup", {}), "seeds": list(seeds), "objective_prompt": objective_prompt,
-                        "judges": [{"name": j.name, "auc": getattr(j, "auc", None), "data": getattr(j, "data", None)} for j in judges]},
+                        "judges": [{"name": j.name, "auc": getattr(j, "auc", None), "data": getattr(j, "data", None),
+                                    "better": "lower" if getattr(j, "lower_is_better", False) else "higher"} for j in judges]},
               "arms": {}, "comparisons": {}}
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm.name]
@@ -260,8 +146,9 @@ def _cell(d: dict[str, Any] | None, digits: int = 3) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The comparisons × judges table (paired differences, 95 % intervals; ** = more than 2 SE from 0), then the arms."""
-    judges = [j["name"] for j in report["setup"]["judges"]]
-    metrics = [f"judge:{j}" for j in judges] + ["log_perplexity", "distinct_2"]
+    names = [j["name"] for j in report["setup"]["judges"]]
+    judges = [j["name"] + (" (lower is better)" if j.get("better") == "lower" else "") for j in report["setup"]["judges"]]
+    metrics = [f"judge:{j}" for j in names] + ["log_perplexity", "distinct_2"]
     head = "| comparison | " + " | ".join(judges) + " | base log-perplexity | distinct-2 | prompts |"
     lines = [head, "|" + "---|" * (len(metrics) + 2)]
     for name, cell in report["comparisons"].items():
@@ -273,7 +160,7 @@ def markdown(report: dict[str, Any]) -> str:
         def num(x: Any, fmt: str = ".3f") -> str:
             return "–" if x is None else format(x, fmt)
         lines.append(f"| {name} | {v['rows']} | {v['ratio']:.2f} | {num(v.get('scored'), '.2f')} | {num(v['change_rate'], '.2f')} | {num(v['cost_vs_base'], '.2f')} | "
-                     + " | ".join(num(v.get(f"judge:{j}")) for j in judges) + f" | {num(v['log_perplexity'])} | {num(v['distinct_2'])} |")
+                     + " | ".join(num(v.get(f"judge:{j}")) for j in names) + f" | {num(v['log_perplexity'])} | {num(v['distinct_2'])} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import statistics
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,40 +28,8 @@ from ..batch import run as batch_run
 from ..runtime import LMSettings
 from ..core.scorer import Scorer
 from ..core.steer import Steerer
+from .judges import Judge
 from .plots import write_plots
-
-
-class Judge(Protocol):
-    name: str
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]: ...
-
-
-class VaderJudge:
-    """VADER's compound sentiment (-1 .. 1): a lexicon scorer no steering reward here is fitted to."""
-
-    name = "vader"
-
-    def __init__(self) -> None:
-        try:
-            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        except ImportError:
-            raise ConfigError("the VADER judge needs the vadersentiment package", "pip install vadersentiment, or pass --judge DIR") from None
-        self._vader = SentimentIntensityAnalyzer()
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [self._vader.polarity_scores(t)["compound"] for t in texts]
-
-
-class RewardJudge:
-    """Any scorer (a reward folder, usually) as the judge: its score of each whole response."""
-
-    def __init__(self, reward: Scorer) -> None:
-        self.reward = reward
-        self.name = reward.name
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [float(x) for x in self.reward.score_responses(prompt, [], [(t, []) for t in texts])]
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
     if ctx.invoked_subcommand is not None:
         ctx.obj = (lm, steering)
         return
-    from ..bench.grid import RewardJudge, VaderJudge, default_arms, markdown_table, run_grid, select_arms
+    from ..bench.grid import default_arms, markdown_table, run_grid, select_arms
+    from ..bench.judges import RewardJudge, VaderJudge
     from ..prompts import load_prompts
     from ..rewards.reward import OnnxReward
     from ..runtime import load_scorer
@@ -142,9 +143,9 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     sia eval -r register --good b_good.txt --bad b_bad.txt --limit 100   # your objective, judged on examples it was not fitted on
     Writes eval.md (the table), eval.json, eval.png and the rows (results.jsonl); rerunning the same command resumes.
     """
-    from ..bench.eval import BowJudge, evaluate, eval_arms, judges_for
+    from ..bench.eval import evaluate, eval_arms
+    from ..bench.judges import BowJudge, judges_for
     from ..errors import SiaError
-    from ..bench.grid import RewardJudge
     from ..prompts import load_prompts
     from ..rewards.objectives import read_texts
     from ..rewards.reward import OnnxReward

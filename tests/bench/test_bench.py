@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sia_local.bench.grid import Arm, RewardJudge, default_arms, distinct_n, run_grid, summarise
+from sia_local.bench.grid import Arm, default_arms, distinct_n, run_grid, summarise
+from sia_local.bench.judges import RewardJudge
 from sia_local.prompts import load_prompts
 from sia_local.cli import main
 from sia_local.core.config import SteerConfig

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sia_local.bench.eval import BowJudge, comparisons, eval_arms, judges_for, markdown, tone_judges
+from sia_local.bench.eval import comparisons, eval_arms, markdown
+from sia_local.bench.judges import BowJudge, judges_for, tone_judges
 from sia_local.errors import ConfigError
 
 GOOD = [f"thank you so much, that is kind and {w}" for w in "lovely warm gentle caring generous sweet bright helpful thoughtful patient cheerful "
@@ -36,6 +38,39 @@ def test_judges_are_never_the_steering_reward(tiny_lm) -> None:
     assert judges_for(steerer, "polite", GOOD, BAD)[0].name == "bow:polite"
     with pytest.raises(ConfigError, match="--good FILE --bad FILE"):
         judges_for(steerer, "my-objective")
+
+
+def test_the_style_judges_read_register_and_density_and_say_which_way_is_better() -> None:
+    pytest.importorskip("textblob")
+    from sia_local.bench.judges import DensityJudge, FScoreJudge, InformalJudge, shipped_examples_judge
+
+    informal = InformalJudge()
+    assert informal.lower_is_better and informal("", ["Hey, it's fine, don't worry about it!", "We regret to inform you of the delay.", ""]) == \
+        [pytest.approx(100 * 4 / 7), 0.0, 0.0]  # hey, it's, don't, "!" over seven words
+    nominal, chatty = FScoreJudge()("", ["The committee approved the annual budget of the department.", "I think you can just do it, really."])
+    assert nominal > 50 > chatty  # nouns, adjectives, prepositions, articles vs pronouns, verbs, adverbs
+    assert FScoreJudge()("", ["I can't."]) == FScoreJudge()("", ["I can not."])  # contractions are spelled out, not tagged as nouns
+    dense, padded = DensityJudge()("", ["Restart the router, then check the cable.", "Well, I mean, it is what it is, you know, so yes."])
+    assert dense > 0.5 > padded
+    for name, judge in (("formal", informal), ("concise", DensityJudge())):  # each tells its objective's shipped examples apart
+        rows = [json.loads(line) for line in (Path(__file__).parents[2] / "sia_local" / "data" / "objectives" / f"{name}.jsonl").read_text().splitlines()]
+        good = np.mean(judge("", [r["text"] for r in rows if r["label"] == "good"]))
+        bad = np.mean(judge("", [r["text"] for r in rows if r["label"] == "bad"]))
+        assert (good < bad) if getattr(judge, "lower_is_better", False) else (good > bad)
+    assert shipped_examples_judge("concise").auc > 0.9
+
+
+def test_formal_and_concise_get_judges_that_are_not_their_reward(tiny_lm) -> None:
+    pytest.importorskip("textblob")
+    from sia_local.core.config import SteerConfig
+    from sia_local.core.steer import Steerer
+
+    steerer = Steerer(tiny_lm, None, SteerConfig(gate="none"))
+    assert [j.name for j in judges_for(steerer, "formal")] == ["informal/100w", "f-score", "bow:formal"]
+    assert [j.name for j in judges_for(steerer, "concise:2")] == ["density", "bow:concise"]
+    report = {"setup": {"judges": [{"name": "informal/100w", "better": "lower"}, {"name": "f-score", "better": "higher"}]},
+              "comparisons": {}, "arms": {}}
+    assert "| informal/100w (lower is better) | f-score |" in markdown(report)
 
 
 def test_the_arms_and_comparisons_a_user_asks_about() -> None:

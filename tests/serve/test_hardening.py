@@ -70,7 +70,8 @@ def test_roberta_position_tables() -> None:
 
 
 def test_bench_on_a_model_without_chat_template(tmp_path: Path, tiny_reward: Path) -> None:
-    from sia_local.bench.grid import VaderJudge, run_grid, select_arms
+    from sia_local.bench.grid import run_grid, select_arms
+    from sia_local.bench.judges import VaderJudge
 
     pytest.importorskip("vaderSentiment")
     lm = LM(write_tiny_gguf(tmp_path / "plain.gguf", chat_template=None), n_ctx=256)
@@ -80,7 +81,8 @@ def test_bench_on_a_model_without_chat_template(tmp_path: Path, tiny_reward: Pat
 
 
 def test_random_gate_differs_per_prompt(tmp_path: Path, tiny_lm, tiny_reward: Path) -> None:
-    from sia_local.bench.grid import VaderJudge, run_grid, select_arms
+    from sia_local.bench.grid import run_grid, select_arms
+    from sia_local.bench.judges import VaderJudge
 
     pytest.importorskip("vaderSentiment")
     steerer = Steerer(tiny_lm, OnnxReward(tiny_reward, provider="cpu"), SteerConfig(ratio=0.5, max_tokens=16))
