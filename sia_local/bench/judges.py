@@ -249,6 +249,19 @@ def tone_judges() -> list[Judge]:
     return judges
 
 
+NAMED: dict[str, type] = {"vader": VaderJudge, "textblob": TextBlobJudge, "afinn": AfinnJudge, "informal": InformalJudge,
+                          "f-score": FScoreJudge, "density": DensityJudge}
+
+
+def named_judges(names: Sequence[str]) -> list[Judge]:
+    """The judges a user names (`--judges informal,f-score`): any judge on any objective, e.g. a fitted register's
+    answers read by the formality judges too."""
+    unknown = [n for n in names if n not in NAMED]
+    if unknown:
+        raise ConfigError(f"--judges: unknown judge {unknown[0]!r}", f"choose from {', '.join(NAMED)}")
+    return [NAMED[n]() for n in dict.fromkeys(names)]
+
+
 def judges_for(steerer: Steerer, objective: str | None, good: Sequence[str] = (), bad: Sequence[str] = ()) -> list[Judge]:
     """The independent judges of `objective` (the name the user steers with): the user's examples make a bag-of-words
     judge; `kind` gets the lexicons; `formal` informal markers and the F-score, `concise` lexical density, each with

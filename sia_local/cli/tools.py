@@ -127,6 +127,8 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
               help="Good examples (one a line) for a bag-of-words judge: best those the objective was not fitted on.")
 @click.option("--bad", "bad_file", type=click.Path(path_type=Path), default=None, help="Bad examples for that judge.")
 @click.option("--judge", type=click.Path(path_type=Path), default=None, help="Also judge with this reward folder (never the steering reward).")
+@click.option("--judges", "judge_names", default=None, help="Also judge with these, comma-separated: vader, textblob, afinn, informal, f-score, density "
+                                                            "[default: the objective's own judges].")
 @click.option("--objective-prompt", default=None, help="The system message of the prompt arms [default: the objective's own description].")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval-out"), show_default=True)
 @click.option("--parallel", type=click.IntRange(min=1), default=None, help="Rows decoded together in slots (seeded rows too: answers up to batched rounding).")
@@ -134,8 +136,8 @@ def bench(ctx: click.Context, lm: LMSettings, steering: Steering, prompts_file: 
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, help="Decode rows on Ray actors (--ray alone: a local Ray; or an address).")
 @fail_cleanly
 def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, limit: int | None, seeds: int, arms: str | None, good_file: Path | None,
-                 bad_file: Path | None, judge: Path | None, objective_prompt: str | None, out_dir: Path, parallel: int | None, workers: int,
-                 ray_address: str | None) -> None:
+                 bad_file: Path | None, judge: Path | None, judge_names: str | None, objective_prompt: str | None, out_dir: Path,
+                 parallel: int | None, workers: int, ray_address: str | None) -> None:
     """Does steering move answers towards your objective? Paired differences with 95 % intervals, by judges that are not the reward.
 
     \b
@@ -144,7 +146,7 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     Writes eval.md (the table), eval.json, eval.png and the rows (results.jsonl); rerunning the same command resumes.
     """
     from ..bench.eval import evaluate, eval_arms
-    from ..bench.judges import BowJudge, judges_for
+    from ..bench.judges import BowJudge, Judge, RewardJudge, judges_for, named_judges
     from ..errors import SiaError
     from ..prompts import load_prompts
     from ..rewards.objectives import read_texts
@@ -168,13 +170,15 @@ def eval_command(lm: LMSettings, steering: Steering, prompts_file: Path | None, 
     steerer.config = config.replace(vector=None)
     good = read_texts(good_file) if good_file else []
     bad = read_texts(bad_file) if bad_file else []
-    extra = [RewardJudge(OnnxReward(judge, provider=steering.reward.provider))] if judge is not None else []
+    extra: list[Judge] = [RewardJudge(OnnxReward(judge, provider=steering.reward.provider))] if judge is not None else []
+    extra += named_judges([n.strip() for n in judge_names.split(",") if n.strip()] if judge_names else [])
     try:
-        judges = judges_for(steerer, Path(objective).name if objective else None, good, bad) + extra
+        judges = judges_for(steerer, Path(objective).name if objective else None, good, bad)
     except SiaError:
-        if not extra:  # --judge DIR alone is a judge too
+        if not extra:  # --judge DIR or --judges alone are judges too
             raise
-        judges = extra
+        judges = []
+    judges = list({j.name: j for j in [*judges, *extra]}.values())  # a judge named twice judges once
     for j in judges:
         if isinstance(j, BowJudge):
             note(f"judge {j.name}: bag-of-words on {j.data}, nested cross-validated AUC {j.auc:.2f}")

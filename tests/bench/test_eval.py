@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from sia_local.bench.eval import comparisons, eval_arms, markdown
-from sia_local.bench.judges import BowJudge, judges_for, tone_judges
+from sia_local.bench.judges import BowJudge, judges_for, named_judges, tone_judges
 from sia_local.errors import ConfigError
 
 GOOD = [f"thank you so much, that is kind and {w}" for w in "lovely warm gentle caring generous sweet bright helpful thoughtful patient cheerful "
@@ -71,6 +71,9 @@ def test_formal_and_concise_get_judges_that_are_not_their_reward(tiny_lm) -> Non
     report = {"setup": {"judges": [{"name": "informal/100w", "better": "lower"}, {"name": "f-score", "better": "higher"}]},
               "comparisons": {}, "arms": {}}
     assert "| informal/100w (lower is better) | f-score |" in markdown(report)
+    assert [j.name for j in named_judges(["density", "informal", "density"])] == ["density", "informal/100w"]
+    with pytest.raises(ConfigError, match="--judges: unknown judge 'formality'.*choose from vader"):
+        named_judges(["formality"])
 
 
 def test_the_arms_and_comparisons_a_user_asks_about() -> None:
@@ -96,7 +99,7 @@ def test_sia_eval_runs_resumes_and_reports_intervals(tiny_gguf: Path, tiny_rewar
     out = tmp_path / "ev"
     args = ["eval", "-m", str(tiny_gguf), "-r", str(tiny_reward), "--prompts", str(tmp_path / "prompts.txt"), "--seeds", "2", "-n", "6",
             "--tau", "1.0", "--ratio", "0.3", "--good", str(tmp_path / "good.txt"), "--bad", str(tmp_path / "bad.txt"),
-            "--objective-prompt", "Be kind.", "--parallel", "2", "-o", str(out)]
+            "--objective-prompt", "Be kind.", "--parallel", "2", "--judges", "informal", "-o", str(out)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     report = json.loads((out / "eval.json").read_text())
@@ -107,6 +110,8 @@ def test_sia_eval_runs_resumes_and_reports_intervals(tiny_gguf: Path, tiny_rewar
     lo, hi = cell["ci95"]
     assert lo <= cell["mean_diff"] <= hi and cell["prompts"] == 4 and cell["pairs"] == 8
     assert set(report["arms"]) == {"base", "prompt", "sia@0.3", "random@0.3", "dense", "prompt+sia@0.3"}
+    judged = [j["name"] for j in report["setup"]["judges"]]
+    assert judged[0].startswith("bow:") and judged[1:] == ["informal/100w"] and "informal/100w (lower is better)" in first.output
     assert report["arms"]["sia@0.3"]["change_rate"] is not None and "log_perplexity" in report["comparisons"]["dense vs base"]
     assert (out / "eval.md").read_text().startswith("| comparison |") and (out / "eval.png").exists()
     assert "500 prompts x 2 seeds" in first.output  # a small run says it is one
