@@ -102,6 +102,8 @@ def evaluate(steerer: Steerer, prompts: Sequence[str], arms: Sequence[Arm], judg
                         "judges": [{"name": j.name, "auc": getattr(j, "auc", None), "data": getattr(j, "data", None),
                                     "better": "lower" if getattr(j, "lower_is_better", False) else "higher"} for j in judges]},
               "arms": {}, "comparisons": {}}
+    if result.summary.get("cost_note"):  # the cost column compares timings taken in different runs: say so beside it
+        report["cost_note"] = result.summary["cost_note"]
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm.name]
         if not rs:
@@ -161,6 +163,8 @@ def markdown(report: dict[str, Any]) -> str:
             return "–" if x is None else format(x, fmt)
         lines.append(f"| {name} | {v['rows']} | {v['ratio']:.2f} | {num(v.get('scored'), '.2f')} | {num(v['change_rate'], '.2f')} | {num(v['cost_vs_base'], '.2f')} | "
                      + " | ".join(num(v.get(f"judge:{j}")) for j in names) + f" | {num(v['log_perplexity'])} | {num(v['distinct_2'])} |")
+    if report.get("cost_note"):
+        lines += ["", f"cost × base: {report['cost_note']}"]
     return "\n".join(lines)
 
 

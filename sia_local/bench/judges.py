@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Protocol, Sequence
+from functools import cache, cached_property
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -104,22 +105,34 @@ class BowJudge:
     examples are the reward's own."""
 
     def __init__(self, good: Sequence[str], bad: Sequence[str], *, name: str = "bow", data: str = "") -> None:
-        from ..rewards.objectives import MIN_PER_SIDE, fit_classifier
+        from ..rewards.objectives import MIN_PER_SIDE
 
         if min(len(good), len(bad)) < MIN_PER_SIDE:
             raise ConfigError(f"the bag-of-words judge has {len(good)} good and {len(bad)} bad examples; it needs {MIN_PER_SIDE} of each",
                               "pass more examples with --good / --bad")
         counts = Counter(g for t in [*good, *bad] for g in set(_grams(t)))
         self.vocab = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= 2))}
+        self.name, self.data = name, data
+        self._examples = (list(good), list(bad))
+
+    @cached_property
+    def _model(self) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(mean, std, fit), on first use: the nested cross-validation takes seconds to a minute for a few hundred
+        examples, which a run pays once and a caller that only names its judges never pays."""
+        from ..rewards.objectives import fit_classifier
+
+        good, bad = self._examples
         raw = self._features([*good, *bad])
         # standardised columns: word frequencies are hundredths, so without this the chosen penalty shrinks every
         # weight towards 0 and the judge's scores differ by ten-thousandths (its ranking intact, its scale unreadable)
-        self.mean, self.std = raw.mean(axis=0), raw.std(axis=0) + 1e-9
-        x = (raw - self.mean) / self.std
+        mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-9
         y = np.r_[np.ones(len(good)), np.zeros(len(bad))]
-        self.fit = fit_classifier(x, y)
-        self.name, self.data = name, data
-        self.auc = self.fit.cv_mean
+        return mean, std, fit_classifier((raw - mean) / std, y)
+
+    @property
+    def auc(self) -> float:
+        """The nested cross-validated AUC on its own examples: a judge that cannot tell them apart cannot judge."""
+        return float(self._model[2].cv_mean)
 
     def _features(self, texts: Sequence[str]) -> np.ndarray:
         x = np.zeros((len(texts), len(self.vocab)))
@@ -134,7 +147,8 @@ class BowJudge:
 
     def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
         """The log-odds that each text is a good example (standardised word and word-pair frequencies)."""
-        return [float(v) for v in ((self._features(texts) - self.mean) / self.std) @ self.fit.w + self.fit.b]
+        mean, std, fit = self._model
+        return [float(v) for v in ((self._features(texts) - mean) / std) @ fit.w + fit.b]
 
 
 # Contractions spelled out before tagging: the pattern tagger splits "can't" into "ca", "n", "'", "t" (a modal and two nouns).
@@ -231,6 +245,7 @@ def _installed(makers: Sequence[type]) -> list[Judge]:
     return judges
 
 
+@cache  # one fit a process, however many runs ask
 def shipped_examples_judge(name: str) -> "BowJudge":
     """A bag-of-words judge on a built-in objective's shipped examples (the reward's own data, other features)."""
     from importlib import resources

@@ -42,7 +42,7 @@ def test_judges_are_never_the_steering_reward(tiny_lm) -> None:
 
 def test_the_style_judges_read_register_and_density_and_say_which_way_is_better() -> None:
     pytest.importorskip("textblob")
-    from sia_local.bench.judges import DensityJudge, FScoreJudge, InformalJudge, shipped_examples_judge
+    from sia_local.bench.judges import DensityJudge, FScoreJudge, InformalJudge
 
     informal = InformalJudge()
     assert informal.lower_is_better and informal("", ["Hey, it's fine, don't worry about it!", "We regret to inform you of the delay.", ""]) == \
@@ -57,7 +57,6 @@ def test_the_style_judges_read_register_and_density_and_say_which_way_is_better(
         good = np.mean(judge("", [r["text"] for r in rows if r["label"] == "good"]))
         bad = np.mean(judge("", [r["text"] for r in rows if r["label"] == "bad"]))
         assert (good < bad) if getattr(judge, "lower_is_better", False) else (good > bad)
-    assert shipped_examples_judge("concise").auc > 0.9
 
 
 def test_formal_and_concise_get_judges_that_are_not_their_reward(tiny_lm) -> None:
