@@ -43,8 +43,7 @@ def run_processes(rows: Sequence[Row], spec: WorkerSpec, workers: int, base_seed
 
     def start() -> None:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(spec, child), daemon=True, name="sia-batch-worker")
-        proc.start()
+        proc = spawn(ctx, _worker_main, (spec, child))
         child.close()
         procs[parent] = (proc, [])
 
@@ -138,6 +137,27 @@ def _exit_cause(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def spawn(ctx: Any, target: Callable[..., None], args: tuple[Any, ...] = ()) -> Any:
+    """Start a worker process with SIGINT blocked in this thread meanwhile: the new interpreter inherits the mask, so a
+    Ctrl-C that lands while it is still importing (before `_follow_parent` ignores it) waits there and is then
+    discarded, instead of killing it with a traceback; here it is delivered when the start returns, never lost."""
+    import signal
+
+    proc = ctx.Process(target=target, args=args, daemon=True, name="sia-batch-worker")
+    if not hasattr(signal, "pthread_sigmask"):
+        proc.start()
+        return proc
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # a start launches it first on POSIX, and its launch unblocks SIGINT again
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return proc
+
+
 def _follow_parent() -> None:
     """A worker stops with the run: Ctrl-C in the terminal reaches the parent alone (which stops the workers, with one
     line), and on Linux a worker whose parent dies (SIGTERM, SIGKILL) is sent SIGTERM at once (PR_SET_PDEATHSIG)."""
@@ -145,6 +165,8 @@ def _follow_parent() -> None:
     import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with it blocked (`spawn`): a Ctrl-C pending since is dropped by the ignore
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         import ctypes
 

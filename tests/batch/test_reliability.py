@@ -326,6 +326,23 @@ def test_a_worker_that_dies_while_idle_loses_nothing(tmp_path: Path, tiny_gguf: 
     assert sorted(r["id"] for r in out) == ["long", "short"] and all(r["error"] is None for r in out)
 
 
+def test_a_worker_still_starting_never_sees_ctrl_c() -> None:
+    """Ctrl-C reaches the whole process group: a worker still importing (before it ignores SIGINT) must neither die nor
+    print a traceback (CI caught one). The signal is sent the moment each start returns, long before any interpreter
+    has imported anything, so no machine is fast enough to dodge it."""
+    import multiprocessing
+
+    from sia_local.batch.pool import _follow_parent, spawn
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [spawn(ctx, _follow_parent) for _ in range(3)]  # the first start also launches multiprocessing's tracker
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGINT)
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_stopping_sia_batch_stops_its_workers_in_one_line(tmp_path: Path, tiny_gguf: Path, tiny_reward: Path, how: str) -> None:
     import subprocess
