@@ -187,23 +187,33 @@ class InformalJudge:
 
     def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
         out = []
-        for text in texts:
-            words = re.findall(r"[A-Za-z']+", text.replace("\u2019", "'"))
-            marks = sum(w.lower() in self._SLANG for w in words) + len(self._CONTRACTION.findall(text.replace("\u2019", "'"))) + text.count("!")
+        for text in (t.replace("\u2019", "'") for t in texts):
+            words = re.findall(r"[A-Za-z']+", text)
+            marks = sum(w.lower() in self._SLANG for w in words) + len(self._CONTRACTION.findall(text)) + text.count("!")
             out.append(100.0 * marks / len(words) if words else 0.0)
         return out
 
 
-class FScoreJudge:
+class _TaggedJudge:
+    """A judge that scores each text from its part-of-speech tags (`score`)."""
+
+    def __init__(self) -> None:
+        self._tag = _tagger()
+
+    def score(self, text: str) -> float:
+        raise NotImplementedError
+
+    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
+        return [self.score(t) for t in texts]
+
+
+class FScoreJudge(_TaggedJudge):
     """Heylighen & Dewaele's formality F-score (1999): (nouns + adjectives + prepositions + articles - pronouns - verbs -
     adverbs - interjections, each as % of words, + 100) / 2; higher is more formal (nominal, context-independent
     prose). A published measure no reward here is fitted to; it reads register, not politeness (the shipped formal
     letters, pronoun- and verb-heavy, score below the telegraphic casual ones)."""
 
     name = "f-score"
-
-    def __init__(self) -> None:
-        self._tag = _tagger()
 
     def score(self, text: str) -> float:
         words = _tagged_words(self._tag, text)
@@ -213,26 +223,17 @@ class FScoreJudge:
         minus = sum(t in ("PRP", "PRP$", "WP", "WP$", "MD", "RB", "RBR", "RBS", "WRB", "UH") or t.startswith("VB") for w, t in words)
         return (100.0 * (plus - minus) / len(words) + 100.0) / 2.0
 
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [self.score(t) for t in texts]
 
-
-class DensityJudge:
+class DensityJudge(_TaggedJudge):
     """Lexical density: the share of words that carry content (nouns, adjectives, numerals, verbs other than be / have /
     do and modals); filler, hedges and restated frames lower it. Higher is more concise."""
 
     name = "density"
 
-    def __init__(self) -> None:
-        self._tag = _tagger()
-
     def score(self, text: str) -> float:
         words = _tagged_words(self._tag, text)
         content = sum(t.startswith(("NN", "JJ", "CD")) or (t.startswith("VB") and w not in _AUXILIARIES) for w, t in words)
         return content / len(words) if words else 0.0
-
-    def __call__(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        return [self.score(t) for t in texts]
 
 
 def _installed(makers: Sequence[type]) -> list[Judge]:
