@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sia_local.core.calibrate import calibration_prompts, entropy_profile, tau_from_entropies
-from sia_local.paths import cache_dir
+from sia_local.core.calibrate import TOKENS_PER_PROMPT, _profile_file, calibration_prompts, entropy_profile, is_calibrated, tau_from_entropies
 from sia_local.core.config import SteerConfig
 from sia_local.llama import LM
 from sia_local.rewards.reward import OnnxReward
@@ -99,9 +98,9 @@ def test_control_does_not_wind_up_after_a_low_entropy_stretch(ratio: float, seed
 
 def test_profile_is_cached_per_model(tiny_lm: LM) -> None:
     first = entropy_profile(tiny_lm, top_k=10, temperature=1.0)
-    files = list((cache_dir() / "calibration").glob("tiny-*.json"))
-    assert files, "the profile is written to the cache"
-    payload = json.loads(files[0].read_text())
+    assert is_calibrated(tiny_lm, 10), "the profile is written to the cache"
+    # the cache folder also holds strength fits and other k's profiles: read this profile's own file
+    payload = json.loads(_profile_file(tiny_lm, 10, 1.0, calibration_prompts(), TOKENS_PER_PROMPT, 0).read_text())
     assert payload["top_k"] == 10 and len(payload["entropies"]) == len(first)
     again = entropy_profile(tiny_lm, top_k=10, temperature=1.0)
     np.testing.assert_allclose(again, first, atol=1e-6)
