@@ -1,7 +1,7 @@
 """Write the example sets of the built-in objectives `concise` and `formal` (sia_local/data/objectives/).
 
 concise: the same answers said directly (good) and padded with filler, hedging and repetition (bad).
-formal: requests, replies and notices in a formal register (good) and in a casual, slangy one (bad).
+formal: answers (advice and facts) in a formal register (good) and said casually, with slang (bad).
 Each good text has a bad twin with the same content, so the head learns the register or the padding,
 not the topic. Deterministic; hand-written pieces combined, >= 150 examples a side.
 
@@ -11,7 +11,6 @@ not the topic. Deterministic; hand-written pieces combined, >= 150 examples a si
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 from pathlib import Path
@@ -52,35 +51,100 @@ PADDING = [
 ]
 DIRECT = ["{A}.", "{A}. That is all you need.", "Short answer: {a}."]
 
-REQUESTS = [
-    ("send me the report", "forward the report"), ("call me back", "return my call"), ("check the numbers", "review the figures"),
-    ("fix the heating", "arrange the repair of the heating"), ("come to the meeting", "attend the meeting"),
-    ("tell me what you think", "share your assessment"), ("let me know about the dates", "confirm the dates"),
-    ("pay the bill", "settle the outstanding invoice"), ("sign the form", "sign the enclosed form"), ("move the delivery", "reschedule the delivery"),
-    ("send the photos", "send the photographs"), ("answer the email", "respond to the correspondence"), ("book a room", "reserve a room"),
-    ("explain the delay", "account for the delay"), ("update the plan", "revise the plan"), ("look at my draft", "review my draft"),
-    ("cancel the order", "cancel the order"), ("give me a refund", "issue a refund"), ("share the slides", "circulate the slides"),
-    ("help with the move", "assist with the relocation"), ("check the contract", "examine the contract"), ("lend me the book", "lend me the volume"),
-    ("send the tickets", "forward the tickets"), ("fix the website", "resolve the issue with the website"), ("bring the keys", "deliver the keys"),
+# formal: the same answer content said in a formal register (f) and casually (c). Answers, not letters: what a
+# model writes when asked a question is what the objective scores at junctions (the first set, formal letters vs
+# slangy requests, taught politeness formulas, and a formal system prompt out-formalised it; docs/eval.md).
+ADVICE = [  # (casual, formal) verb phrases
+    ("grab some water and chill for a bit", "drink a glass of water and rest for several minutes"),
+    ("turn the router off and on again", "restart the router and allow a minute before reconnecting"),
+    ("back up your stuff before the update", "back up your files before installing the update"),
+    ("text your landlord and keep screenshots", "notify your landlord in writing and retain a copy"),
+    ("soak the beans overnight and cook 'em for like an hour", "soak the beans overnight and simmer them for approximately one hour"),
+    ("say sorry and offer to fix it", "offer a sincere apology and propose a remedy"),
+    ("stretch a bit before you run", "stretch for several minutes before running"),
+    ("call your bank and get them to block the card", "contact your bank and request that the card be blocked"),
+    ("check your tyres every month or so", "inspect the tyre pressure at monthly intervals"),
+    ("book a table for seven and call to double-check", "reserve a table for seven o'clock and confirm the booking by telephone"),
+    ("make a budget and stick to it", "prepare a budget and adhere to it consistently"),
+    ("talk to your boss today, don't wait", "inform your manager today rather than postponing the conversation"),
+    ("rinse the rice till the water's clear", "rinse the rice until the water runs clear"),
+    ("ask the pharmacist before mixing your meds", "consult a pharmacist before combining the two medications"),
+    ("show up ten minutes early for the interview", "arrive ten minutes before the scheduled interview"),
+    ("hang on to the receipt in case it breaks", "retain the receipt for the duration of the warranty"),
+    ("get some sleep and have another go tomorrow", "obtain adequate rest and resume the task the following day"),
+    ("jot down what's bugging you", "record your concerns in writing"),
+    ("go for a walk after dinner", "take a short walk after the evening meal"),
+    ("google the error message", "search for the exact error message in the documentation"),
+    ("chop the big job into little bits", "divide the task into smaller, manageable components"),
+    ("read the instructions first, seriously", "read the instructions carefully before beginning"),
+    ("practise a little bit every day", "practise for a short period each day"),
+    ("ask your teacher if you get stuck", "seek the guidance of your teacher when difficulties arise"),
+    ("save it as a PDF before you send it", "convert the document to PDF format prior to sending it"),
 ]
-FORMAL = [
-    "Dear colleague, I would be grateful if you could {f} at your earliest convenience. Kind regards.",
-    "I am writing to ask whether you would be able to {f} by the end of the week. Thank you in advance.",
-    "Please let me know whether it would be possible to {f}. I look forward to your reply.",
-    "We would appreciate it if you could {f}. Should you have any questions, please do not hesitate to contact us.",
-    "Further to our conversation, I should be grateful if you would {f}. Yours sincerely.",
-    "Would you kindly {f}? Please accept my thanks for your assistance.",
-    "I regret to inform you that we are unable to proceed until you {f}. Thank you for your understanding.",
+FACTS = [  # (casual, formal) clauses
+    ("plants basically eat sunlight to make food", "plants produce their nutrients from sunlight through photosynthesis"),
+    ("the sky looks blue 'cause the air scatters blue light more", "the sky appears blue because the atmosphere scatters shorter wavelengths more strongly"),
+    ("working out is great for your mood", "regular physical exercise has a considerable positive effect on mood"),
+    ("the Romans built tons of roads", "the Roman Empire constructed an extensive network of roads"),
+    ("your heart pumps blood all over your body", "the heart circulates blood throughout the body"),
+    ("saving a bit every month really adds up", "modest monthly savings accumulate substantially over time"),
+    ("cats sleep a crazy amount", "domestic cats sleep for a considerable proportion of the day"),
+    ("coffee wakes you up 'cause of the caffeine", "coffee increases alertness owing to its caffeine content"),
+    ("the moon's what makes the tides happen", "the tides are caused principally by the gravitational influence of the moon"),
+    ("learning a language takes ages", "the acquisition of a new language requires a substantial period of study"),
+    ("too much sugar wrecks your teeth", "excessive sugar consumption is detrimental to dental health"),
+    ("the internet's just loads of computers talking to each other", "the internet is a global network of interconnected computers"),
+    ("water boils at a hundred degrees", "water boils at one hundred degrees Celsius at sea level"),
+    ("reading before bed helps you chill out", "reading before sleep is conducive to relaxation"),
+    ("bees are super important for crops", "bees play an essential role in the pollination of crops"),
+    ("a good CV's short and clear", "an effective curriculum vitae is concise and clearly structured"),
+    ("sleep helps your brain hang on to stuff", "sleep contributes significantly to the consolidation of memory"),
+    ("rain happens when clouds get too heavy", "precipitation occurs when the droplets in a cloud become too heavy to remain suspended"),
+    ("Shakespeare wrote a ton of plays", "William Shakespeare was the author of numerous plays"),
+    ("recycling cuts down on trash", "recycling reduces the volume of waste sent to landfill"),
+    ("kids pick up languages super fast", "children acquire languages with remarkable speed"),
+    ("the economy's kinda slow right now", "economic growth is currently modest"),
+    ("stress can totally mess with your sleep", "stress may adversely affect the quality of sleep"),
+    ("electric cars are way quieter", "electric vehicles operate considerably more quietly"),
+    ("you can't really tell the weather far ahead", "accurate weather forecasts are not possible over long periods"),
 ]
-CASUAL = [
-    "hey can u {c} lol, thx",
-    "yo just {c} asap ok?? cheers m8",
-    "gonna need u to {c} like rn tbh",
-    "so like can ya {c}? kinda urgent haha",
-    "dude pls {c}, ugh this is soooo annoying",
-    "k so {c} when u get a sec, np if not lol",
-    "omg {c} already!!! seriously",
+FORMAL_ADVICE = [
+    "It is advisable to {f}.",
+    "The recommended approach is to {f}. This is generally the most reliable course of action.",
+    "In most circumstances, one should {f}.",
+    "I would recommend that you {f}; this should resolve the matter.",
+    "Certainly. The first step is to {f}. Thereafter, the situation should be reassessed.",
+    "The most appropriate course of action would be to {f}.",
+    "Please {f}. Should any difficulty persist, further assistance is available.",
 ]
+CASUAL_ADVICE = [
+    "Oh just {c}, you'll be totally fine lol",
+    "Honestly I'd just {c}. Works like a charm!",
+    "Yeah so basically you wanna {c}, that's pretty much it haha",
+    "Ok here's the thing, you gotta {c} and boom, done!",
+    "You'll wanna {c}, it's easy.",
+    "Dude, just {c}. Trust me, it's super easy :)",
+    "Sure thing! Just {c} and you're good to go",
+]
+FORMAL_FACTS = [
+    "{F}.",
+    "In short, {f}.",
+    "It is generally accepted that {f}.",
+    "{F}. This is well documented in the relevant literature.",
+    "To answer your question: {f}.",
+    "As a general principle, {f}; however, individual circumstances may vary.",
+    "The available evidence indicates that {f}.",
+]
+CASUAL_FACTS = [
+    "So basically {c} lol",
+    "Ok so {c}, pretty cool right?!",
+    "Haha yeah, {c}. Crazy, huh?",
+    "Well, {c}, y'know?",
+    "Oh man, {c}, no joke :)",
+    "Yep! {c}, super simple",
+    "Tbh {c}, but whatever, you get the idea",
+]
+FORMAL_PAIRS = 160  # pairs kept (of 200), like concise's 150: a fit and a distillation of the same size
 
 
 def concise() -> tuple[list[str], list[str]]:
@@ -93,14 +157,15 @@ def concise() -> tuple[list[str], list[str]]:
 
 
 def formal() -> tuple[list[str], list[str]]:
-    good, bad = [], []
-    for (c, f), (ft, ct) in itertools.product(REQUESTS, zip(FORMAL, CASUAL)):
-        good.append(ft.format(f=f))
-        bad.append(ct.format(c=c))
-    rng = random.Random(0)
-    rng.shuffle(good)
-    rng.shuffle(bad)
-    return good[:160], bad[:160]
+    pairs = []
+    for content, formal_t, casual_t in ((ADVICE, FORMAL_ADVICE, CASUAL_ADVICE), (FACTS, FORMAL_FACTS, CASUAL_FACTS)):
+        for i, (c, f) in enumerate(content):
+            for j in range(4):  # four templates per content, cycling, so every template meets every kind of content
+                t = (i + j) % len(formal_t)
+                pairs.append((formal_t[t].format(f=f, F=f[0].upper() + f[1:]), casual_t[t].format(c=c)))
+    random.Random(0).shuffle(pairs)  # twins stay together: the kept good and bad texts say the same things
+    kept = pairs[:FORMAL_PAIRS]
+    return [g for g, _ in kept], [b for _, b in kept]
 
 
 SETS = {

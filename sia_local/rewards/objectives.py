@@ -19,6 +19,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -216,7 +217,8 @@ def embedder_fingerprint() -> str:
 
 
 def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (), scored: tuple[Sequence[str], np.ndarray] | None = None,
-                  describe: str, out: Path | None = None, progress: Callable[[str], None] | None = None, built_in: bool = False) -> dict[str, Any]:
+                  describe: str, out: Path | None = None, progress: Callable[[str], None] | None = None, built_in: bool = False,
+                  card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit an objective from examples and write it (default: the named objectives folder); returns its card."""
     from .sentiment import Embedder, build_reward_folder
 
@@ -262,7 +264,7 @@ def fit_objective(name: str, *, good: Sequence[str] = (), bad: Sequence[str] = (
             "embedder": {"name": "all-MiniLM-L6-v2 int8, mean pooling, L2 norm", "fingerprint": embedder_fingerprint()},
             "reward": {"mean": float(rewards.mean()), "std": float(rewards.std())}, "created": time.strftime("%Y-%m-%d %H:%M"),
             "fit_seconds": time.perf_counter() - started,
-            "head": {"weights": [float(v) for v in fit.w], "bias": float(fit.b)}}  # the same head as in the graph: mixes share the embedder
+            "head": {"weights": [float(v) for v in fit.w], "bias": float(fit.b)}, **(card_extra or {})}  # the head: mixes share the embedder
     folder = out or objectives_dir() / name
     head = {"name": f"objective-{name}", "weights": [float(v) for v in fit.w], "bias": float(fit.b), "fitted_on": f"{len(texts)} examples"}
     build_reward_folder(folder, head, progress=progress, objective=card["description"], extra={CARD: json.dumps(card, indent=1)})
@@ -277,11 +279,13 @@ def find_objective(name: str, *, progress: Callable[[str], None] | None = None, 
         return default_reward_dir(progress=progress, note=note)
     if name in BUILT_IN:  # fitted once from the shipped examples, like the default reward is built once
         folder = objectives_dir() / name
-        if not (folder / CARD).exists():
+        if _fitted_from(folder) != _shipped_digest(name):  # not fitted yet, or fitted from examples an upgrade replaced
             with build_lock(f"objective-{name}"):  # one fit; concurrent first uses wait for it
-                if not (folder / CARD).exists():
+                if _fitted_from(folder) != _shipped_digest(name):
+                    again = (folder / CARD).exists()
                     if note:
-                        note(f"fitting the built-in objective {name} from its shipped examples into {folder} (once, a few seconds)")
+                        note(f"{'refitting' if again else 'fitting'} the built-in objective {name} from its shipped examples into {folder}"
+                             + (" (they changed with this version)" if again else " (once, a few seconds)"))
                     built_in_examples(name, progress=progress)
         return folder
     folder = objectives_dir() / name
@@ -312,15 +316,33 @@ def request_objectives(dirs: Sequence[Path] = ()) -> dict[str, Path | None]:
     return allowed
 
 
-def built_in_examples(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit the built-in objective `name` from sia_local/data/objectives/NAME.jsonl (+ NAME.txt, its description)."""
+def _shipped(name: str) -> tuple[str, str]:
+    """The built-in objective's shipped examples (JSON lines) and description."""
     from importlib import resources
 
     data = resources.files("sia_local.data").joinpath("objectives")
-    rows = [json.loads(line) for line in data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    describe = data.joinpath(f"{name}.txt").read_text(encoding="utf-8").strip()
+    return data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8"), data.joinpath(f"{name}.txt").read_text(encoding="utf-8")
+
+
+@cache
+def _shipped_digest(name: str) -> str:
+    return hashlib.sha256("\n".join(_shipped(name)).encode()).hexdigest()[:16]
+
+
+def _fitted_from(folder: Path) -> str | None:
+    """Which shipped examples a built-in objective's fit came from (None: not fitted, or fitted before this was kept)."""
+    try:
+        return str(json.loads((folder / CARD).read_text(encoding="utf-8")).get("shipped_examples") or "") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def built_in_examples(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit the built-in objective `name` from sia_local/data/objectives/NAME.jsonl (+ NAME.txt, its description)."""
+    examples, describe = _shipped(name)
+    rows = [json.loads(line) for line in examples.splitlines() if line.strip()]
     return fit_objective(name, good=[r["text"] for r in rows if r["label"] == "good"], bad=[r["text"] for r in rows if r["label"] == "bad"],
-                         describe=describe, progress=progress, built_in=True)
+                         describe=describe.strip(), progress=progress, built_in=True, card_extra={"shipped_examples": _shipped_digest(name)})
 
 
 def list_objectives() -> list[dict[str, Any]]:

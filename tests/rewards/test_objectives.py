@@ -206,6 +206,11 @@ def test_built_in_objectives_fit_once_from_shipped_examples() -> None:
     assert short > padded
     listed = {o["name"]: o for o in list_objectives()}
     assert listed["concise"]["built_in"] and listed["concise"]["cv"] is not None and {"kind", "formal"} <= set(listed)
+    # an upgrade that ships other examples refits once: a fit from the old ones would not match the shipped heads
+    (concise / "objective.json").write_text(json.dumps({**card, "shipped_examples": "an older version"}))
+    assert find_objective("concise", note=notes.append) == concise and "refitting" in notes[-1] and "changed" in notes[-1]
+    assert json.loads((concise / "objective.json").read_text())["shipped_examples"] == card["shipped_examples"]
+    assert find_objective("concise", note=notes.append) == concise and len(notes) == 2
 
 
 def test_one_broken_card_does_not_hide_the_others(tmp_path, monkeypatch) -> None:  # noqa: ANN001
