@@ -12,7 +12,6 @@ speech with TextBlob's bundled pattern tagger: offline, no NLTK corpus to downlo
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from functools import cache, cached_property
@@ -249,12 +248,9 @@ def _installed(makers: Sequence[type]) -> list[Judge]:
 @cache  # one fit a process, however many runs ask
 def shipped_examples_judge(name: str) -> "BowJudge":
     """A bag-of-words judge on a built-in objective's shipped examples (the reward's own data, other features)."""
-    from importlib import resources
+    from ..rewards.objectives import shipped_examples
 
-    rows = [json.loads(line) for line in resources.files("sia_local.data").joinpath("objectives", f"{name}.jsonl").read_text(
-        encoding="utf-8").splitlines() if line.strip()]
-    return BowJudge([r["text"] for r in rows if r["label"] == "good"], [r["text"] for r in rows if r["label"] == "bad"], name=f"bow:{name}",
-                    data="the reward's own examples (other features)")
+    return BowJudge(*shipped_examples(name), name=f"bow:{name}", data="the reward's own examples (other features)")
 
 
 def tone_judges() -> list[Judge]:

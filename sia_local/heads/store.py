@@ -46,14 +46,14 @@ def objective_key(name: str) -> str | None:
     """What identifies an objective as fitted, so that a head distilled from it is used only while it is unchanged:
     the shipped data of a built-in one (its fit is the same wherever it runs), the fitted weights of a user's one;
     None for a name that is no objective."""
-    from ..rewards.objectives import BUILT_IN, CARD, NAME, objectives_dir
+    from ..rewards.objectives import BUILT_IN, CARD, NAME, objectives_dir, shipped_digest
 
     if not NAME.fullmatch(name):
         return None
+    if name == "kind":
+        return f"built-in:{name}:" + hashlib.sha256(resources.files("sia_local.data").joinpath("sentiment_head.json").read_bytes()).hexdigest()[:16]
     if name in BUILT_IN:
-        data = resources.files("sia_local.data")
-        file = data.joinpath("sentiment_head.json") if name == "kind" else data.joinpath("objectives").joinpath(f"{name}.jsonl")
-        return f"built-in:{name}:" + hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        return f"built-in:{name}:" + shipped_digest(name)
     card = objectives_dir() / name / CARD
     try:
         head = json.loads(card.read_text(encoding="utf-8"))["head"]

@@ -16,7 +16,6 @@ writes it for the model; the built-in `concise` and `formal` get theirs from the
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -80,6 +79,7 @@ def write_objective_vector(objective: str, lm: "LM", good: Sequence[str], bad: S
 def objective_vector(objective: str, lm: "LM", progress: Callable[[str], None] | None = None) -> ControlVector:
     """`objective`'s vector for `lm`: kept in the cache while the objective is unchanged, made now for the built-in
     `concise` and `formal`; otherwise one line saying how to make it."""
+    from ..rewards.objectives import shipped_examples
     from .store import objective_key
 
     path = vector_file(objective, lm.path)
@@ -92,10 +92,7 @@ def objective_vector(objective: str, lm: "LM", progress: Callable[[str], None] |
         except (OSError, ValueError, KeyError):
             pass  # a damaged card: made again below when it can be
     if objective in ("concise", "formal"):
-        data = resources.files("sia_local.data").joinpath("objectives", f"{objective}.jsonl").read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in data.splitlines() if line.strip()]
-        write_objective_vector(objective, lm, [r["text"] for r in rows if r["label"] == "good"], [r["text"] for r in rows if r["label"] == "bad"],
-                               progress)
+        write_objective_vector(objective, lm, *shipped_examples(objective), progress)
         return ControlVector.load(path)
     if objective == "kind":
         raise ConfigError("the built-in kind objective has no example texts to make a control vector from",

@@ -104,12 +104,9 @@ REFERENCE_EVERY = 3  # every third of the built-in objectives' example answers (
 def reference_texts() -> list[str]:
     """The one set of answers every objective's scale is measured on: the built-in objectives' example answers (concise
     and padded, formal and casual; sia_local/data/objectives), every REFERENCE_EVERY-th. Fixed, shipped, the same for all."""
-    from importlib import resources
+    from .objectives import shipped_examples
 
-    data = resources.files("sia_local.data").joinpath("objectives")
-    texts = [json.loads(line)["text"] for name in ("concise", "formal")
-             for line in data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts[::REFERENCE_EVERY]
+    return [text for name in ("concise", "formal") for side in shipped_examples(name) for text in side][::REFERENCE_EVERY]
 
 
 def reference_scale(key: str, score: Callable[[list[str]], np.ndarray]) -> tuple[float, float]:

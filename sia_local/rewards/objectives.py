@@ -279,9 +279,9 @@ def find_objective(name: str, *, progress: Callable[[str], None] | None = None, 
         return default_reward_dir(progress=progress, note=note)
     if name in BUILT_IN:  # fitted once from the shipped examples, like the default reward is built once
         folder = objectives_dir() / name
-        if _fitted_from(folder) != _shipped_digest(name):  # not fitted yet, or fitted from examples an upgrade replaced
+        if _fitted_from(folder) != shipped_digest(name):  # not fitted yet, or fitted from examples an upgrade replaced
             with build_lock(f"objective-{name}"):  # one fit; concurrent first uses wait for it
-                if _fitted_from(folder) != _shipped_digest(name):
+                if _fitted_from(folder) != shipped_digest(name):
                     again = (folder / CARD).exists()
                     if note:
                         note(f"{'refitting' if again else 'fitting'} the built-in objective {name} from its shipped examples into {folder}"
@@ -316,17 +316,23 @@ def request_objectives(dirs: Sequence[Path] = ()) -> dict[str, Path | None]:
     return allowed
 
 
-def _shipped(name: str) -> tuple[str, str]:
-    """The built-in objective's shipped examples (JSON lines) and description."""
+def _shipped_file(name: str) -> Any:
     from importlib import resources
 
-    data = resources.files("sia_local.data").joinpath("objectives")
-    return data.joinpath(f"{name}.jsonl").read_text(encoding="utf-8"), data.joinpath(f"{name}.txt").read_text(encoding="utf-8")
+    return resources.files("sia_local.data").joinpath("objectives", name)
+
+
+def shipped_examples(name: str) -> tuple[list[str], list[str]]:
+    """A built-in objective's shipped examples (sia_local/data/objectives/NAME.jsonl): the good texts and the bad."""
+    lines = _shipped_file(f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [r["text"] for r in rows if r["label"] == "good"], [r["text"] for r in rows if r["label"] != "good"]
 
 
 @cache
-def _shipped_digest(name: str) -> str:
-    return hashlib.sha256("\n".join(_shipped(name)).encode()).hexdigest()[:16]
+def shipped_digest(name: str) -> str:
+    """What identifies a built-in objective's shipped examples: a fit, a head or a vector made from others is stale."""
+    return hashlib.sha256(_shipped_file(f"{name}.jsonl").read_bytes()).hexdigest()[:16]
 
 
 def _fitted_from(folder: Path) -> str | None:
@@ -339,10 +345,10 @@ def _fitted_from(folder: Path) -> str | None:
 
 def built_in_examples(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit the built-in objective `name` from sia_local/data/objectives/NAME.jsonl (+ NAME.txt, its description)."""
-    examples, describe = _shipped(name)
-    rows = [json.loads(line) for line in examples.splitlines() if line.strip()]
-    return fit_objective(name, good=[r["text"] for r in rows if r["label"] == "good"], bad=[r["text"] for r in rows if r["label"] == "bad"],
-                         describe=describe.strip(), progress=progress, built_in=True, card_extra={"shipped_examples": _shipped_digest(name)})
+    good, bad = shipped_examples(name)
+    return fit_objective(name, good=good, bad=bad,
+                         describe=_shipped_file(f"{name}.txt").read_text(encoding="utf-8").strip(), progress=progress, built_in=True,
+                         card_extra={"shipped_examples": shipped_digest(name)})
 
 
 def list_objectives() -> list[dict[str, Any]]:
